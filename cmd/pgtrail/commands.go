@@ -1,0 +1,193 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/pgtrail/pgtrail/core/metrics"
+	"github.com/pgtrail/pgtrail/core/pipeline"
+	"github.com/pgtrail/pgtrail/core/retry"
+	"github.com/pgtrail/pgtrail/transports/pglogrepl"
+)
+
+func (a *app) setupCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "setup",
+		Short: "Create the publication, the replication slot and the sinks' tables (idempotent)",
+		RunE:  func(cmd *cobra.Command, _ []string) error { return a.setup(cmd.Context()) },
+	}
+}
+
+func (a *app) setup(ctx context.Context) error {
+	if err := a.requirePostgresSource(); err != nil {
+		return err
+	}
+	if err := pglogrepl.Check(ctx, a.cfg.Source.Postgres); err != nil {
+		return err
+	}
+	sinks, err := a.loadSinks(ctx)
+	if err != nil {
+		return err
+	}
+	// Sinks first: the audit table's schema must exist before the
+	// publication is drawn up, so that it is left out.
+	for _, s := range sinks {
+		err := s.Setup(ctx)
+		_ = s.Close(ctx)
+		if err != nil {
+			return err
+		}
+	}
+	return pglogrepl.Setup(ctx, a.cfg.Source.Postgres, a.log)
+}
+
+func (a *app) requirePostgresSource() error {
+	if a.cfg.Source.Type != "postgres" {
+		return fmt.Errorf("source.type %q is not supported by this build yet: use postgres", a.cfg.Source.Type)
+	}
+	return nil
+}
+
+func (a *app) runCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "run",
+		Short: "Capture changes into the sinks until SIGINT or SIGTERM, then drain and confirm",
+		RunE:  func(cmd *cobra.Command, _ []string) error { return a.run(cmd.Context()) },
+	}
+}
+
+func (a *app) run(ctx context.Context) error {
+	if err := a.setup(ctx); err != nil {
+		return err
+	}
+	m := metrics.New()
+	if a.cfg.HTTP.Listen != "" {
+		if err := m.Start(ctx, a.cfg.HTTP.Listen, a.log); err != nil {
+			return err
+		}
+	}
+	b := retry.Default()
+	for started := false; ; {
+		err := a.runOnce(ctx, m, &started)
+		if ctx.Err() != nil {
+			a.log.Info("stopped")
+			return nil
+		}
+		if !started {
+			return err // a problem at start-up is for the user to fix
+		}
+		m.SetHealth("pipeline", err)
+		a.log.Error("pipeline stopped; restarting from the last confirmed position", "err", err)
+		if b.Wait(ctx) != nil {
+			return nil
+		}
+	}
+}
+
+// runOnce runs the pipeline from the last confirmed position until it fails
+// or ctx ends.
+func (a *app) runOnce(ctx context.Context, m *metrics.Metrics, started *bool) error {
+	sinks, err := a.loadSinks(ctx)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		for _, s := range sinks {
+			_ = s.Close(context.WithoutCancel(ctx))
+		}
+	}()
+	ps := make([]pipeline.Sink, len(sinks))
+	for i, s := range sinks {
+		if err := s.Open(ctx); err != nil {
+			return err
+		}
+		ps[i] = s
+	}
+	src, err := pglogrepl.Open(ctx, a.cfg.Source.Postgres, a.log, m)
+	if err != nil {
+		return err
+	}
+	*started = true
+	m.SetHealth("pipeline", nil)
+	p := a.cfg.Pipeline
+	return pipeline.New(src, ps, pipeline.Options{
+		BatchSize:     p.BatchSize,
+		FlushInterval: time.Duration(p.FlushInterval),
+		MaxInFlight:   p.MaxInFlight,
+	}, a.log, m).Run(ctx)
+}
+
+func (a *app) statusCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "status",
+		Short: "Print the slot's confirmed position and lag, and the sinks' health",
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx := cmd.Context()
+			if err := a.requirePostgresSource(); err != nil {
+				return err
+			}
+			w := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+			st, err := pglogrepl.Status(ctx, a.cfg.Source.Postgres)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(w, "slot\t%s\n", st.Slot)
+			fmt.Fprintf(w, "active\t%v\n", st.Active)
+			fmt.Fprintf(w, "confirmed position\t%s\n", st.ConfirmedLSN)
+			fmt.Fprintf(w, "lag\t%d bytes\n", st.LagBytes)
+			fmt.Fprintf(w, "wal status\t%s\n", st.WALStatus)
+			sinks, err := a.loadSinks(ctx)
+			if err != nil {
+				return err
+			}
+			for _, s := range sinks {
+				health := "ok"
+				if err := s.Check(ctx); err != nil {
+					health = err.Error()
+				}
+				_ = s.Close(ctx)
+				fmt.Fprintf(w, "sink %s\t%s\n", s.Name(), health)
+			}
+			return w.Flush()
+		},
+	}
+}
+
+func (a *app) teardownCmd() *cobra.Command {
+	var dropData bool
+	cmd := &cobra.Command{
+		Use:   "teardown",
+		Short: "Drop the replication slot and publication (and with --drop-audit-data, the sinks' data)",
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx := cmd.Context()
+			if err := a.requirePostgresSource(); err != nil {
+				return err
+			}
+			if err := pglogrepl.Teardown(ctx, a.cfg.Source.Postgres, a.log); err != nil {
+				return err
+			}
+			if !dropData {
+				return nil
+			}
+			sinks, err := a.loadSinks(ctx)
+			if err != nil {
+				return err
+			}
+			for _, s := range sinks {
+				err := s.Teardown(ctx)
+				_ = s.Close(ctx)
+				if err != nil {
+					return err
+				}
+				a.log.Info("sink data dropped", "sink", s.Name())
+			}
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&dropData, "drop-audit-data", false, "also drop what the sinks stored (the audit table): irreversible")
+	return cmd
+}

@@ -1,0 +1,112 @@
+// Command pgtrail captures every committed row change of a PostgreSQL
+// database, stitches it with its application context and stores it in sinks.
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/spf13/cobra"
+
+	"github.com/pgtrail/pgtrail/core/config"
+	"github.com/pgtrail/pgtrail/plugins/host"
+	"github.com/pgtrail/pgtrail/plugins/sdk"
+	"github.com/pgtrail/pgtrail/sinks/postgres"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+// builtins are the sinks compiled into this binary.
+var builtins = host.Builtins{
+	"postgres": func() sdk.Sink { return postgres.New() },
+}
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := root().ExecuteContext(ctx); err != nil {
+		fmt.Fprintln(os.Stderr, "pgtrail:", err)
+		os.Exit(1)
+	}
+}
+
+// app holds what every command needs.
+type app struct {
+	configPath string
+	cfg        *config.Config
+	log        *slog.Logger
+}
+
+func root() *cobra.Command {
+	a := &app{}
+	cmd := &cobra.Command{
+		Use:           "pgtrail",
+		Short:         "Audit trail for PostgreSQL: every row change, with who and why",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
+			if cmd.Name() == "version" {
+				return nil
+			}
+			cfg, err := config.Load(a.configPath, cmd.Flags().Changed("config"))
+			if err != nil {
+				return err
+			}
+			a.cfg = cfg
+			a.log = newLogger(cfg.Log)
+			return nil
+		},
+	}
+	cmd.PersistentFlags().StringVar(&a.configPath, "config", config.DefaultPath, "config file (without one, DATABASE_URL alone is enough)")
+	cmd.AddCommand(a.setupCmd(), a.runCmd(), a.statusCmd(), a.teardownCmd(), a.pluginsCmd(), versionCmd())
+	return cmd
+}
+
+func newLogger(c config.Log) *slog.Logger {
+	var level slog.Level
+	_ = level.UnmarshalText([]byte(c.Level))
+	opts := &slog.HandlerOptions{Level: level}
+	if c.Format == "json" {
+		return slog.New(slog.NewJSONHandler(os.Stderr, opts))
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, opts))
+}
+
+func versionCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "version",
+		Short: "Print the version",
+		Run:   func(cmd *cobra.Command, _ []string) { fmt.Fprintln(cmd.OutOrStdout(), "pgtrail", version) },
+	}
+}
+
+func (a *app) pluginsCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "plugins",
+		Short: "List the sink plugins",
+		Run: func(cmd *cobra.Command, _ []string) {
+			for _, name := range builtins.Names() {
+				d := builtins[name]().Describe()
+				fmt.Fprintf(cmd.OutOrStdout(), "%-12s %-8s built-in  %s\n", d.Name, d.Version, d.Summary)
+			}
+		},
+	}
+}
+
+// loadSinks configures every sink of the config.
+func (a *app) loadSinks(ctx context.Context) ([]*host.Sink, error) {
+	var sinks []*host.Sink
+	for _, spec := range a.cfg.Sinks {
+		s, err := host.Load(ctx, spec, builtins)
+		if err != nil {
+			return nil, err
+		}
+		sinks = append(sinks, s)
+	}
+	return sinks, nil
+}

@@ -1,0 +1,183 @@
+// Package config loads pgtrail's one YAML config file: environment expansion,
+// strict decoding, defaults and validation, with errors that name the key.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"time"
+
+	"gopkg.in/yaml.v3"
+)
+
+// DefaultPath is the config file every command reads unless --config says otherwise.
+const DefaultPath = "./pgtrail.yaml"
+
+// Config is the whole file.
+type Config struct {
+	Source   Source   `yaml:"source"`
+	Sinks    []Sink   `yaml:"sinks"`
+	Pipeline Pipeline `yaml:"pipeline"`
+	HTTP     HTTP     `yaml:"http"`
+	Log      Log      `yaml:"log"`
+}
+
+// Source selects the ingress; only the section named by Type is required.
+type Source struct {
+	Type      string    `yaml:"type"` // postgres | jetstream | kafka
+	Postgres  Postgres  `yaml:"postgres"`
+	JetStream JetStream `yaml:"jetstream"`
+	Kafka     Kafka     `yaml:"kafka"`
+}
+
+// Postgres is native capture from a replication slot.
+type Postgres struct {
+	URL            string   `yaml:"url"`
+	Slot           string   `yaml:"slot"`
+	Publication    string   `yaml:"publication"`
+	Tables         []string `yaml:"tables"`  // schema.table patterns, * matches any run of characters
+	Exclude        []string `yaml:"exclude"` // patterns removed from Tables
+	StatusInterval Duration `yaml:"status_interval"`
+}
+
+// JetStream is Debezium change events read from a NATS JetStream stream.
+type JetStream struct {
+	URL     string `yaml:"url"`
+	Stream  string `yaml:"stream"`
+	Subject string `yaml:"subject"`
+	Durable string `yaml:"durable"`
+}
+
+// Kafka is Debezium change events read from Kafka topics.
+type Kafka struct {
+	Brokers []string `yaml:"brokers"`
+	Topics  []string `yaml:"topics"`
+	Group   string   `yaml:"group"`
+}
+
+// Sink is one destination. Config is passed to the plugin as written.
+type Sink struct {
+	Name   string         `yaml:"name"`
+	Plugin string         `yaml:"plugin"` // a built-in name, or the path of a plugin binary
+	Config map[string]any `yaml:"config"`
+}
+
+// Pipeline bounds memory and latency between source and sinks.
+type Pipeline struct {
+	BatchSize     int      `yaml:"batch_size"`
+	FlushInterval Duration `yaml:"flush_interval"`
+	MaxInFlight   int      `yaml:"max_in_flight"`
+}
+
+// HTTP serves /metrics and /healthz; an empty Listen disables it.
+type HTTP struct {
+	Listen string `yaml:"listen"`
+}
+
+// Log configures the process logger.
+type Log struct {
+	Level  string `yaml:"level"`  // debug | info | warn | error
+	Format string `yaml:"format"` // text | json
+}
+
+// Duration is a time.Duration written as "10s" or "50ms".
+type Duration time.Duration
+
+// UnmarshalYAML parses a Go duration string.
+func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
+	var s string
+	if err := n.Decode(&s); err != nil {
+		return err
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return fmt.Errorf("invalid duration %q (use e.g. 10s or 50ms)", s)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// MarshalYAML writes the duration back in the form it is read.
+func (d Duration) MarshalYAML() (any, error) { return d.String(), nil }
+
+func (d Duration) String() string { return time.Duration(d).String() }
+
+// Load reads the config at path. A missing file is an error when the user named
+// it (explicit); otherwise DATABASE_URL alone is enough to run, so the defaults
+// capture and store into that database.
+func Load(path string, explicit bool) (*Config, error) {
+	data, err := os.ReadFile(path)
+	switch {
+	case errors.Is(err, fs.ErrNotExist) && explicit:
+		return nil, fmt.Errorf("load config %s: %w (check --config)", path, fs.ErrNotExist)
+	case errors.Is(err, fs.ErrNotExist):
+		if os.Getenv("DATABASE_URL") == "" {
+			return nil, fmt.Errorf("load config: %s not found and DATABASE_URL is not set (create the file or set DATABASE_URL)", path)
+		}
+		data = nil
+	case err != nil:
+		return nil, fmt.Errorf("load config: %w", err)
+	}
+	cfg, err := parse(data)
+	if err != nil {
+		return nil, fmt.Errorf("load config %s: %w", path, err)
+	}
+	return cfg, nil
+}
+
+// parse turns the file's bytes (nil for none) into a validated Config.
+func parse(data []byte) (*Config, error) {
+	var root yaml.Node
+	if err := yaml.Unmarshal(data, &root); err != nil {
+		return nil, err
+	}
+	cfg := defaults()
+	var errs []error
+	if len(root.Content) > 0 {
+		doc := root.Content[0]
+		expandNode(doc, "", &errs)
+		decodeNode(doc, reflectValue(&cfg), "", &errs)
+	}
+	cfg.fill()
+	// Validate even after decode errors (a failed field keeps its default), so
+	// one run lists every problem.
+	if err := errors.Join(append(errs, cfg.validate())...); err != nil {
+		return nil, err
+	}
+	return &cfg, nil
+}
+
+func defaults() Config {
+	return Config{
+		Source: Source{
+			Type: "postgres",
+			Postgres: Postgres{
+				URL:            os.Getenv("DATABASE_URL"),
+				Slot:           "pgtrail",
+				Publication:    "pgtrail",
+				Tables:         []string{"public.*"},
+				StatusInterval: Duration(10 * time.Second),
+			},
+			JetStream: JetStream{URL: "nats://127.0.0.1:4222", Stream: "DebeziumStream", Subject: "bemi", Durable: "pgtrail"},
+			Kafka:     Kafka{Brokers: []string{"127.0.0.1:9092"}, Topics: []string{"bemi"}, Group: "pgtrail"},
+		},
+		Pipeline: Pipeline{BatchSize: 5000, FlushInterval: Duration(50 * time.Millisecond), MaxInFlight: 4},
+		HTTP:     HTTP{Listen: "127.0.0.1:9187"},
+		Log:      Log{Level: "info", Format: "text"},
+	}
+}
+
+// fill applies the defaults that depend on other values.
+func (c *Config) fill() {
+	// With no sink written, audit into the source database, as the default
+	// (file-less) setup does.
+	if len(c.Sinks) == 0 && c.Source.Postgres.URL != "" {
+		c.Sinks = []Sink{{Name: "audit", Plugin: "postgres", Config: map[string]any{"url": c.Source.Postgres.URL}}}
+	}
+	if len(c.Sinks) == 1 && c.Sinks[0].Name == "" && c.Sinks[0].Plugin != "" {
+		c.Sinks[0].Name = filepath.Base(c.Sinks[0].Plugin)
+	}
+}

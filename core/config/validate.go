@@ -1,0 +1,158 @@
+package config
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"regexp"
+	"slices"
+	"strings"
+)
+
+// pgName is what setup can create unquoted: a slot name allows exactly this, and
+// a publication kept to it needs no quoting anywhere.
+var pgName = regexp.MustCompile(`^[a-z0-9_]{1,63}$`)
+
+// validate reports every problem at once, so the user fixes the file in one go.
+func (c *Config) validate() error {
+	var errs []error
+	bad := func(key, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%s: %s", key, fmt.Sprintf(format, args...)))
+	}
+	required := func(key, value string) {
+		if value == "" {
+			bad(key, "required")
+		}
+	}
+
+	pg := c.Source.Postgres
+	switch c.Source.Type {
+	case "postgres":
+		if pg.URL == "" {
+			bad("source.postgres.url", "required (set it or DATABASE_URL)")
+		}
+	case "jetstream":
+		js := c.Source.JetStream
+		required("source.jetstream.url", js.URL)
+		required("source.jetstream.stream", js.Stream)
+		required("source.jetstream.subject", js.Subject)
+		required("source.jetstream.durable", js.Durable)
+	case "kafka":
+		k := c.Source.Kafka
+		if len(k.Brokers) == 0 {
+			bad("source.kafka.brokers", "at least one broker address required (e.g. 127.0.0.1:9092)")
+		}
+		if len(k.Topics) == 0 {
+			bad("source.kafka.topics", "at least one topic required")
+		}
+		required("source.kafka.group", k.Group)
+	default:
+		bad("source.type", "%q is not one of postgres, jetstream, kafka", c.Source.Type)
+	}
+	// Checked whatever the source type: capture reads them too, and a typo in
+	// a section is better caught now than when it is switched on.
+	for _, f := range []struct{ key, name string }{{"source.postgres.slot", pg.Slot}, {"source.postgres.publication", pg.Publication}} {
+		if !pgName.MatchString(f.name) {
+			bad(f.key, "%q is not a valid name (use 1 to 63 lowercase letters, digits or _)", f.name)
+		}
+	}
+	if len(pg.Tables) == 0 {
+		bad("source.postgres.tables", "at least one schema.table pattern required (e.g. public.*)")
+	}
+	for _, f := range []struct {
+		key      string
+		patterns []string
+	}{{"source.postgres.tables", pg.Tables}, {"source.postgres.exclude", pg.Exclude}} {
+		for i, p := range f.patterns {
+			if !validPattern(p) {
+				bad(fmt.Sprintf("%s[%d]", f.key, i), "%q is not a schema.table pattern (e.g. public.users, public.*, audit_*.*)", p)
+			}
+		}
+	}
+	if pg.StatusInterval <= 0 {
+		bad("source.postgres.status_interval", "must be positive (e.g. 10s)")
+	}
+
+	if len(c.Sinks) == 0 {
+		bad("sinks", "at least one sink required (add one under sinks:, or set source.postgres.url or DATABASE_URL for the default audit table)")
+	}
+	names := map[string]int{}
+	for i, s := range c.Sinks {
+		key := fmt.Sprintf("sinks[%d]", i)
+		if s.Plugin == "" {
+			bad(key+".plugin", "required (a built-in sink such as postgres, or the path of a plugin binary)")
+		}
+		switch first, dup := names[s.Name]; {
+		case s.Name == "" && len(c.Sinks) > 1:
+			bad(key+".name", "required when there is more than one sink")
+		case dup:
+			bad(key+".name", "%q is already used by sinks[%d] (names must be unique)", s.Name, first)
+		default:
+			names[s.Name] = i
+		}
+	}
+
+	if c.Pipeline.BatchSize <= 0 {
+		bad("pipeline.batch_size", "must be positive, got %d", c.Pipeline.BatchSize)
+	}
+	if c.Pipeline.FlushInterval <= 0 {
+		bad("pipeline.flush_interval", "must be positive (e.g. 50ms)")
+	}
+	if c.Pipeline.MaxInFlight <= 0 {
+		bad("pipeline.max_in_flight", "must be positive, got %d", c.Pipeline.MaxInFlight)
+	}
+	if l := c.HTTP.Listen; l != "" {
+		if _, _, err := net.SplitHostPort(l); err != nil {
+			bad("http.listen", "%q is not host:port (e.g. 127.0.0.1:9187, or \"\" to disable)", l)
+		}
+	}
+	if !slices.Contains([]string{"debug", "info", "warn", "error"}, c.Log.Level) {
+		bad("log.level", "%q is not one of debug, info, warn, error", c.Log.Level)
+	}
+	if !slices.Contains([]string{"text", "json"}, c.Log.Format) {
+		bad("log.format", "%q is not one of text, json", c.Log.Format)
+	}
+	return errors.Join(errs...)
+}
+
+func validPattern(p string) bool {
+	schema, table, ok := strings.Cut(p, ".")
+	return ok && schema != "" && table != "" && !strings.Contains(table, ".")
+}
+
+// Match reports whether schema.table is captured: matched by a Tables pattern
+// and by no Exclude pattern.
+func (p Postgres) Match(schema, table string) bool {
+	return matchAny(p.Tables, schema, table) && !matchAny(p.Exclude, schema, table)
+}
+
+func matchAny(patterns []string, schema, table string) bool {
+	for _, pat := range patterns {
+		s, t, ok := strings.Cut(pat, ".")
+		if ok && glob(s, schema) && glob(t, table) {
+			return true
+		}
+	}
+	return false
+}
+
+// glob matches name against pattern where * stands for any run of characters.
+// Nothing else is special: PostgreSQL names may hold ?, [ and \.
+func glob(pattern, name string) bool {
+	parts := strings.Split(pattern, "*")
+	if len(parts) == 1 {
+		return pattern == name
+	}
+	if !strings.HasPrefix(name, parts[0]) {
+		return false
+	}
+	name = name[len(parts[0]):]
+	for _, mid := range parts[1 : len(parts)-1] {
+		i := strings.Index(name, mid)
+		if i < 0 {
+			return false
+		}
+		name = name[i+len(mid):]
+	}
+	return strings.HasSuffix(name, parts[len(parts)-1])
+}

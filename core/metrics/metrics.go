@@ -1,0 +1,112 @@
+// Package metrics defines pgtrail's Prometheus metrics and serves them with a
+// health check. Every package records into the one registry made here.
+package metrics
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// Metrics are the collectors of one pipeline.
+type Metrics struct {
+	Registry       *prometheus.Registry
+	ChangesRead    prometheus.Counter
+	ChangesWritten *prometheus.CounterVec
+	BatchSeconds   *prometheus.HistogramVec
+	WriteErrors    *prometheus.CounterVec
+	BadContext     *prometheus.CounterVec
+	SlotLagBytes   prometheus.Gauge
+	ConfirmedLSN   prometheus.Gauge
+
+	mu     sync.Mutex
+	health map[string]error
+}
+
+// New registers pgtrail's metrics and the Go runtime's in a fresh registry.
+func New() *Metrics {
+	m := &Metrics{
+		Registry: prometheus.NewRegistry(),
+		ChangesRead: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "pgtrail_changes_read_total", Help: "Row changes read from the source."}),
+		ChangesWritten: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pgtrail_changes_written_total", Help: "Row changes durably written, by sink."}, []string{"sink"}),
+		BatchSeconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "pgtrail_batch_write_seconds", Help: "Time to write one batch durably, by sink.",
+			Buckets: prometheus.ExponentialBuckets(0.001, 2, 15)}, []string{"sink"}),
+		WriteErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pgtrail_write_errors_total", Help: "Failed batch writes (each is retried), by sink."}, []string{"sink"}),
+		BadContext: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pgtrail_bad_context_total", Help: "Context messages that were not a JSON object, by prefix."}, []string{"prefix"}),
+		SlotLagBytes: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "pgtrail_slot_lag_bytes", Help: "WAL bytes between the server's current position and the slot's confirmed position."}),
+		ConfirmedLSN: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "pgtrail_confirmed_lsn", Help: "Last source position confirmed after every sink made it durable."}),
+		health: map[string]error{},
+	}
+	m.Registry.MustRegister(m.ChangesRead, m.ChangesWritten, m.BatchSeconds, m.WriteErrors,
+		m.BadContext, m.SlotLagBytes, m.ConfirmedLSN,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}
+
+// SetHealth records the state of one component; nil means healthy.
+func (m *Metrics) SetHealth(component string, err error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.health[component] = err
+}
+
+// Health returns the first unhealthy component's error, or nil.
+func (m *Metrics) Health() error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var errs []error
+	for name, err := range m.health {
+		if err != nil {
+			errs = append(errs, errors.New(name+": "+err.Error()))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Start listens on addr now, so a busy port is reported at start-up, and
+// answers /metrics and /healthz until ctx ends.
+func (m *Metrics) Start(ctx context.Context, addr string, log *slog.Logger) error {
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(m.Registry, promhttp.HandlerOpts{}))
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
+		if err := m.Health(); err != nil {
+			http.Error(w, err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("listen on %s (http.listen): %w", addr, err)
+	}
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		<-ctx.Done()
+		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(sctx)
+	}()
+	go func() {
+		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+			log.Error("http server stopped", "err", err)
+		}
+	}()
+	log.Info("serving /metrics and /healthz", "addr", ln.Addr().String())
+	return nil
+}

@@ -1,0 +1,264 @@
+// Package pipeline moves changes from one source to every sink: it stitches
+// context, cuts batches by size and time, fans each batch out to the sinks,
+// and confirms source positions back in order once every sink has made them
+// durable.
+package pipeline
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/pgtrail/pgtrail/core/change"
+	"github.com/pgtrail/pgtrail/core/checkpoint"
+	"github.com/pgtrail/pgtrail/core/metrics"
+	"github.com/pgtrail/pgtrail/core/retry"
+	"github.com/pgtrail/pgtrail/core/stitch"
+)
+
+// Kind says what an Event carries.
+type Kind uint8
+
+const (
+	// Begin opens transaction XID.
+	Begin Kind = iota
+	// Message is a transactional logical decoding message (Prefix, Content).
+	Message
+	// Row is one row change. Skip marks a change decoded only so that a
+	// _bemi context cannot slide onto a later change; it is not stored.
+	Row
+	// Commit closes the transaction; Position may be confirmed once all its
+	// rows are durable.
+	Commit
+	// Progress carries a Position with no transaction open: the source is
+	// idle, and confirming it keeps an idle database from pinning WAL.
+	Progress
+)
+
+// Event is what a source emits, in source order.
+type Event struct {
+	Kind     Kind
+	XID      uint64
+	Prefix   string
+	Content  []byte
+	Change   *change.Change
+	Skip     bool
+	Position any
+}
+
+// Source reads changes. Run emits events until ctx ends or the source fails;
+// Confirm is told, in order, each position whose changes are durable; Close
+// reports the last confirmed position upstream and releases the source.
+type Source interface {
+	Run(ctx context.Context, out chan<- Event) error
+	Confirm(pos any)
+	Close(ctx context.Context) error
+}
+
+// Sink stores batches. Write returns nil only once the batch is durable, and
+// writing a batch again must not store any change twice.
+type Sink interface {
+	Name() string
+	Write(ctx context.Context, batch []*change.Change) error
+}
+
+// Options bound batches and memory.
+type Options struct {
+	BatchSize     int           // changes per batch at most
+	BatchBytes    int           // approximate bytes per batch at most
+	FlushInterval time.Duration // the longest a change waits for its batch to fill
+	MaxInFlight   int           // batches queued per sink before the source is held back
+	DrainTimeout  time.Duration // how long shutdown waits for sinks to finish
+}
+
+func (o *Options) defaults() {
+	if o.BatchSize <= 0 {
+		o.BatchSize = 5000
+	}
+	if o.BatchBytes <= 0 {
+		o.BatchBytes = 8 << 20
+	}
+	if o.FlushInterval <= 0 {
+		o.FlushInterval = 50 * time.Millisecond
+	}
+	if o.MaxInFlight <= 0 {
+		o.MaxInFlight = 4
+	}
+	if o.DrainTimeout <= 0 {
+		o.DrainTimeout = 30 * time.Second
+	}
+}
+
+// Pipeline connects one source to its sinks.
+type Pipeline struct {
+	src     Source
+	sinks   []Sink
+	opts    Options
+	log     *slog.Logger
+	metrics *metrics.Metrics
+	stitch  *stitch.Stitcher
+}
+
+// New returns a pipeline; Run starts it.
+func New(src Source, sinks []Sink, opts Options, log *slog.Logger, m *metrics.Metrics) *Pipeline {
+	opts.defaults()
+	return &Pipeline{
+		src: src, sinks: sinks, opts: opts, log: log, metrics: m,
+		stitch: stitch.New(log, func(prefix string) { m.BadContext.WithLabelValues(prefix).Inc() }),
+	}
+}
+
+type batch struct {
+	changes []*change.Change
+	ticket  uint64
+}
+
+// Run moves changes until ctx ends or the source fails. Either way it drains
+// what was already read into the sinks, confirms what they made durable, and
+// closes the source. It returns the source's error, or nil after ctx ended.
+func (p *Pipeline) Run(ctx context.Context) error {
+	events := make(chan Event, 4096)
+	srcErr := make(chan error, 1)
+	go func() {
+		srcErr <- p.src.Run(ctx, events)
+		close(events)
+	}()
+
+	// Writes outlive ctx so that shutdown drains, but only for DrainTimeout.
+	wctx, cancelWrites := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelWrites()
+	stopDrain := context.AfterFunc(ctx, func() {
+		t := time.AfterFunc(p.opts.DrainTimeout, cancelWrites)
+		<-wctx.Done()
+		t.Stop()
+	})
+	defer stopDrain()
+
+	wm := checkpoint.New(p.src.Confirm)
+	queues := make([]chan batch, len(p.sinks))
+	var wg sync.WaitGroup
+	for i, s := range p.sinks {
+		queues[i] = make(chan batch, p.opts.MaxInFlight)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			p.deliver(wctx, s, queues[i], wm)
+		}()
+	}
+
+	p.assemble(events, queues, wm)
+	for _, q := range queues {
+		close(q)
+	}
+	wg.Wait()
+	err := <-srcErr
+	if cerr := p.src.Close(wctx); cerr != nil && err == nil && ctx.Err() == nil {
+		err = cerr
+	}
+	if n := wm.Pending(); n > 0 {
+		p.log.Warn("stopped with batches not yet durable in every sink; they will be read again", "batches", n)
+	}
+	if errors.Is(err, context.Canceled) && ctx.Err() != nil {
+		return nil
+	}
+	return err
+}
+
+// assemble stitches events into batches and hands them to every sink.
+func (p *Pipeline) assemble(events <-chan Event, queues []chan batch, wm *checkpoint.Watermark) {
+	var (
+		cur   []*change.Change
+		size  int
+		pos   any
+		timer = time.NewTimer(time.Hour)
+	)
+	timer.Stop()
+	defer timer.Stop()
+
+	cut := func() {
+		timer.Stop()
+		if len(cur) == 0 {
+			if pos != nil {
+				wm.Add(pos, 0)
+				pos = nil
+			}
+			return
+		}
+		b := batch{changes: cur, ticket: wm.Add(pos, len(queues))}
+		for _, q := range queues {
+			q <- b // blocks while a sink is behind: back-pressure on the source
+		}
+		cur, size, pos = make([]*change.Change, 0, len(cur)), 0, nil
+	}
+
+	for {
+		select {
+		case ev, ok := <-events:
+			if !ok {
+				cut()
+				return
+			}
+			switch ev.Kind {
+			case Begin:
+				p.stitch.Begin(ev.XID)
+			case Message:
+				p.stitch.Message(ev.XID, ev.Prefix, ev.Content)
+			case Row:
+				ctxJSON := p.stitch.Next(ev.XID)
+				if ev.Skip {
+					continue
+				}
+				ev.Change.Context = ctxJSON
+				if len(cur) == 0 {
+					timer.Reset(p.opts.FlushInterval)
+				}
+				cur = append(cur, ev.Change)
+				size += len(ev.Change.Before) + len(ev.Change.After) + len(ctxJSON) + 256
+				p.metrics.ChangesRead.Inc()
+				if len(cur) >= p.opts.BatchSize || size >= p.opts.BatchBytes {
+					cut()
+				}
+			case Commit, Progress:
+				pos = ev.Position
+				if len(cur) == 0 {
+					cut()
+				}
+			}
+		case <-timer.C:
+			cut()
+		}
+	}
+}
+
+// deliver writes each batch to one sink, retrying until it is durable or the
+// drain deadline passes. Batches stay in order, so a failed batch holds back
+// every later one and nothing is ever confirmed past a gap.
+func (p *Pipeline) deliver(ctx context.Context, s Sink, queue <-chan batch, wm *checkpoint.Watermark) {
+	name := s.Name()
+	b := retry.Default()
+	for bt := range queue {
+		if ctx.Err() != nil {
+			continue // drain deadline passed: these are read again after restart
+		}
+		err := retry.Do(ctx, b, func(ctx context.Context) error {
+			start := time.Now()
+			if err := s.Write(ctx, bt.changes); err != nil {
+				return err
+			}
+			p.metrics.BatchSeconds.WithLabelValues(name).Observe(time.Since(start).Seconds())
+			return nil
+		}, func(err error, attempt int) {
+			p.metrics.WriteErrors.WithLabelValues(name).Inc()
+			p.metrics.SetHealth("sink "+name, err)
+			p.log.Error("sink write failed; retrying", "sink", name, "attempt", attempt, "changes", len(bt.changes), "err", err)
+		})
+		if err != nil {
+			continue
+		}
+		p.metrics.SetHealth("sink "+name, nil)
+		p.metrics.ChangesWritten.WithLabelValues(name).Add(float64(len(bt.changes)))
+		wm.Done(bt.ticket)
+	}
+}

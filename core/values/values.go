@@ -1,0 +1,85 @@
+// Package values formats column values as canonical JSON (design §6). Every
+// ingress (native pgoutput capture, Debezium events) decodes its own encoding
+// and then calls these functions, so the same row gives the same JSON whatever
+// the path it took.
+//
+// All functions append to dst and return the extended slice, like strconv's
+// Append functions; none of them allocates beyond growing dst.
+package values
+
+import (
+	"encoding/base64"
+	"unicode/utf8"
+)
+
+const hex = "0123456789abcdef"
+
+// safe marks the ASCII bytes that stand for themselves in a JSON string.
+var safe = func() (t [utf8.RuneSelf]bool) {
+	for b := 0x20; b < utf8.RuneSelf; b++ {
+		t[b] = b != '"' && b != '\\'
+	}
+	return t
+}()
+
+// AppendString appends s as a JSON string, escaped as encoding/json escapes it
+// with HTML escaping off: quote, backslash and control characters are escaped,
+// U+2028 and U+2029 too, and each byte of invalid UTF-8 becomes U+FFFD, so the
+// result is always valid UTF-8 JSON.
+func AppendString(dst []byte, s string) []byte {
+	dst = append(dst, '"')
+	start := 0
+	for i := 0; i < len(s); {
+		b := s[i]
+		if b < utf8.RuneSelf {
+			if safe[b] {
+				i++
+				continue
+			}
+			dst = append(dst, s[start:i]...)
+			switch b {
+			case '"', '\\':
+				dst = append(dst, '\\', b)
+			case '\b':
+				dst = append(dst, '\\', 'b')
+			case '\f':
+				dst = append(dst, '\\', 'f')
+			case '\n':
+				dst = append(dst, '\\', 'n')
+			case '\r':
+				dst = append(dst, '\\', 'r')
+			case '\t':
+				dst = append(dst, '\\', 't')
+			default:
+				dst = append(dst, '\\', 'u', '0', '0', hex[b>>4], hex[b&0xF])
+			}
+			i++
+			start = i
+			continue
+		}
+		r, size := utf8.DecodeRuneInString(s[i:])
+		switch {
+		case r == utf8.RuneError && size == 1:
+			dst = append(dst, s[start:i]...)
+			dst = append(dst, `\ufffd`...)
+		case r == '\u2028' || r == '\u2029':
+			dst = append(dst, s[start:i]...)
+			dst = append(dst, '\\', 'u', '2', '0', '2', hex[r&0xF])
+		default:
+			i += size
+			continue
+		}
+		i += size
+		start = i
+	}
+	dst = append(dst, s[start:]...)
+	return append(dst, '"')
+}
+
+// AppendBytes appends b as a JSON string holding its standard base64 encoding
+// (with padding), the form of bytea.
+func AppendBytes(dst, b []byte) []byte {
+	dst = append(dst, '"')
+	dst = base64.StdEncoding.AppendEncode(dst, b)
+	return append(dst, '"')
+}

@@ -1,0 +1,335 @@
+// Package postgres is the PostgreSQL audit-table sink. Its table is the
+// `changes` table that Bemi's ORM query helpers read, range-partitioned by
+// committed_at so that retention is a matter of dropping partitions.
+package postgres
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+	"unicode/utf8"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/pgtrail/pgtrail/plugins/sdk"
+)
+
+// Version is the sink's version, reported by `pgtrail plugins`.
+const Version = "0.1.0"
+
+// Config is the sink's `config` block.
+type Config struct {
+	URL    string `json:"url"`
+	Schema string `json:"schema"`
+	Table  string `json:"table"`
+}
+
+// Sink writes changes to the audit table.
+type Sink struct {
+	cfg    Config
+	target string // quoted schema.table
+	pool   *pgxpool.Pool
+
+	mu    sync.Mutex
+	parts map[string]bool // partitions known to exist
+	// replaying is true until a batch goes in without a single conflict: after
+	// a restart the first batches overlap what is stored, so they go through
+	// a staging table; then plain COPY, the fast path.
+	replaying bool
+}
+
+// New returns an unconfigured sink.
+func New() *Sink { return &Sink{parts: map[string]bool{}, replaying: true} }
+
+// Describe names the sink.
+func (s *Sink) Describe() sdk.Description {
+	return sdk.Description{Name: "postgres", Version: Version, Summary: "audit table in PostgreSQL (Bemi-compatible changes table)"}
+}
+
+// Configure reads the config block.
+func (s *Sink) Configure(_ context.Context, raw json.RawMessage) error {
+	cfg := Config{Schema: "pgtrail", Table: "changes"}
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.DisallowUnknownFields()
+	if len(raw) > 0 {
+		if err := dec.Decode(&cfg); err != nil {
+			return fmt.Errorf("config: %w (known keys: url, schema, table)", err)
+		}
+	}
+	if cfg.URL == "" {
+		return errors.New("config.url: required: the PostgreSQL URL of the database that holds the audit table")
+	}
+	if _, err := pgxpool.ParseConfig(cfg.URL); err != nil {
+		return fmt.Errorf("config.url: %w", err)
+	}
+	if !validIdent(cfg.Schema) {
+		return fmt.Errorf("config.schema: %q is not a simple identifier (lowercase letters, digits, _)", cfg.Schema)
+	}
+	if !validIdent(cfg.Table) {
+		return fmt.Errorf("config.table: %q is not a simple identifier (lowercase letters, digits, _)", cfg.Table)
+	}
+	s.cfg = cfg
+	s.target = pgx.Identifier{cfg.Schema, cfg.Table}.Sanitize()
+	return nil
+}
+
+func validIdent(s string) bool {
+	if s == "" || len(s) > 63 || (s[0] >= '0' && s[0] <= '9') {
+		return false
+	}
+	for _, r := range s {
+		if !(r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '_') {
+			return false
+		}
+	}
+	return true
+}
+
+func (s *Sink) connect(ctx context.Context) error {
+	if s.pool != nil {
+		return nil
+	}
+	pc, err := pgxpool.ParseConfig(s.cfg.URL)
+	if err != nil {
+		return fmt.Errorf("config.url: %w", err)
+	}
+	pc.MaxConns = 2
+	pc.ConnConfig.RuntimeParams["application_name"] = "pgtrail-sink"
+	pool, err := pgxpool.NewWithConfig(ctx, pc)
+	if err != nil {
+		return fmt.Errorf("connect to audit database: %w", err)
+	}
+	s.pool = pool
+	return nil
+}
+
+// Open connects and checks that the audit table exists.
+func (s *Sink) Open(ctx context.Context) error {
+	if err := s.connect(ctx); err != nil {
+		return err
+	}
+	var exists bool
+	err := s.pool.QueryRow(ctx, "SELECT to_regclass($1) IS NOT NULL", s.target).Scan(&exists)
+	if err != nil {
+		return fmt.Errorf("look up audit table %s: %w", s.target, err)
+	}
+	if !exists {
+		return fmt.Errorf("audit table %s does not exist: run `pgtrail setup`", s.target)
+	}
+	return nil
+}
+
+// Check pings the audit database.
+func (s *Sink) Check(ctx context.Context) error {
+	if err := s.connect(ctx); err != nil {
+		return err
+	}
+	return s.pool.Ping(ctx)
+}
+
+// Close releases the connections.
+func (s *Sink) Close(context.Context) error {
+	if s.pool != nil {
+		s.pool.Close()
+		s.pool = nil
+	}
+	return nil
+}
+
+// Setup creates the schema, the partitioned audit table, its indexes and the
+// partitions for this month and the next. Idempotent.
+func (s *Sink) Setup(ctx context.Context) error {
+	if err := s.connect(ctx); err != nil {
+		return err
+	}
+	t := s.cfg.Table
+	idx := func(suffix string) string { return pgx.Identifier{t + "_" + suffix}.Sanitize() }
+	stmts := []string{
+		"CREATE SCHEMA IF NOT EXISTS " + pgx.Identifier{s.cfg.Schema}.Sanitize(),
+		`CREATE TABLE IF NOT EXISTS ` + s.target + ` (
+			id uuid NOT NULL,
+			primary_key varchar(255),
+			before jsonb NOT NULL DEFAULT '{}',
+			after jsonb NOT NULL DEFAULT '{}',
+			context jsonb NOT NULL DEFAULT '{}',
+			database varchar(255) NOT NULL,
+			schema varchar(255) NOT NULL,
+			"table" varchar(255) NOT NULL,
+			operation text NOT NULL CHECK (operation IN ('CREATE', 'UPDATE', 'DELETE', 'TRUNCATE')),
+			committed_at timestamptz NOT NULL,
+			queued_at timestamptz NOT NULL,
+			created_at timestamptz NOT NULL DEFAULT now(),
+			transaction_id bigint NOT NULL,
+			position bigint NOT NULL,
+			commit_position bigint NOT NULL,
+			seq integer NOT NULL,
+			unchanged_toast text[],
+			PRIMARY KEY (id, committed_at)
+		) PARTITION BY RANGE (committed_at)`,
+		`CREATE INDEX IF NOT EXISTS ` + idx("table_primary_key_idx") + ` ON ` + s.target + ` ("table", primary_key)`,
+		`CREATE INDEX IF NOT EXISTS ` + idx("committed_at_idx") + ` ON ` + s.target + ` (committed_at)`,
+		`CREATE INDEX IF NOT EXISTS ` + idx("context_idx") + ` ON ` + s.target + ` USING gin (context jsonb_path_ops)`,
+		`CREATE INDEX IF NOT EXISTS ` + idx("before_idx") + ` ON ` + s.target + ` USING gin (before jsonb_path_ops)`,
+		`CREATE INDEX IF NOT EXISTS ` + idx("after_idx") + ` ON ` + s.target + ` USING gin (after jsonb_path_ops)`,
+	}
+	for _, q := range stmts {
+		if _, err := s.pool.Exec(ctx, q); err != nil {
+			return fmt.Errorf("set up audit table %s: %w", s.target, err)
+		}
+	}
+	now := time.Now().UTC()
+	return s.ensurePartitions(ctx, []time.Time{now, now.AddDate(0, 1, 0)})
+}
+
+// Teardown drops the audit table with all its partitions.
+func (s *Sink) Teardown(ctx context.Context) error {
+	if err := s.connect(ctx); err != nil {
+		return err
+	}
+	if _, err := s.pool.Exec(ctx, "DROP TABLE IF EXISTS "+s.target); err != nil {
+		return fmt.Errorf("drop audit table %s: %w", s.target, err)
+	}
+	return nil
+}
+
+// ensurePartitions creates the monthly partitions that hold the given times.
+func (s *Sink) ensurePartitions(ctx context.Context, times []time.Time) error {
+	for _, t := range times {
+		start := time.Date(t.Year(), t.Month(), 1, 0, 0, 0, 0, time.UTC)
+		name := fmt.Sprintf("%s_p%04d%02d", s.cfg.Table, start.Year(), int(start.Month()))
+		s.mu.Lock()
+		known := s.parts[name]
+		s.mu.Unlock()
+		if known {
+			continue
+		}
+		q := fmt.Sprintf(`CREATE TABLE IF NOT EXISTS %s PARTITION OF %s FOR VALUES FROM ('%s') TO ('%s')`,
+			pgx.Identifier{s.cfg.Schema, name}.Sanitize(), s.target,
+			start.Format(time.RFC3339), start.AddDate(0, 1, 0).Format(time.RFC3339))
+		if _, err := s.pool.Exec(ctx, q); err != nil {
+			var pgErr *pgconn.PgError
+			// Another writer may have made it between our check and create.
+			if !errors.As(err, &pgErr) || pgErr.Code != "42P07" {
+				return fmt.Errorf("create partition %s: %w", name, err)
+			}
+		}
+		s.mu.Lock()
+		s.parts[name] = true
+		s.mu.Unlock()
+	}
+	return nil
+}
+
+var columns = []string{"id", "primary_key", "before", "after", "context", "database", "schema", "table",
+	"operation", "committed_at", "queued_at", "transaction_id", "position", "commit_position", "seq", "unchanged_toast"}
+
+// Write stores a batch in one transaction, so it is all there or not at all.
+func (s *Sink) Write(ctx context.Context, batch []*sdk.Change) error {
+	if len(batch) == 0 {
+		return nil
+	}
+	if err := s.connect(ctx); err != nil {
+		return err
+	}
+	var months []time.Time
+	var last time.Time
+	for _, c := range batch {
+		if m := c.CommittedAt.UTC(); m.Year() != last.Year() || m.Month() != last.Month() {
+			months = append(months, m)
+			last = m
+		}
+	}
+	if err := s.ensurePartitions(ctx, months); err != nil {
+		return err
+	}
+	if !s.replaying {
+		err := s.copyDirect(ctx, batch)
+		var pgErr *pgconn.PgError
+		if err == nil || !errors.As(err, &pgErr) || pgErr.Code != "23505" {
+			return err
+		}
+		// Some changes are stored already: a replay. Merge instead.
+		s.replaying = true
+	}
+	inserted, err := s.merge(ctx, batch)
+	if err != nil {
+		return err
+	}
+	if inserted == int64(len(batch)) {
+		s.replaying = false
+	}
+	return nil
+}
+
+// copyDirect is the fast path: COPY straight into the audit table.
+func (s *Sink) copyDirect(ctx context.Context, batch []*sdk.Change) error {
+	_, err := s.pool.CopyFrom(ctx, pgx.Identifier{s.cfg.Schema, s.cfg.Table}, columns, rows(batch))
+	if err != nil {
+		return fmt.Errorf("copy %d changes into %s: %w", len(batch), s.target, err)
+	}
+	return nil
+}
+
+// merge copies the batch into a staging table and inserts only the changes
+// that are not stored yet.
+func (s *Sink) merge(ctx context.Context, batch []*sdk.Change) (int64, error) {
+	var inserted int64
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		_, err := tx.Exec(ctx, `CREATE TEMP TABLE IF NOT EXISTS pgtrail_stage
+			(LIKE `+s.target+` INCLUDING DEFAULTS) ON COMMIT DELETE ROWS`)
+		if err != nil {
+			return fmt.Errorf("create staging table: %w", err)
+		}
+		if _, err := tx.CopyFrom(ctx, pgx.Identifier{"pgtrail_stage"}, columns, rows(batch)); err != nil {
+			return fmt.Errorf("copy %d changes into staging table: %w", len(batch), err)
+		}
+		tag, err := tx.Exec(ctx, `INSERT INTO `+s.target+` SELECT * FROM pgtrail_stage ON CONFLICT DO NOTHING`)
+		if err != nil {
+			return fmt.Errorf("merge %d changes into %s: %w", len(batch), s.target, err)
+		}
+		inserted = tag.RowsAffected()
+		return nil
+	})
+	return inserted, err
+}
+
+func rows(batch []*sdk.Change) pgx.CopyFromSource {
+	return pgx.CopyFromSlice(len(batch), func(i int) ([]any, error) {
+		c := batch[i]
+		var key any
+		if c.PrimaryKey != "" {
+			key = truncate(c.PrimaryKey, 255)
+		}
+		var toast any
+		if len(c.UnchangedToast) > 0 {
+			toast = c.UnchangedToast
+		}
+		return []any{[16]byte(c.ID), key, jsonb(c.Before), jsonb(c.After), jsonb(c.Context),
+			c.Database, c.Schema, c.Table, string(c.Operation), c.CommittedAt, c.QueuedAt,
+			int64(c.TransactionID), int64(c.LSN), int64(c.CommitLSN), int32(c.Seq), toast}, nil
+	})
+}
+
+// jsonb passes raw JSON through pgx's jsonb codec without re-encoding it.
+func jsonb(raw json.RawMessage) any {
+	if len(raw) == 0 {
+		return []byte("{}")
+	}
+	return []byte(raw)
+}
+
+// truncate keeps the first n characters: primary_key is varchar(255) for
+// compatibility with Bemi's table, and a longer key must not stop the pipeline.
+func truncate(s string, n int) string {
+	if utf8.RuneCountInString(s) <= n {
+		return s
+	}
+	r := []rune(s)
+	return string(r[:n])
+}

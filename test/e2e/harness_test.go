@@ -1,0 +1,241 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/pgtrail/pgtrail/test/pgtest"
+)
+
+var (
+	cluster *pgtest.Cluster
+	binary  string
+)
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "pgtrail-e2e-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	binary = filepath.Join(dir, "pgtrail")
+	build := exec.Command("go", "build", "-o", binary, "github.com/pgtrail/pgtrail/cmd/pgtrail")
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "build pgtrail:", err)
+		os.Exit(1)
+	}
+	defer os.RemoveAll(dir)
+	pgtest.Main(m, pgtest.Options{}, func(c *pgtest.Cluster) { cluster = c })
+}
+
+// syncBuffer collects a process's output for failure messages.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// proc is a running `pgtrail run`.
+type proc struct {
+	t    testing.TB
+	cmd  *exec.Cmd
+	out  *syncBuffer
+	done chan struct{}
+	err  error
+}
+
+// writeConfig writes a config for database url: pg is added to
+// source.postgres, extra is appended at the top level.
+func writeConfig(t testing.TB, url, extra, pg string) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "pgtrail.yaml")
+	cfg := fmt.Sprintf("source:\n  type: postgres\n  postgres:\n    url: %q\n    status_interval: 1s\n%slog:\n  level: debug\n%s", url, pg, extra)
+	if !strings.Contains(extra, "http:") {
+		cfg += "http:\n  listen: \"\"\n"
+	}
+	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// pgtrail runs one command to completion and returns its combined output.
+func pgtrail(t testing.TB, config string, args ...string) (string, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, binary, append(args, "--config", config)...)
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
+// start launches `pgtrail run` with the config and waits until it streams.
+func start(t testing.TB, config string) *proc {
+	t.Helper()
+	p := &proc{t: t, out: &syncBuffer{}, done: make(chan struct{})}
+	p.cmd = exec.Command(binary, "run", "--config", config)
+	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
+	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		p.err = p.cmd.Wait()
+		close(p.done)
+	}()
+	t.Cleanup(func() {
+		p.kill()
+		if t.Failed() {
+			t.Logf("pgtrail output:\n%s", tail(p.out.String(), 60))
+		}
+	})
+	waitFor(t, 30*time.Second, "pgtrail to start capturing", func() bool {
+		select {
+		case <-p.done:
+			t.Fatalf("pgtrail exited at start-up: %v\n%s", p.err, p.out.String())
+		default:
+		}
+		return strings.Contains(p.out.String(), "capturing")
+	})
+	return p
+}
+
+func tail(s string, n int) string {
+	lines := strings.Split(s, "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// cfgPath is the config file the process runs with.
+func cfgPath(p *proc) string { return p.cmd.Args[len(p.cmd.Args)-1] }
+
+// kill ends the process with SIGKILL: no drain, no final confirmation.
+func (p *proc) kill() {
+	if p.cmd.Process != nil {
+		_ = p.cmd.Process.Signal(syscall.SIGKILL)
+	}
+	<-p.done
+}
+
+// stop sends SIGTERM and returns the exit error once it exits.
+func (p *proc) stop() error {
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.done:
+		return p.err
+	case <-time.After(60 * time.Second):
+		p.t.Fatalf("pgtrail did not exit within 60s of SIGTERM\n%s", tail(p.out.String(), 40))
+		return nil
+	}
+}
+
+func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", timeout, what)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func connect(t testing.TB, url string) *pgx.Conn {
+	t.Helper()
+	conn, err := pgx.Connect(context.Background(), url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close(context.Background()) })
+	return conn
+}
+
+func exec1(t testing.TB, conn *pgx.Conn, sql string, args ...any) {
+	t.Helper()
+	if _, err := conn.Exec(context.Background(), sql, args...); err != nil {
+		t.Fatalf("%s: %v", sql, err)
+	}
+}
+
+func count(t testing.TB, conn *pgx.Conn, sql string, args ...any) int {
+	t.Helper()
+	var n int
+	if err := conn.QueryRow(context.Background(), sql, args...).Scan(&n); err != nil {
+		t.Fatalf("%s: %v", sql, err)
+	}
+	return n
+}
+
+// waitForChanges waits until the audit table holds n changes.
+func waitForChanges(t testing.TB, conn *pgx.Conn, n int, timeout time.Duration) {
+	t.Helper()
+	var got int
+	waitFor(t, timeout, fmt.Sprintf("%d changes in the audit table", n), func() bool {
+		got = count(t, conn, "SELECT count(*) FROM pgtrail.changes")
+		if got > n {
+			t.Fatalf("audit table holds %d changes, more than the %d expected", got, n)
+		}
+		return got == n
+	})
+}
+
+// auditRow is one stored change, in the columns a user reads.
+type auditRow struct {
+	Operation, Table, PrimaryKey string
+	Before, After, Context       string
+}
+
+func (r auditRow) String() string {
+	return fmt.Sprintf("%s %s[%s] before=%s after=%s context=%s", r.Operation, r.Table, r.PrimaryKey, r.Before, r.After, r.Context)
+}
+
+// auditRows returns the stored changes in source order.
+func auditRows(t testing.TB, conn *pgx.Conn) []auditRow {
+	t.Helper()
+	rows, err := conn.Query(context.Background(), `SELECT operation, "table", coalesce(primary_key, ''),
+		before::text, after::text, context::text FROM pgtrail.changes ORDER BY commit_position, seq`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := pgx.CollectRows(rows, pgx.RowToStructByPos[auditRow])
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+func freePort(t testing.TB) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}

@@ -1,0 +1,246 @@
+// Package pglogrepl is pgtrail's native capture: it reads a PostgreSQL
+// database's logical replication stream (pgoutput, protocol 2, with logical
+// decoding messages) and emits pipeline events.
+package pglogrepl
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync/atomic"
+	"time"
+
+	repl "github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/pgtrail/pgtrail/core/config"
+	"github.com/pgtrail/pgtrail/core/metrics"
+	"github.com/pgtrail/pgtrail/core/pipeline"
+)
+
+// Source reads one replication slot.
+type Source struct {
+	cfg     config.Postgres
+	log     *slog.Logger
+	metrics *metrics.Metrics
+
+	repl *pgconn.PgConn // the replication stream; used by Run's goroutine only
+	side *pgx.Conn      // catalog look-ups and lag; likewise
+	dec  *decoder
+
+	start      repl.LSN
+	confirmed  atomic.Uint64 // highest LSN durable in every sink
+	reported   repl.LSN      // last flush position sent to the server
+	received   repl.LSN      // highest position seen from the server
+	nextStatus time.Time
+}
+
+// sessionSettings make the server's text output of values canonical, so that
+// decoding needs no guessing.
+var sessionSettings = map[string]string{
+	"DateStyle":          "ISO, YMD",
+	"IntervalStyle":      "iso_8601",
+	"TimeZone":           "UTC",
+	"extra_float_digits": "3",
+	"lc_monetary":        "C",
+	"application_name":   "pgtrail",
+}
+
+// Open connects to the slot that Setup made, without starting to read.
+func Open(ctx context.Context, cfg config.Postgres, log *slog.Logger, m *metrics.Metrics) (*Source, error) {
+	side, err := connect(ctx, cfg.URL)
+	if err != nil {
+		return nil, err
+	}
+	s := &Source{cfg: cfg, log: log, metrics: m, side: side}
+	fail := func(err error) (*Source, error) {
+		s.closeConns(context.WithoutCancel(ctx))
+		return nil, err
+	}
+	if err := Preflight(ctx, side); err != nil {
+		return fail(err)
+	}
+	var confirmed *string
+	err = side.QueryRow(ctx, "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1", cfg.Slot).Scan(&confirmed)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return fail(fmt.Errorf("replication slot %q does not exist: run `pgtrail setup`", cfg.Slot))
+	}
+	if err != nil {
+		return fail(fmt.Errorf("read replication slot %q: %w", cfg.Slot, err))
+	}
+	if confirmed != nil {
+		if s.start, err = repl.ParseLSN(*confirmed); err != nil {
+			return fail(fmt.Errorf("parse confirmed position of slot %q: %w", cfg.Slot, err))
+		}
+	}
+	s.confirmed.Store(uint64(s.start))
+	s.reported = s.start
+
+	pc, err := pgconn.ParseConfig(cfg.URL)
+	if err != nil {
+		return fail(fmt.Errorf("source.postgres.url: %w", err))
+	}
+	for k, v := range sessionSettings {
+		pc.RuntimeParams[k] = v
+	}
+	pc.RuntimeParams["replication"] = "database"
+	if s.repl, err = pgconn.ConnectConfig(ctx, pc); err != nil {
+		return fail(explain(err))
+	}
+	s.dec = newDecoder(side.Config().Database, cfg, side, log)
+	return s, nil
+}
+
+// Run streams changes from the slot's confirmed position until ctx ends.
+func (s *Source) Run(ctx context.Context, out chan<- pipeline.Event) error {
+	err := repl.StartReplication(ctx, s.repl, s.cfg.Slot, s.start, repl.StartReplicationOptions{
+		PluginArgs: []string{"proto_version '2'", fmt.Sprintf("publication_names '%s'", s.cfg.Publication), "messages 'true'"},
+	})
+	if err != nil {
+		return fmt.Errorf("start replication from slot %q: %w", s.cfg.Slot, explain(err))
+	}
+	s.log.Info("capturing", "slot", s.cfg.Slot, "publication", s.cfg.Publication, "from", s.start.String())
+	s.nextStatus = time.Now()
+	emit := func(ev pipeline.Event) error {
+		for {
+			select {
+			case out <- ev:
+				return nil
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(time.Until(s.nextStatus)):
+				// Held back by a slow sink: keep the server from timing us out.
+				if err := s.status(ctx, false); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	for {
+		if time.Now().After(s.nextStatus) {
+			if err := s.status(ctx, false); err != nil {
+				return err
+			}
+		}
+		rctx, cancel := context.WithDeadline(ctx, s.nextStatus)
+		raw, err := s.repl.ReceiveMessage(rctx)
+		cancel()
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			if pgconn.Timeout(err) {
+				continue
+			}
+			return fmt.Errorf("receive from slot %q: %w", s.cfg.Slot, err)
+		}
+		switch msg := raw.(type) {
+		case *pgproto3.CopyData:
+			if err := s.handle(ctx, msg.Data, emit); err != nil {
+				return err
+			}
+		case *pgproto3.ErrorResponse:
+			return fmt.Errorf("replication from slot %q: %w", s.cfg.Slot, explain(pgconn.ErrorResponseToPgError(msg)))
+		default:
+			return fmt.Errorf("replication from slot %q: unexpected message %T", s.cfg.Slot, raw)
+		}
+	}
+}
+
+func (s *Source) handle(ctx context.Context, data []byte, emit func(pipeline.Event) error) error {
+	if len(data) == 0 {
+		return nil
+	}
+	switch data[0] {
+	case repl.PrimaryKeepaliveMessageByteID:
+		ka, err := repl.ParsePrimaryKeepaliveMessage(data[1:])
+		if err != nil {
+			return fmt.Errorf("parse keepalive: %w", err)
+		}
+		if ka.ServerWALEnd > s.received {
+			s.received = ka.ServerWALEnd
+			// Between transactions everything before the server's WAL end has
+			// been sent: once that is durable the slot may move past it.
+			if !s.dec.inTxn {
+				if err := emit(pipeline.Event{Kind: pipeline.Progress, Position: ka.ServerWALEnd}); err != nil {
+					return err
+				}
+			}
+		}
+		if ka.ReplyRequested {
+			return s.status(ctx, false)
+		}
+	case repl.XLogDataByteID:
+		xld, err := repl.ParseXLogData(data[1:])
+		if err != nil {
+			return fmt.Errorf("parse WAL data: %w", err)
+		}
+		return s.dec.decode(ctx, xld, emit)
+	}
+	return nil
+}
+
+// Confirm records that every change up to pos is durable in every sink.
+func (s *Source) Confirm(pos any) {
+	lsn := uint64(pos.(repl.LSN))
+	if lsn > s.confirmed.Load() {
+		s.confirmed.Store(lsn)
+		s.metrics.ConfirmedLSN.Set(float64(lsn))
+	}
+}
+
+// status reports the confirmed position as written, flushed and applied: the
+// server may recycle WAL only up to what is durable in every sink, never what
+// is merely received.
+func (s *Source) status(ctx context.Context, final bool) error {
+	lsn := repl.LSN(s.confirmed.Load())
+	err := repl.SendStandbyStatusUpdate(ctx, s.repl, repl.StandbyStatusUpdate{
+		WALWritePosition: lsn, WALFlushPosition: lsn, WALApplyPosition: lsn,
+	})
+	if err != nil {
+		return fmt.Errorf("send status to slot %q: %w", s.cfg.Slot, err)
+	}
+	if lsn != s.reported {
+		s.log.Debug("confirmed", "lsn", lsn.String(), "final", final)
+		s.reported = lsn
+	}
+	s.nextStatus = time.Now().Add(time.Duration(s.cfg.StatusInterval))
+	if !final {
+		s.updateLag(ctx)
+	}
+	return nil
+}
+
+func (s *Source) updateLag(ctx context.Context) {
+	var lag int64
+	err := s.side.QueryRow(ctx, `SELECT coalesce((pg_current_wal_lsn() - confirmed_flush_lsn)::bigint, 0)
+		FROM pg_replication_slots WHERE slot_name = $1`, s.cfg.Slot).Scan(&lag)
+	if err == nil {
+		s.metrics.SlotLagBytes.Set(float64(lag))
+	}
+}
+
+// Close reports the final confirmed position and disconnects. It runs after
+// Run has returned, once the pipeline has drained.
+func (s *Source) Close(ctx context.Context) error {
+	var err error
+	if s.repl != nil && !s.repl.IsClosed() {
+		err = s.status(ctx, true)
+	}
+	s.closeConns(ctx)
+	return err
+}
+
+func (s *Source) closeConns(ctx context.Context) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	if s.repl != nil {
+		_ = s.repl.Close(ctx)
+	}
+	if s.side != nil {
+		_ = s.side.Close(ctx)
+	}
+}
