@@ -14,6 +14,10 @@ import (
 
 const hex = "0123456789abcdef"
 
+// For testing 8 bytes at once: a byte of a word minus ones has its high bit
+// set, under a byte whose own high bit is clear, only where the byte was zero.
+const ones, highs = 0x0101010101010101, 0x8080808080808080
+
 // safe marks the ASCII bytes that stand for themselves in a JSON string.
 var safe = func() (t [utf8.RuneSelf]bool) {
 	for b := 0x20; b < utf8.RuneSelf; b++ {
@@ -30,6 +34,20 @@ func AppendString(dst []byte, s string) []byte {
 	dst = append(dst, '"')
 	start := 0
 	for i := 0; i < len(s); {
+		// Skip safe ASCII a word at a time: no byte with the high bit set,
+		// below 0x20, '"' or '\\'.
+		for ; i+8 <= len(s); i += 8 {
+			w := s[i : i+8]
+			v := uint64(w[0]) | uint64(w[1])<<8 | uint64(w[2])<<16 | uint64(w[3])<<24 |
+				uint64(w[4])<<32 | uint64(w[5])<<40 | uint64(w[6])<<48 | uint64(w[7])<<56
+			q, bs := v^(ones*'"'), v^(ones*'\\')
+			if (v|(v-ones*0x20)&^v|(q-ones)&^q|(bs-ones)&^bs)&highs != 0 {
+				break
+			}
+		}
+		if i == len(s) {
+			break
+		}
 		b := s[i]
 		if b < utf8.RuneSelf {
 			if safe[b] {

@@ -1,0 +1,34 @@
+# pgtrail: `make demo` runs it end to end on a throwaway PostgreSQL,
+# `make test` runs the whole test suite. Both install what is missing.
+GO      ?= go
+BIN     := bin/pgtrail
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+
+.PHONY: all build demo test unit e2e vet deps clean
+
+all: build
+
+# deps installs the PostgreSQL server binaries when the machine lacks them.
+deps:
+	@command -v $(GO) >/dev/null || { echo "Go is required: https://go.dev/dl/"; exit 1; }
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+		echo "installing the PostgreSQL server (Debian package postgresql)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
+		ls /usr/lib/postgresql/*/bin/initdb >/dev/null; }
+	@$(GO) mod download
+
+build: deps
+	$(GO) build -ldflags "-X main.version=$(VERSION)" -o $(BIN) ./cmd/pgtrail
+
+demo: build
+	$(GO) run ./test/demo $(BIN)
+
+vet:
+	$(GO) vet ./...
+	@test -z "$$(gofmt -l .)" || { echo "gofmt needed:"; gofmt -l .; exit 1; }
+
+test: deps vet
+	$(GO) test -count=1 -timeout 15m ./...
+
+clean:
+	rm -rf bin

@@ -1,0 +1,145 @@
+// Command demo runs pgtrail end to end on a throwaway PostgreSQL: it starts a
+// private cluster, creates a small app schema with the Bemi ORM trigger, runs
+// `pgtrail setup` and `pgtrail run`, makes writes that carry context, and
+// prints the audit trail that pgtrail stored.
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/pgtrail/pgtrail/test/pgtest"
+)
+
+func main() {
+	if len(os.Args) != 2 {
+		fmt.Fprintln(os.Stderr, "usage: demo PATH-TO-PGTRAIL-BINARY")
+		os.Exit(2)
+	}
+	if err := run(os.Args[1]); err != nil {
+		fmt.Fprintln(os.Stderr, "demo:", err)
+		os.Exit(1)
+	}
+}
+
+func step(format string, args ...any) { fmt.Printf("\n==> "+format+"\n", args...) }
+
+func run(binary string) error {
+	ctx := context.Background()
+	step("starting a throwaway PostgreSQL with wal_level=logical")
+	cluster, err := pgtest.Start(pgtest.Options{})
+	if err != nil {
+		return err
+	}
+	defer cluster.Stop()
+	url := cluster.URL("postgres")
+	conn, err := pgx.Connect(ctx, url)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(ctx)
+
+	step("creating the app's tables and the Bemi ORM trigger (as the Bemi packages' migration does)")
+	if _, err := conn.Exec(ctx, schema); err != nil {
+		return err
+	}
+
+	step("pgtrail setup && pgtrail run   (DATABASE_URL=%s)", url)
+	env := append(os.Environ(), "DATABASE_URL="+url)
+	setup := exec.Command(binary, "setup")
+	setup.Env, setup.Stdout, setup.Stderr = env, os.Stdout, os.Stderr
+	if err := setup.Run(); err != nil {
+		return fmt.Errorf("pgtrail setup: %w", err)
+	}
+	runner := exec.Command(binary, "run")
+	runner.Env, runner.Stdout, runner.Stderr = env, os.Stdout, os.Stderr
+	runner.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := runner.Start(); err != nil {
+		return err
+	}
+	defer func() {
+		_ = runner.Process.Signal(syscall.SIGTERM)
+		_ = runner.Wait()
+	}()
+
+	step("writing: an ORM request with /*Bemi ...*/ context, and a job using pgtrail.set_context")
+	for _, q := range writes {
+		fmt.Println("   ", strings.TrimSpace(q))
+		if _, err := conn.Exec(ctx, q); err != nil {
+			return fmt.Errorf("%s: %w", q, err)
+		}
+	}
+
+	step("the audit trail (pgtrail.changes)")
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		var n int
+		_ = conn.QueryRow(ctx, "SELECT count(*) FROM pgtrail.changes").Scan(&n)
+		if n >= wantChanges {
+			break
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("only %d of %d changes reached the audit table in 30s", n, wantChanges)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	rows, err := conn.Query(ctx, `SELECT to_char(committed_at, 'HH24:MI:SS.MS'), operation, "table", coalesce(primary_key, ''),
+		before::text, after::text, context::text FROM pgtrail.changes ORDER BY commit_position, seq`)
+	if err != nil {
+		return err
+	}
+	w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(w, "COMMITTED\tOPERATION\tTABLE\tKEY\tBEFORE\tAFTER\tCONTEXT")
+	for rows.Next() {
+		var at, op, table, key, before, after, c string
+		if err := rows.Scan(&at, &op, &table, &key, &before, &after, &c); err != nil {
+			return err
+		}
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", at, op, table, key, before, after, c)
+	}
+	if err := rows.Err(); err != nil {
+		return err
+	}
+	_ = w.Flush()
+	step("who changed todo 1, and why:  SELECT operation, after, context FROM pgtrail.changes WHERE \"table\" = 'todos' AND primary_key = '1'")
+	return nil
+}
+
+const schema = `
+CREATE TABLE todos (id serial PRIMARY KEY, task text NOT NULL, done boolean NOT NULL DEFAULT false, due date);
+ALTER TABLE todos REPLICA IDENTITY FULL; -- keep whole before images
+CREATE TABLE invoices (id int PRIMARY KEY, amount numeric(20, 2), meta jsonb);
+
+CREATE FUNCTION _bemi_row_trigger_func() RETURNS TRIGGER AS $$
+DECLARE _bemi_metadata TEXT;
+BEGIN
+  SELECT split_part(split_part(current_query(), '/*Bemi ', 2), ' Bemi*/', 1) INTO _bemi_metadata;
+  IF _bemi_metadata <> '' THEN
+    PERFORM pg_logical_emit_message(true, '_bemi', _bemi_metadata);
+  END IF;
+  IF (TG_OP = 'DELETE') THEN RETURN OLD; END IF;
+  RETURN NEW;
+END;
+$$ LANGUAGE plpgsql;
+CREATE TRIGGER _bemi_row_trigger_todos BEFORE INSERT OR UPDATE OR DELETE ON todos FOR EACH ROW EXECUTE FUNCTION _bemi_row_trigger_func();
+CREATE TRIGGER _bemi_row_trigger_invoices BEFORE INSERT OR UPDATE OR DELETE ON invoices FOR EACH ROW EXECUTE FUNCTION _bemi_row_trigger_func();
+`
+
+var writes = []string{
+	`INSERT INTO todos (task, due) VALUES ('write the audit report', '2026-12-01'), ('ship pgtrail', NULL) /*Bemi {"endpoint":"POST /todos","userId":42} Bemi*/`,
+	`UPDATE todos SET done = true WHERE id = 1 /*Bemi {"endpoint":"PATCH /todos/1","userId":7} Bemi*/`,
+	`BEGIN; SELECT pgtrail.set_context('{"job":"invoice-import","run":"2026-11-25"}');
+	 INSERT INTO invoices VALUES (1, 99.90, '{"currency":"EUR"}'), (2, 12345678901234.56, '{"currency":"USD"}');
+	 DELETE FROM todos WHERE id = 2; COMMIT;`,
+	`UPDATE invoices SET amount = amount * 2 WHERE id = 1`,
+}
+
+const wantChanges = 6
