@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
+	"os/exec"
 	"regexp"
 	"strings"
 	"testing"
@@ -102,4 +104,36 @@ func httpGet(t *testing.T, url string) string {
 		t.Fatal(err)
 	}
 	return string(b)
+}
+
+func TestDatabaseURLAloneIsEnoughAndTeardownRemovesWhatSetupMade(t *testing.T) {
+	url := cluster.NewDatabase(t)
+	conn := connect(t, url)
+	exec1(t, conn, `CREATE TABLE t (id int PRIMARY KEY)`)
+	dir := t.TempDir() // no pgtrail.yaml here
+	p := &proc{t: t, out: &syncBuffer{}, done: make(chan struct{})}
+	p.cmd = exec.Command(binary, "run")
+	p.cmd.Dir, p.cmd.Env = dir, append(os.Environ(), "DATABASE_URL="+url)
+	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { p.err = p.cmd.Wait(); close(p.done) }()
+	t.Cleanup(p.kill)
+	waitFor(t, 30*time.Second, "capture to start", func() bool { return strings.Contains(p.out.String(), "capturing") })
+	exec1(t, conn, `INSERT INTO t VALUES (1)`)
+	waitForChanges(t, conn, 1, 30*time.Second)
+	if err := p.stop(); err != nil {
+		t.Fatalf("SIGTERM: %v", err)
+	}
+
+	teardown := exec.Command(binary, "teardown", "--drop-audit-data")
+	teardown.Dir, teardown.Env = dir, append(os.Environ(), "DATABASE_URL="+url)
+	if out, err := teardown.CombinedOutput(); err != nil {
+		t.Fatalf("teardown: %v\n%s", err, out)
+	}
+	if n := count(t, conn, `SELECT (SELECT count(*) FROM pg_replication_slots) + (SELECT count(*) FROM pg_publication)
+		+ (SELECT count(*) FROM pg_class WHERE relname = 'changes')`); n != 0 {
+		t.Fatalf("%d slots, publications or audit tables left after teardown", n)
+	}
 }
