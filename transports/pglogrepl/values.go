@@ -40,8 +40,15 @@ type TypeInfo struct {
 type Resolver func(ctx context.Context, oid uint32) (TypeInfo, error)
 
 // Types turns column values in PostgreSQL's text format, as pgoutput sends
-// them, into canonical JSON (design §6, package values). It knows the built-in
-// types through pgtype and asks its Resolver about any other type once.
+// them, into canonical JSON (design §6, package values): integers and floats
+// are numbers (NaN and infinities strings), numeric and money numbers or
+// strings by the rule of values.AppendNumeric, booleans true/false, json and
+// jsonb the embedded value, dates and times ISO 8601 (timestamptz and timetz
+// in UTC), bytea base64, arrays JSON arrays (nested per dimension, lower
+// bounds dropped), domains as their base type, and everything else (enums,
+// ranges, network and geometric types, ...) the text as a JSON string. It
+// knows the built-in types through pgtype and asks its Resolver about any
+// other type once.
 //
 // The text must come from a session with DateStyle=ISO, IntervalStyle=iso_8601,
 // extra_float_digits=3 and lc_monetary=C; TimeZone=UTC makes timestamptz
@@ -62,7 +69,8 @@ func NewTypes(resolve Resolver) *Types {
 }
 
 // Append appends the JSON value of one non-null column value of type oid,
-// given in text format. On error dst is returned as it was.
+// given in text format. Text that is not as the type prints it (e.g. a
+// timestamp in another DateStyle) is an error; dst is then returned as it was.
 func (t *Types) Append(ctx context.Context, dst []byte, oid uint32, text []byte) ([]byte, error) {
 	n := len(dst)
 	var err error
