@@ -57,11 +57,15 @@ type Source interface {
 	Close(ctx context.Context) error
 }
 
-// Sink stores batches. Write returns nil only once the batch is durable, and
-// writing a batch again must not store any change twice.
+// Sink stores batches, in order. Write reports whether every batch handed
+// over so far is durable; a sink that buffers says false until it writes, and
+// is asked to Flush once a batch has waited FlushInterval. Writing a change
+// again must not store it twice.
 type Sink interface {
 	Name() string
-	Write(ctx context.Context, batch []*change.Change) error
+	Write(ctx context.Context, batch []*change.Change) (durable bool, err error)
+	Flush(ctx context.Context) error
+	FlushInterval() time.Duration
 }
 
 // Options bound batches and memory.
@@ -232,33 +236,74 @@ func (p *Pipeline) assemble(events <-chan Event, queues []chan batch, wm *checkp
 	}
 }
 
-// deliver writes each batch to one sink, retrying until it is durable or the
-// drain deadline passes. Batches stay in order, so a failed batch holds back
-// every later one and nothing is ever confirmed past a gap.
+// deliver hands each batch to one sink, retrying until the sink takes it or
+// the drain deadline passes, and releases batches as the sink reports them
+// durable. Batches stay in order, so a failed batch holds back every later
+// one and nothing is ever confirmed past a gap.
 func (p *Pipeline) deliver(ctx context.Context, s Sink, queue <-chan batch, wm *checkpoint.Watermark) {
 	name := s.Name()
 	b := retry.Default()
-	for bt := range queue {
-		if ctx.Err() != nil {
-			continue // drain deadline passed: these are read again after restart
-		}
-		err := retry.Do(ctx, b, func(ctx context.Context) error {
-			start := time.Now()
-			if err := s.Write(ctx, bt.changes); err != nil {
-				return err
-			}
-			p.metrics.BatchSeconds.WithLabelValues(name).Observe(time.Since(start).Seconds())
-			return nil
-		}, func(err error, attempt int) {
+	var waiting []batch // handed over, not yet durable
+	flushTimer := time.NewTimer(time.Hour)
+	flushTimer.Stop()
+	defer flushTimer.Stop()
+
+	attempt := func(op string, size int, f func(context.Context) error) bool {
+		err := retry.Do(ctx, b, f, func(err error, attempt int) {
 			p.metrics.WriteErrors.WithLabelValues(name).Inc()
 			p.metrics.SetHealth("sink "+name, err)
-			p.log.Error("sink write failed; retrying", "sink", name, "attempt", attempt, "changes", len(bt.changes), "err", err)
+			p.log.Error("sink "+op+" failed; retrying", "sink", name, "attempt", attempt, "changes", size, "err", err)
 		})
-		if err != nil {
-			continue
+		if err == nil {
+			p.metrics.SetHealth("sink "+name, nil)
 		}
-		p.metrics.SetHealth("sink "+name, nil)
-		p.metrics.ChangesWritten.WithLabelValues(name).Add(float64(len(bt.changes)))
-		wm.Done(bt.ticket)
+		return err == nil
+	}
+	release := func() {
+		flushTimer.Stop()
+		for _, w := range waiting {
+			p.metrics.ChangesWritten.WithLabelValues(name).Add(float64(len(w.changes)))
+			wm.Done(w.ticket)
+		}
+		waiting = waiting[:0]
+	}
+	flush := func() {
+		if len(waiting) > 0 && ctx.Err() == nil && attempt("flush", 0, s.Flush) {
+			release()
+		}
+	}
+
+	for {
+		select {
+		case bt, ok := <-queue:
+			if !ok {
+				flush()
+				return
+			}
+			if ctx.Err() != nil {
+				continue // drain deadline passed: these are read again after restart
+			}
+			var durable bool
+			ok = attempt("write", len(bt.changes), func(ctx context.Context) error {
+				start := time.Now()
+				d, err := s.Write(ctx, bt.changes)
+				if err == nil {
+					durable = d
+					p.metrics.BatchSeconds.WithLabelValues(name).Observe(time.Since(start).Seconds())
+				}
+				return err
+			})
+			if !ok {
+				continue
+			}
+			waiting = append(waiting, bt)
+			if durable {
+				release()
+			} else if len(waiting) == 1 {
+				flushTimer.Reset(max(s.FlushInterval(), time.Millisecond))
+			}
+		case <-flushTimer.C:
+			flush()
+		}
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"sort"
+	"time"
 
 	"github.com/pgtrail/pgtrail/core/change"
 	"github.com/pgtrail/pgtrail/core/config"
@@ -72,10 +73,17 @@ func (s *Sink) Teardown(ctx context.Context) error { return s.wrap("teardown", s
 // Open connects.
 func (s *Sink) Open(ctx context.Context) error { return s.wrap("open", s.impl.Open(ctx)) }
 
-// Write makes a batch durable.
-func (s *Sink) Write(ctx context.Context, batch []*change.Change) error {
-	return s.wrap("write", s.impl.Write(ctx, batch))
+// Write hands over a batch and reports whether all so far are durable.
+func (s *Sink) Write(ctx context.Context, batch []*change.Change) (bool, error) {
+	durable, err := s.impl.Write(ctx, batch)
+	return durable, s.wrap("write", err)
 }
+
+// Flush makes every batch handed over durable.
+func (s *Sink) Flush(ctx context.Context) error { return s.wrap("flush", s.impl.Flush(ctx)) }
+
+// FlushInterval is how long a buffered batch may wait for Flush.
+func (s *Sink) FlushInterval() time.Duration { return s.impl.Describe().FlushInterval }
 
 // Check reports whether the sink can write.
 func (s *Sink) Check(ctx context.Context) error { return s.wrap("check", s.impl.Check(ctx)) }

@@ -6,6 +6,7 @@ package sdk
 import (
 	"context"
 	"encoding/json"
+	"time"
 
 	"github.com/pgtrail/pgtrail/core/change"
 )
@@ -18,6 +19,10 @@ type Description struct {
 	Name    string
 	Version string
 	Summary string
+	// FlushInterval is, for a sink that buffers (see Sink.Write), the longest
+	// the host lets a buffered batch wait before it calls Flush. Zero for
+	// sinks that write every batch through.
+	FlushInterval time.Duration
 }
 
 // Sink stores changes somewhere.
@@ -36,10 +41,17 @@ type Sink interface {
 	Teardown(ctx context.Context) error
 	// Open connects; the host calls it before the first Write.
 	Open(ctx context.Context) error
-	// Write makes a batch durable. Returning nil promises that every change in
-	// it survives a crash; the same changes may be written again after any
-	// failure (by ID), and must then not be stored twice.
-	Write(ctx context.Context, batch []*Change) error
+	// Write hands over the next batch, in source order. It returns durable =
+	// true when this batch and every batch before it are durable, as a sink
+	// that writes through always does; a sink that buffers (many batches to
+	// one S3 object) returns false until it writes, and the host calls Flush
+	// when a batch has waited FlushInterval. A Write that fails must leave
+	// the sink as if the batch had not been handed over: the host retries it.
+	// After any failure or restart the same changes may come again (same ID)
+	// and must not be stored twice.
+	Write(ctx context.Context, batch []*Change) (durable bool, err error)
+	// Flush makes every batch handed over durable.
+	Flush(ctx context.Context) error
 	// Check reports whether the sink can write now (for health and status).
 	Check(ctx context.Context) error
 	Close(ctx context.Context) error

@@ -229,8 +229,15 @@ func (s *Sink) ensurePartitions(ctx context.Context, times []time.Time) error {
 var columns = []string{"id", "primary_key", "before", "after", "context", "database", "schema", "table",
 	"operation", "committed_at", "queued_at", "transaction_id", "position", "commit_position", "seq", "unchanged_toast"}
 
+// Flush has nothing to do: every Write is durable when it returns.
+func (s *Sink) Flush(context.Context) error { return nil }
+
 // Write stores a batch in one transaction, so it is all there or not at all.
-func (s *Sink) Write(ctx context.Context, batch []*sdk.Change) error {
+func (s *Sink) Write(ctx context.Context, batch []*sdk.Change) (bool, error) {
+	return true, s.write(ctx, batch)
+}
+
+func (s *Sink) write(ctx context.Context, batch []*sdk.Change) error {
 	if len(batch) == 0 {
 		return nil
 	}

@@ -72,13 +72,14 @@ func Run(t *testing.T, h Harness) {
 		if err := s.Check(ctx); err != nil {
 			t.Fatalf("Check: %v", err)
 		}
-		if err := s.Write(ctx, nil); err != nil {
+		if _, err := s.Write(ctx, nil); err != nil {
 			t.Fatalf("Write of an empty batch: %v", err)
 		}
 		for _, part := range [][]*sdk.Change{batch[:1], batch[1:400], batch[400:]} {
-			if err := s.Write(ctx, part); err != nil {
-				t.Fatalf("Write: %v", err)
-			}
+			write(t, s, part)
+		}
+		if err := s.Flush(ctx); err != nil {
+			t.Fatalf("Flush: %v", err)
 		}
 		expectOnce(t, h.Stored(t), batch)
 	})
@@ -90,22 +91,31 @@ func Run(t *testing.T, h Harness) {
 		more := Changes(500, time.Now().AddDate(0, -2, 0)) // another month: another partition or prefix
 		replay := append(slices.Clone(batch[300:]), more...)
 		for _, part := range [][]*sdk.Change{batch[:700], replay} {
-			if err := s.Write(ctx, part); err != nil {
-				t.Fatalf("Write: %v", err)
-			}
+			write(t, s, part)
+		}
+		if err := s.Flush(ctx); err != nil {
+			t.Fatalf("Flush: %v", err)
 		}
 		if err := s.Close(ctx); err != nil {
 			t.Fatalf("Close: %v", err)
 		}
 		s = open(t)
-		if err := s.Write(ctx, replay); err != nil {
-			t.Fatalf("Write after reopen: %v", err)
+		write(t, s, replay)
+		if err := s.Flush(ctx); err != nil {
+			t.Fatalf("Flush after reopen: %v", err)
 		}
 		if err := s.Close(ctx); err != nil {
 			t.Fatalf("Close: %v", err)
 		}
 		expectOnce(t, h.Stored(t), append(slices.Clone(batch), more...))
 	})
+}
+
+func write(t *testing.T, s sdk.Sink, batch []*sdk.Change) {
+	t.Helper()
+	if _, err := s.Write(context.Background(), batch); err != nil {
+		t.Fatalf("Write of %d changes: %v", len(batch), err)
+	}
 }
 
 func expectOnce(t *testing.T, stored []uuid.UUID, want []*sdk.Change) {
