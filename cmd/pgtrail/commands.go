@@ -29,16 +29,15 @@ func (a *app) setup(ctx context.Context) error {
 	if err := pglogrepl.Check(ctx, a.cfg.Source.Postgres); err != nil {
 		return err
 	}
-	sinks, err := a.loadSinks(ctx)
+	sinks, err := a.loadSinks(ctx, nil)
 	if err != nil {
 		return err
 	}
+	defer closeSinks(ctx, sinks)
 	// Sinks first: the audit table's schema must exist before the
 	// publication is drawn up, so that it is left out.
 	for _, s := range sinks {
-		err := s.Setup(ctx)
-		_ = s.Close(ctx)
-		if err != nil {
+		if err := s.Setup(ctx); err != nil {
 			return err
 		}
 	}
@@ -91,15 +90,11 @@ func (a *app) run(ctx context.Context) error {
 // runOnce runs the pipeline from the last confirmed position until it fails
 // or ctx ends.
 func (a *app) runOnce(ctx context.Context, m *metrics.Metrics, started *bool) error {
-	sinks, err := a.loadSinks(ctx)
+	sinks, err := a.loadSinks(ctx, m.SetHealth)
 	if err != nil {
 		return err
 	}
-	defer func() {
-		for _, s := range sinks {
-			_ = s.Close(context.WithoutCancel(ctx))
-		}
-	}()
+	defer closeSinks(ctx, sinks)
 	ps := make([]pipeline.Sink, len(sinks))
 	for i, s := range sinks {
 		if err := s.Open(ctx); err != nil {
@@ -140,16 +135,16 @@ func (a *app) statusCmd() *cobra.Command {
 			fmt.Fprintf(w, "confirmed position\t%s\n", st.ConfirmedLSN)
 			fmt.Fprintf(w, "lag\t%d bytes\n", st.LagBytes)
 			fmt.Fprintf(w, "wal status\t%s\n", st.WALStatus)
-			sinks, err := a.loadSinks(ctx)
+			sinks, err := a.loadSinks(ctx, nil)
 			if err != nil {
 				return err
 			}
+			defer closeSinks(ctx, sinks)
 			for _, s := range sinks {
 				health := "ok"
 				if err := s.Check(ctx); err != nil {
 					health = err.Error()
 				}
-				_ = s.Close(ctx)
 				fmt.Fprintf(w, "sink %s\t%s\n", s.Name(), health)
 			}
 			return w.Flush()
@@ -173,14 +168,13 @@ func (a *app) teardownCmd() *cobra.Command {
 			if !dropData {
 				return nil
 			}
-			sinks, err := a.loadSinks(ctx)
+			sinks, err := a.loadSinks(ctx, nil)
 			if err != nil {
 				return err
 			}
+			defer closeSinks(ctx, sinks)
 			for _, s := range sinks {
-				err := s.Teardown(ctx)
-				_ = s.Close(ctx)
-				if err != nil {
+				if err := s.Teardown(ctx); err != nil {
 					return err
 				}
 				a.log.Info("sink data dropped", "sink", s.Name())

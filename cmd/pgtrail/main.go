@@ -15,6 +15,7 @@ import (
 	"github.com/pgtrail/pgtrail/core/config"
 	"github.com/pgtrail/pgtrail/plugins/host"
 	"github.com/pgtrail/pgtrail/plugins/sdk"
+	"github.com/pgtrail/pgtrail/sinks/discard"
 	"github.com/pgtrail/pgtrail/sinks/postgres"
 )
 
@@ -24,6 +25,7 @@ var version = "dev"
 // builtins are the sinks compiled into this binary.
 var builtins = host.Builtins{
 	"postgres": func() sdk.Sink { return postgres.New() },
+	"null":     func() sdk.Sink { return discard.New() },
 }
 
 func main() {
@@ -50,10 +52,13 @@ func root() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
-			if cmd.Name() == "version" {
+			if cmd.Annotations["config"] == "none" {
 				return nil
 			}
 			cfg, err := config.Load(a.configPath, cmd.Flags().Changed("config"))
+			if err != nil && cmd.Annotations["config"] == "optional" {
+				cfg, err = &config.Config{Log: config.Log{Level: "info", Format: "text"}}, nil
+			}
 			if err != nil {
 				return err
 			}
@@ -63,7 +68,7 @@ func root() *cobra.Command {
 		},
 	}
 	cmd.PersistentFlags().StringVar(&a.configPath, "config", config.DefaultPath, "config file (without one, DATABASE_URL alone is enough)")
-	cmd.AddCommand(a.setupCmd(), a.runCmd(), a.statusCmd(), a.teardownCmd(), a.pluginsCmd(), versionCmd())
+	cmd.AddCommand(a.setupCmd(), a.runCmd(), a.statusCmd(), a.teardownCmd(), a.pluginsCmd(), versionCmd(), serveSinkCmd())
 	return cmd
 }
 
@@ -79,34 +84,9 @@ func newLogger(c config.Log) *slog.Logger {
 
 func versionCmd() *cobra.Command {
 	return &cobra.Command{
-		Use:   "version",
-		Short: "Print the version",
-		Run:   func(cmd *cobra.Command, _ []string) { fmt.Fprintln(cmd.OutOrStdout(), "pgtrail", version) },
+		Use:         "version",
+		Short:       "Print the version",
+		Annotations: map[string]string{"config": "none"},
+		Run:         func(cmd *cobra.Command, _ []string) { fmt.Fprintln(cmd.OutOrStdout(), "pgtrail", version) },
 	}
-}
-
-func (a *app) pluginsCmd() *cobra.Command {
-	return &cobra.Command{
-		Use:   "plugins",
-		Short: "List the sink plugins",
-		Run: func(cmd *cobra.Command, _ []string) {
-			for _, name := range builtins.Names() {
-				d := builtins[name]().Describe()
-				fmt.Fprintf(cmd.OutOrStdout(), "%-12s %-8s built-in  %s\n", d.Name, d.Version, d.Summary)
-			}
-		},
-	}
-}
-
-// loadSinks configures every sink of the config.
-func (a *app) loadSinks(ctx context.Context) ([]*host.Sink, error) {
-	var sinks []*host.Sink
-	for _, spec := range a.cfg.Sinks {
-		s, err := host.Load(ctx, spec, builtins)
-		if err != nil {
-			return nil, err
-		}
-		sinks = append(sinks, s)
-	}
-	return sinks, nil
 }

@@ -31,6 +31,7 @@ type Source struct {
 	Postgres  Postgres  `yaml:"postgres"`
 	JetStream JetStream `yaml:"jetstream"`
 	Kafka     Kafka     `yaml:"kafka"`
+	Debezium  Debezium  `yaml:"debezium"` // how the broker sources read Debezium events
 }
 
 // Postgres is native capture from a replication slot.
@@ -49,6 +50,12 @@ type JetStream struct {
 	Stream  string `yaml:"stream"`
 	Subject string `yaml:"subject"`
 	Durable string `yaml:"durable"`
+	// DLQSubject receives malformed messages; "<subject>.dlq" when empty.
+	DLQSubject string `yaml:"dlq_subject"`
+	// AckWait is how long the server waits for an ack before redelivering.
+	// pgtrail never relies on redelivery (it restarts from the ack floor),
+	// so it is long: a big transaction stays unacked until it is complete.
+	AckWait Duration `yaml:"ack_wait"`
 }
 
 // Kafka is Debezium change events read from Kafka topics.
@@ -56,6 +63,21 @@ type Kafka struct {
 	Brokers []string `yaml:"brokers"`
 	Topics  []string `yaml:"topics"`
 	Group   string   `yaml:"group"`
+	// DLQSuffix names the topic that receives a topic's malformed messages.
+	DLQSuffix string `yaml:"dlq_suffix"`
+}
+
+// Debezium says how Debezium's connector was configured, where it matters for
+// reading its events.
+type Debezium struct {
+	// UnavailableValuePlaceholder is the connector's
+	// unavailable.value.placeholder: it marks unchanged TOAST values.
+	UnavailableValuePlaceholder string `yaml:"unavailable_value_placeholder"`
+	// BinaryHandlingMode is the connector's binary.handling.mode.
+	BinaryHandlingMode string `yaml:"binary_handling_mode"`
+	// KeyColumns form the primary key of a row whose message has no key
+	// (Debezium Server's NATS sink publishes values only).
+	KeyColumns []string `yaml:"key_columns"`
 }
 
 // Sink is one destination. Config is passed to the plugin as written.
@@ -63,6 +85,9 @@ type Sink struct {
 	Name   string         `yaml:"name"`
 	Plugin string         `yaml:"plugin"` // a built-in name, or the path of a plugin binary
 	Config map[string]any `yaml:"config"`
+	// InProcess runs a built-in sink inside the pgtrail process instead of
+	// behind the plugin boundary: no crash isolation, for benchmarks and tests.
+	InProcess bool `yaml:"in_process"`
 }
 
 // Pipeline bounds memory and latency between source and sinks.
@@ -161,8 +186,11 @@ func defaults() Config {
 				Tables:         []string{"public.*"},
 				StatusInterval: Duration(10 * time.Second),
 			},
-			JetStream: JetStream{URL: "nats://127.0.0.1:4222", Stream: "DebeziumStream", Subject: "bemi", Durable: "pgtrail"},
-			Kafka:     Kafka{Brokers: []string{"127.0.0.1:9092"}, Topics: []string{"bemi"}, Group: "pgtrail"},
+			JetStream: JetStream{URL: "nats://127.0.0.1:4222", Stream: "DebeziumStream", Subject: "bemi", Durable: "pgtrail",
+				AckWait: Duration(30 * time.Minute)},
+			Kafka: Kafka{Brokers: []string{"127.0.0.1:9092"}, Topics: []string{"bemi"}, Group: "pgtrail", DLQSuffix: ".dlq"},
+			Debezium: Debezium{UnavailableValuePlaceholder: "__debezium_unavailable_value", BinaryHandlingMode: "bytes",
+				KeyColumns: []string{"id"}},
 		},
 		Pipeline: Pipeline{BatchSize: 5000, FlushInterval: Duration(50 * time.Millisecond), MaxInFlight: 4},
 		HTTP:     HTTP{Listen: "127.0.0.1:9187"},
@@ -172,6 +200,9 @@ func defaults() Config {
 
 // fill applies the defaults that depend on other values.
 func (c *Config) fill() {
+	if js := &c.Source.JetStream; js.DLQSubject == "" && js.Subject != "" {
+		js.DLQSubject = js.Subject + ".dlq"
+	}
 	// With no sink written, audit into the source database, as the default
 	// (file-less) setup does.
 	if len(c.Sinks) == 0 && c.Source.Postgres.URL != "" {

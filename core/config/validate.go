@@ -37,6 +37,12 @@ func (c *Config) validate() error {
 		required("source.jetstream.stream", js.Stream)
 		required("source.jetstream.subject", js.Subject)
 		required("source.jetstream.durable", js.Durable)
+		if js.DLQSubject == js.Subject {
+			bad("source.jetstream.dlq_subject", "%q is the subject read from; dead letters need another (e.g. %s.dlq)", js.DLQSubject, js.Subject)
+		}
+		if js.AckWait <= 0 {
+			bad("source.jetstream.ack_wait", "must be positive (e.g. 30m)")
+		}
 	case "kafka":
 		k := c.Source.Kafka
 		if len(k.Brokers) == 0 {
@@ -46,8 +52,15 @@ func (c *Config) validate() error {
 			bad("source.kafka.topics", "at least one topic required")
 		}
 		required("source.kafka.group", k.Group)
+		required("source.kafka.dlq_suffix", k.DLQSuffix)
 	default:
 		bad("source.type", "%q is not one of postgres, jetstream, kafka", c.Source.Type)
+	}
+	if dz := c.Source.Debezium; c.Source.Type != "postgres" {
+		required("source.debezium.unavailable_value_placeholder", dz.UnavailableValuePlaceholder)
+		if !slices.Contains([]string{"bytes", "base64", "base64-url-safe", "hex"}, dz.BinaryHandlingMode) {
+			bad("source.debezium.binary_handling_mode", "%q is not one of bytes, base64, base64-url-safe, hex (as the connector's binary.handling.mode)", dz.BinaryHandlingMode)
+		}
 	}
 	// Checked whatever the source type: capture reads them too, and a typo in
 	// a section is better caught now than when it is switched on.

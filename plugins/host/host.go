@@ -1,17 +1,24 @@
-// Package host loads the sinks named in the config and presents each to the
-// pipeline. Sinks are written against plugins/sdk; the host is the only place
-// that knows how a sink is reached.
+// Package host runs the sinks named in the config and presents each to the
+// pipeline. A sink runs in its own process behind the gRPC contract of
+// plugins/proto (built-in sinks are this binary re-executed), so a crashing
+// or misbehaving sink cannot corrupt the pipeline: the host restarts it and
+// re-delivers every batch it had not yet made durable.
 package host
 
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"log/slog"
 	"sort"
+	"strings"
+	"sync"
 	"time"
 
 	"github.com/pgtrail/pgtrail/core/change"
 	"github.com/pgtrail/pgtrail/core/config"
+	"github.com/pgtrail/pgtrail/core/retry"
 	"github.com/pgtrail/pgtrail/plugins/sdk"
 )
 
@@ -28,34 +35,217 @@ func (b Builtins) Names() []string {
 	return names
 }
 
-// Sink is one configured sink.
-type Sink struct {
-	name string
-	impl sdk.Sink
+// Options say how to reach sinks.
+type Options struct {
+	Builtins Builtins
+	// Self is the command that serves a built-in sink as a plugin: this
+	// binary and the arguments of its hidden serve command, to which the
+	// plugin name is appended.
+	Self []string
+	Log  *slog.Logger
+	// Health is told when a sink's process fails and when it is back.
+	Health func(component string, err error)
 }
 
-// Load configures the sink of one config entry.
-func Load(ctx context.Context, spec config.Sink, builtins Builtins) (*Sink, error) {
-	mk, ok := builtins[spec.Plugin]
-	if !ok {
-		return nil, fmt.Errorf("sink %q: unknown plugin %q (built-in plugins: %v)", spec.Name, spec.Plugin, builtins.Names())
-	}
+// backend is one way of reaching a sink: in this process or in a plugin
+// process. Write and Flush answer with the seq up to which batches are durable.
+type backend interface {
+	Describe(ctx context.Context) (sdk.Description, error)
+	Configure(ctx context.Context, raw json.RawMessage) error
+	Setup(ctx context.Context) error
+	Teardown(ctx context.Context) error
+	Open(ctx context.Context) error
+	Check(ctx context.Context) error
+	Write(ctx context.Context, seq uint64, batch []*change.Change) (uint64, error)
+	Flush(ctx context.Context) (uint64, error)
+	Close(ctx context.Context) error
+	// Lost reports whether the error means the backend's process is gone,
+	// so that it must be started again; Exited, whether it is gone now.
+	Lost(err error) bool
+	Exited() bool
+	Kill()
+}
+
+type pending struct {
+	seq   uint64
+	batch []*change.Change
+}
+
+// Sink is one configured sink. Its methods are called from one goroutine at
+// a time (the pipeline's delivery loop for that sink), but the health check
+// may run beside them, hence the mutex.
+type Sink struct {
+	name   string
+	raw    json.RawMessage
+	opts   Options
+	start  func(ctx context.Context) (backend, error)
+	mu     sync.Mutex
+	b      backend
+	desc   sdk.Description
+	opened bool
+	seq    uint64    // last batch handed to the current backend
+	unsafe []pending // handed over, not yet durable: re-delivered after a restart
+	stop   context.CancelFunc
+}
+
+// HealthInterval is how often the host checks that a sink's process is alive.
+const HealthInterval = 500 * time.Millisecond
+
+// Load starts the sink of one config entry and configures it.
+func Load(ctx context.Context, spec config.Sink, opts Options) (*Sink, error) {
 	raw, err := json.Marshal(spec.Config)
 	if err != nil {
 		return nil, fmt.Errorf("sink %q: encode config: %w", spec.Name, err)
 	}
-	impl := mk()
-	if err := impl.Configure(ctx, raw); err != nil {
-		return nil, fmt.Errorf("sink %q: %w", spec.Name, err)
+	if opts.Log == nil {
+		opts.Log = slog.Default()
 	}
-	return &Sink{name: spec.Name, impl: impl}, nil
+	s := &Sink{name: spec.Name, raw: raw, opts: opts}
+	mk, builtin := opts.Builtins[spec.Plugin]
+	switch {
+	case spec.InProcess && !builtin:
+		return nil, fmt.Errorf("sink %q: in_process works only for built-in plugins %v, not %q", spec.Name, opts.Builtins.Names(), spec.Plugin)
+	case spec.InProcess:
+		s.start = func(context.Context) (backend, error) { return &inProcess{impl: mk()}, nil }
+	case !builtin && !strings.ContainsRune(spec.Plugin, '/'):
+		return nil, fmt.Errorf("sink %q: unknown plugin %q: built-in plugins are %v; give a plugin binary by its path (./%s)",
+			spec.Name, spec.Plugin, opts.Builtins.Names(), spec.Plugin)
+	case builtin:
+		s.start = func(ctx context.Context) (backend, error) {
+			return launch(ctx, spec.Name, spec.Plugin, append(append([]string{}, opts.Self...), spec.Plugin), opts.Log)
+		}
+	default:
+		s.start = func(ctx context.Context) (backend, error) {
+			return launch(ctx, spec.Name, spec.Plugin, []string{spec.Plugin}, opts.Log)
+		}
+	}
+	if err := s.restart(ctx); err != nil {
+		return nil, err
+	}
+	wctx, stop := context.WithCancel(context.WithoutCancel(ctx))
+	s.stop = stop
+	go s.watch(wctx)
+	return s, nil
 }
 
-// Name is the sink's name from the config.
-func (s *Sink) Name() string { return s.name }
+// watch restarts the sink's process, with backoff, when it dies between
+// calls, so that a crash is repaired (and reported) even while idle.
+func (s *Sink) watch(ctx context.Context) {
+	b := retry.Default()
+	t := time.NewTicker(HealthInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		s.mu.Lock()
+		if s.b != nil && s.b.Exited() {
+			err := errors.New("plugin process exited")
+			s.opts.Log.Error("sink plugin process lost; restarting it", "sink", s.name, "err", err)
+			s.b.Kill()
+			s.b = nil
+			s.health(err)
+		}
+		if s.b == nil && ctx.Err() == nil {
+			if err := s.restart(ctx); err != nil {
+				s.opts.Log.Error("sink plugin restart failed; retrying", "sink", s.name, "err", err)
+				s.mu.Unlock()
+				if b.Wait(ctx) != nil {
+					return
+				}
+				continue
+			}
+			b.Reset()
+			s.health(nil)
+		}
+		s.mu.Unlock()
+	}
+}
 
-// Describe returns the plugin's own description.
-func (s *Sink) Describe() sdk.Description { return s.impl.Describe() }
+// Describe starts the plugin at path only to ask for its description.
+func Describe(ctx context.Context, path string, opts Options) (sdk.Description, error) {
+	if opts.Log == nil {
+		opts.Log = slog.Default()
+	}
+	b, err := launch(ctx, path, path, []string{path}, opts.Log)
+	if err != nil {
+		return sdk.Description{}, err
+	}
+	defer b.Kill()
+	return b.Describe(ctx)
+}
+
+// restart starts a backend, configures it, opens it if the sink was open, and
+// re-delivers what the previous one had not made durable.
+func (s *Sink) restart(ctx context.Context) error {
+	if s.b != nil {
+		s.b.Kill()
+		s.b = nil
+	}
+	b, err := s.start(ctx)
+	if err != nil {
+		return err
+	}
+	fail := func(op string, err error) error {
+		b.Kill()
+		return s.wrap(op, err)
+	}
+	if s.desc, err = b.Describe(ctx); err != nil {
+		return fail("describe", err)
+	}
+	if err := b.Configure(ctx, s.raw); err != nil {
+		return fail("configure", err)
+	}
+	if s.opened {
+		if err := b.Open(ctx); err != nil {
+			return fail("open", err)
+		}
+	}
+	s.b, s.seq = b, 0
+	redeliver := s.unsafe
+	s.unsafe = nil
+	for i, p := range redeliver {
+		if _, err := s.write(ctx, p.batch); err != nil {
+			// Start over next time: a new process gets every batch again.
+			s.unsafe = append(s.unsafe, redeliver[i:]...)
+			s.b.Kill()
+			s.b = nil
+			return s.wrap("re-deliver", err)
+		}
+	}
+	if len(redeliver) > 0 {
+		s.opts.Log.Info("sink restarted; re-delivered batches not yet durable", "sink", s.name, "batches", len(redeliver))
+	}
+	return nil
+}
+
+// call runs op on the backend, first restarting it if its process was lost.
+func (s *Sink) call(ctx context.Context, op string, f func(backend) error) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.b == nil {
+		if err := s.restart(ctx); err != nil {
+			return err
+		}
+		s.health(nil)
+	}
+	err := f(s.b)
+	if err != nil && s.b.Lost(err) {
+		s.opts.Log.Error("sink plugin process lost; it will be restarted", "sink", s.name, "err", err)
+		s.b.Kill()
+		s.b = nil
+		s.health(err)
+	}
+	return s.wrap(op, err)
+}
+
+func (s *Sink) health(err error) {
+	if s.opts.Health != nil {
+		s.opts.Health("sink "+s.name+" plugin", err)
+	}
+}
 
 func (s *Sink) wrap(op string, err error) error {
 	if err != nil {
@@ -64,29 +254,139 @@ func (s *Sink) wrap(op string, err error) error {
 	return nil
 }
 
+// Name is the sink's name from the config.
+func (s *Sink) Name() string { return s.name }
+
+// Describe returns the plugin's own description.
+func (s *Sink) Describe() sdk.Description {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.desc
+}
+
+// FlushInterval is how long a buffered batch may wait for Flush.
+func (s *Sink) FlushInterval() time.Duration { return s.Describe().FlushInterval }
+
 // Setup creates what the sink needs.
-func (s *Sink) Setup(ctx context.Context) error { return s.wrap("setup", s.impl.Setup(ctx)) }
+func (s *Sink) Setup(ctx context.Context) error {
+	return s.call(ctx, "setup", func(b backend) error { return b.Setup(ctx) })
+}
 
 // Teardown removes it.
-func (s *Sink) Teardown(ctx context.Context) error { return s.wrap("teardown", s.impl.Teardown(ctx)) }
+func (s *Sink) Teardown(ctx context.Context) error {
+	return s.call(ctx, "teardown", func(b backend) error { return b.Teardown(ctx) })
+}
 
-// Open connects.
-func (s *Sink) Open(ctx context.Context) error { return s.wrap("open", s.impl.Open(ctx)) }
+// Open connects the sink; a restarted plugin is opened again.
+func (s *Sink) Open(ctx context.Context) error {
+	return s.call(ctx, "open", func(b backend) error {
+		if err := b.Open(ctx); err != nil {
+			return err
+		}
+		s.opened = true
+		return nil
+	})
+}
 
-// Write hands over a batch and reports whether all so far are durable.
+// Check reports whether the sink can write.
+func (s *Sink) Check(ctx context.Context) error {
+	return s.call(ctx, "check", func(b backend) error { return b.Check(ctx) })
+}
+
+// Write hands over a batch and reports whether every batch so far is durable.
 func (s *Sink) Write(ctx context.Context, batch []*change.Change) (bool, error) {
-	durable, err := s.impl.Write(ctx, batch)
-	return durable, s.wrap("write", err)
+	var durable bool
+	err := s.call(ctx, "write", func(backend) error {
+		var err error
+		durable, err = s.write(ctx, batch)
+		return err
+	})
+	return durable, err
+}
+
+func (s *Sink) write(ctx context.Context, batch []*change.Change) (bool, error) {
+	seq := s.seq + 1
+	upTo, err := s.b.Write(ctx, seq, batch)
+	if err != nil {
+		return false, err
+	}
+	s.seq = seq
+	s.unsafe = append(s.unsafe, pending{seq, batch})
+	s.release(upTo)
+	return len(s.unsafe) == 0, nil
 }
 
 // Flush makes every batch handed over durable.
-func (s *Sink) Flush(ctx context.Context) error { return s.wrap("flush", s.impl.Flush(ctx)) }
+func (s *Sink) Flush(ctx context.Context) error {
+	return s.call(ctx, "flush", func(b backend) error {
+		upTo, err := b.Flush(ctx)
+		if err == nil {
+			s.release(upTo)
+		}
+		return err
+	})
+}
 
-// FlushInterval is how long a buffered batch may wait for Flush.
-func (s *Sink) FlushInterval() time.Duration { return s.impl.Describe().FlushInterval }
+// release forgets the batches the backend made durable.
+func (s *Sink) release(upTo uint64) {
+	n := 0
+	for n < len(s.unsafe) && s.unsafe[n].seq <= upTo {
+		n++
+	}
+	s.unsafe = s.unsafe[n:]
+}
 
-// Check reports whether the sink can write.
-func (s *Sink) Check(ctx context.Context) error { return s.wrap("check", s.impl.Check(ctx)) }
+// Close disconnects the sink and stops its process.
+func (s *Sink) Close(ctx context.Context) error {
+	if s.stop != nil {
+		s.stop()
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.b == nil {
+		return nil
+	}
+	err := s.b.Close(ctx)
+	s.b.Kill()
+	s.b = nil
+	return s.wrap("close", err)
+}
 
-// Close disconnects.
-func (s *Sink) Close(ctx context.Context) error { return s.wrap("close", s.impl.Close(ctx)) }
+// inProcess calls a sink in this process.
+type inProcess struct {
+	impl       sdk.Sink
+	last, done uint64
+}
+
+func (p *inProcess) Describe(context.Context) (sdk.Description, error) { return p.impl.Describe(), nil }
+func (p *inProcess) Configure(ctx context.Context, raw json.RawMessage) error {
+	return p.impl.Configure(ctx, raw)
+}
+func (p *inProcess) Setup(ctx context.Context) error    { return p.impl.Setup(ctx) }
+func (p *inProcess) Teardown(ctx context.Context) error { return p.impl.Teardown(ctx) }
+func (p *inProcess) Open(ctx context.Context) error     { return p.impl.Open(ctx) }
+func (p *inProcess) Check(ctx context.Context) error    { return p.impl.Check(ctx) }
+func (p *inProcess) Close(ctx context.Context) error    { return p.impl.Close(ctx) }
+func (p *inProcess) Lost(error) bool                    { return false }
+func (p *inProcess) Exited() bool                       { return false }
+func (p *inProcess) Kill()                              {}
+
+func (p *inProcess) Write(ctx context.Context, seq uint64, batch []*change.Change) (uint64, error) {
+	durable, err := p.impl.Write(ctx, batch)
+	if err != nil {
+		return p.done, err
+	}
+	p.last = seq
+	if durable {
+		p.done = seq
+	}
+	return p.done, nil
+}
+
+func (p *inProcess) Flush(ctx context.Context) (uint64, error) {
+	if err := p.impl.Flush(ctx); err != nil {
+		return p.done, err
+	}
+	p.done = p.last
+	return p.done, nil
+}

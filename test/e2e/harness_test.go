@@ -22,6 +22,9 @@ import (
 var (
 	cluster *pgtest.Cluster
 	binary  string
+	// Sink plugins built from outside the core: the example JSON Lines sink
+	// and one that speaks another protocol version.
+	jsonlPlugin, wrongVersionPlugin string
 )
 
 func TestMain(m *testing.M) {
@@ -31,11 +34,19 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	binary = filepath.Join(dir, "pgtrail")
-	build := exec.Command("go", "build", "-o", binary, "github.com/pgtrail/pgtrail/cmd/pgtrail")
-	build.Stdout, build.Stderr = os.Stderr, os.Stderr
-	if err := build.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "build pgtrail:", err)
-		os.Exit(1)
+	jsonlPlugin = filepath.Join(dir, "pgtrail-sink-jsonl")
+	wrongVersionPlugin = filepath.Join(dir, "pgtrail-sink-wrongversion")
+	for out, pkg := range map[string]string{
+		binary:             "github.com/pgtrail/pgtrail/cmd/pgtrail",
+		jsonlPlugin:        "github.com/pgtrail/pgtrail/plugins/examples/jsonl",
+		wrongVersionPlugin: "./testdata/wrongversion",
+	} {
+		build := exec.Command("go", "build", "-o", out, pkg)
+		build.Stdout, build.Stderr = os.Stderr, os.Stderr
+		if err := build.Run(); err != nil {
+			fmt.Fprintln(os.Stderr, "build", pkg+":", err)
+			os.Exit(1)
+		}
 	}
 	defer os.RemoveAll(dir)
 	pgtest.Main(m, pgtest.Options{}, func(c *pgtest.Cluster) { cluster = c })

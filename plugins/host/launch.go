@@ -1,0 +1,174 @@
+package host
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os/exec"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/go-plugin"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/pgtrail/pgtrail/core/change"
+	"github.com/pgtrail/pgtrail/plugins/sdk"
+)
+
+// remote is a sink in a plugin process.
+type remote struct {
+	client *plugin.Client
+	rpc    *sdk.Client
+}
+
+// launch starts a plugin process and completes the handshake. Every failure
+// names the plugin and says what to do.
+func launch(ctx context.Context, name, path string, argv []string, log *slog.Logger) (*remote, error) {
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{
+		Setpgid:   true,            // a Ctrl-C to pgtrail must not kill the sink before it drains
+		Pdeathsig: syscall.SIGKILL, // and a killed pgtrail must not leave it behind
+	}
+	client := plugin.NewClient(&plugin.ClientConfig{
+		HandshakeConfig:  sdk.Handshake,
+		VersionedPlugins: map[int]plugin.PluginSet{sdk.ProtocolVersion: {sdk.PluginName: &sdk.GRPCPlugin{}}},
+		Cmd:              cmd,
+		AllowedProtocols: []plugin.Protocol{plugin.ProtocolGRPC},
+		AutoMTLS:         true,
+		Managed:          true,
+		StartTimeout:     30 * time.Second,
+		Logger:           pluginLogger(log.With("sink", name)),
+		GRPCDialOptions: []grpc.DialOption{grpc.WithDefaultCallOptions(
+			grpc.MaxCallRecvMsgSize(sdk.MaxMessageBytes), grpc.MaxCallSendMsgSize(sdk.MaxMessageBytes))},
+	})
+	rpcClient, err := client.Client()
+	if err != nil {
+		client.Kill()
+		return nil, explainLaunch(name, path, err)
+	}
+	raw, err := rpcClient.Dispense(sdk.PluginName)
+	if err != nil {
+		client.Kill()
+		return nil, fmt.Errorf("sink %q: plugin %s serves no sink: %w (is it built with pgtrail's plugins/sdk.Serve?)", name, path, err)
+	}
+	return &remote{client: client, rpc: raw.(*sdk.Client)}, nil
+}
+
+func explainLaunch(name, path string, err error) error {
+	msg := err.Error()
+	switch lower := strings.ToLower(msg); {
+	case strings.Contains(lower, "incompatible api version"):
+		return fmt.Errorf("sink %q: plugin %s speaks another sink protocol version than this pgtrail (%d): rebuild the plugin against this release's plugins/sdk, or run the pgtrail release it was built for (%s)",
+			name, path, sdk.ProtocolVersion, firstLine(msg))
+	case strings.Contains(lower, "unrecognized remote plugin message"), strings.Contains(lower, "exited before we could connect"),
+		strings.Contains(lower, "timeout while waiting for plugin"):
+		return fmt.Errorf("sink %q: %s is not a pgtrail sink plugin: it did not answer the plugin handshake (check the sink's plugin: a built-in name or the path of a binary built with plugins/sdk): %s",
+			name, path, firstLine(msg))
+	case errors.Is(err, exec.ErrNotFound), strings.Contains(msg, "no such file"), strings.Contains(msg, "permission denied"):
+		return fmt.Errorf("sink %q: cannot run plugin %s: %w (check the sink's plugin: a built-in name or the path of an executable)", name, path, err)
+	}
+	return fmt.Errorf("sink %q: start plugin %s: %w", name, path, err)
+}
+
+func firstLine(s string) string {
+	line, _, _ := strings.Cut(s, "\n")
+	return line
+}
+
+func (r *remote) Describe(ctx context.Context) (sdk.Description, error) { return r.rpc.Describe(ctx) }
+func (r *remote) Configure(ctx context.Context, raw json.RawMessage) error {
+	return plain(r.rpc.Configure(ctx, raw))
+}
+func (r *remote) Setup(ctx context.Context) error    { return plain(r.rpc.Setup(ctx)) }
+func (r *remote) Teardown(ctx context.Context) error { return plain(r.rpc.Teardown(ctx)) }
+func (r *remote) Open(ctx context.Context) error     { return plain(r.rpc.Open(ctx)) }
+func (r *remote) Check(ctx context.Context) error    { return plain(r.rpc.Check(ctx)) }
+func (r *remote) Close(ctx context.Context) error    { return plain(r.rpc.Close(ctx)) }
+
+func (r *remote) Write(ctx context.Context, seq uint64, batch []*change.Change) (uint64, error) {
+	upTo, err := r.rpc.Write(ctx, seq, batch)
+	return upTo, plain(err)
+}
+
+func (r *remote) Flush(ctx context.Context) (uint64, error) {
+	upTo, err := r.rpc.Flush(ctx)
+	return upTo, plain(err)
+}
+
+// Lost is true when the plugin process is gone or no longer answers, as
+// opposed to a sink that answered with an error.
+func (r *remote) Lost(err error) bool {
+	if r.client.Exited() {
+		return true
+	}
+	var st interface{ GRPCStatus() *status.Status }
+	if errors.As(err, &st) {
+		c := st.GRPCStatus().Code()
+		return c == codes.Unavailable
+	}
+	return false
+}
+
+func (r *remote) Kill() { r.client.Kill() }
+
+func (r *remote) Exited() bool { return r.client.Exited() }
+
+// plain turns a sink's own error, which crossed the process boundary as a
+// gRPC status, back into its message, so users read what the sink said.
+func plain(err error) error {
+	if err == nil {
+		return nil
+	}
+	if st, ok := status.FromError(err); ok && st.Code() == codes.Unknown {
+		return errors.New(st.Message())
+	}
+	return err
+}
+
+// pluginLogger forwards go-plugin's log, including each line the plugin
+// writes to stderr, into pgtrail's log under the sink's name.
+func pluginLogger(log *slog.Logger) hclog.Logger {
+	pr, pw := io.Pipe()
+	go func() {
+		sc := bufio.NewScanner(pr)
+		sc.Buffer(make([]byte, 64<<10), 1<<20)
+		for sc.Scan() {
+			forward(log, sc.Bytes())
+		}
+	}()
+	return hclog.New(&hclog.LoggerOptions{Output: pw, JSONFormat: true, Level: hclog.Debug})
+}
+
+// forward re-emits one hclog JSON line through slog.
+func forward(log *slog.Logger, line []byte) {
+	var rec map[string]any
+	if json.Unmarshal(line, &rec) != nil {
+		log.Info(string(line))
+		return
+	}
+	msg, _ := rec["@message"].(string)
+	level := slog.LevelInfo
+	switch rec["@level"] {
+	case "trace", "debug":
+		level = slog.LevelDebug
+	case "warn":
+		level = slog.LevelWarn
+	case "error":
+		level = slog.LevelError
+	}
+	attrs := make([]any, 0, 2*len(rec))
+	for k, v := range rec {
+		if !strings.HasPrefix(k, "@") {
+			attrs = append(attrs, k, v)
+		}
+	}
+	log.Log(context.Background(), level, msg, attrs...)
+}
