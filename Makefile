@@ -4,7 +4,7 @@ GO      ?= go
 BIN     := bin/pgtrail
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 
-.PHONY: all build demo test unit e2e vet deps clean
+.PHONY: all build demo test vet deps proto clean
 
 all: build
 
@@ -29,6 +29,17 @@ vet:
 
 test: deps vet
 	$(GO) test -count=1 -timeout 15m ./...
+
+# proto regenerates plugins/proto from sink.proto with pinned tool versions
+# (buf compiles without protoc), installed into .cache/bin.
+BUF_VERSION            := v1.75.0
+PROTOC_GEN_GO_VERSION  := v1.36.12
+PROTOC_GEN_GRPC_VERSION := v1.5.1
+proto:
+	GOBIN=$(CURDIR)/.cache/bin $(GO) install github.com/bufbuild/buf/cmd/buf@$(BUF_VERSION)
+	GOBIN=$(CURDIR)/.cache/bin $(GO) install google.golang.org/protobuf/cmd/protoc-gen-go@$(PROTOC_GEN_GO_VERSION)
+	GOBIN=$(CURDIR)/.cache/bin $(GO) install google.golang.org/grpc/cmd/protoc-gen-go-grpc@$(PROTOC_GEN_GRPC_VERSION)
+	cd plugins/proto && PATH=$(CURDIR)/.cache/bin:$$PATH buf generate
 
 clean:
 	rm -rf bin
