@@ -2,9 +2,15 @@ package e2e
 
 import (
 	"context"
+	"database/sql"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5"
+	_ "github.com/jackc/pgx/v5/stdlib"
+
+	"github.com/pgtrail/pgtrail/transports/appcontext"
 )
 
 // bemiMigration is what the Bemi ORM packages' migration installs: a trigger
@@ -177,4 +183,54 @@ func assertContexts(t *testing.T, rows []auditRow, want []string) {
 	if strings.Join(got, "\n") != strings.Join(want, "\n") {
 		t.Fatalf("stored changes:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
+}
+
+func TestGoApplicationContextPackageSetsContextFromContextContext(t *testing.T) {
+	url := cluster.NewDatabase(t)
+	conn := connect(t, url)
+	exec1(t, conn, `CREATE TABLE items (id int PRIMARY KEY)`)
+	setupAndStart(t, url, "", "")
+
+	ctx := appcontext.With(context.Background(), map[string]any{"user": "ann"})
+	ctx = appcontext.With(ctx, map[string]any{"request": "r-1"})
+	err := appcontext.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
+		_, err := tx.Exec(ctx, `INSERT INTO items VALUES (1), (2)`)
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	db, err := sql.Open("pgx", url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	tx, err := db.BeginTx(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := appcontext.SetSQL(appcontext.With(ctx, map[string]any{"user": "bob"}), tx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(`DELETE FROM items WHERE id = 2`); err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	// No context in the context.Context: nothing is written, the change has none.
+	if err := appcontext.BeginFunc(context.Background(), conn, func(tx pgx.Tx) error {
+		_, err := tx.Exec(context.Background(), `UPDATE items SET id = 3 WHERE id = 1`)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{
+		`CREATE items[1] {"user": "ann", "request": "r-1"}`,
+		`CREATE items[2] {"user": "ann", "request": "r-1"}`,
+		`DELETE items[2] {"user": "bob", "request": "r-1"}`,
+		`UPDATE items[3] {}`,
+	}
+	waitForChanges(t, conn, len(want), 30*time.Second)
+	assertContexts(t, auditRows(t, conn), want)
 }
