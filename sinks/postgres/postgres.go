@@ -172,6 +172,9 @@ func (s *Sink) Setup(ctx context.Context) error {
 			unchanged_toast text[],
 			PRIMARY KEY (id, committed_at)
 		) PARTITION BY RANGE (committed_at)`,
+		// The comment tells native capture never to store this table's rows,
+		// wherever it lives (transports/pglogrepl.AuditTableComment).
+		`COMMENT ON TABLE ` + s.target + ` IS 'pgtrail audit table: every row change, with its context'`,
 		`CREATE INDEX IF NOT EXISTS ` + idx("table_primary_key_idx") + ` ON ` + s.target + ` ("table", primary_key)`,
 		`CREATE INDEX IF NOT EXISTS ` + idx("committed_at_idx") + ` ON ` + s.target + ` (committed_at)`,
 		`CREATE INDEX IF NOT EXISTS ` + idx("context_idx") + ` ON ` + s.target + ` USING gin (context jsonb_path_ops)`,

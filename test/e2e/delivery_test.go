@@ -243,3 +243,22 @@ func TestMillionRowTransactionWithBoundedMemory(t *testing.T) {
 		t.Fatalf("peak RSS %d MB, want under 200 MB", peakKB/1024)
 	}
 }
+
+func TestAuditTableInACapturedSchemaIsNeverCaptured(t *testing.T) {
+	url := cluster.NewDatabase(t)
+	conn := connect(t, url)
+	exec1(t, conn, `CREATE TABLE t (id int PRIMARY KEY)`)
+	sinks := fmt.Sprintf("sinks:\n  - name: audit\n    plugin: postgres\n    config: {url: %q, schema: public, table: audit_trail}\n", url)
+	setupAndStart(t, url, sinks, "")
+	exec1(t, conn, `INSERT INTO t SELECT generate_series(1, 100)`)
+	waitFor(t, 30*time.Second, "100 changes", func() bool {
+		return count(t, conn, "SELECT count(*) FROM public.audit_trail") >= 100
+	})
+	time.Sleep(time.Second) // were its own writes captured, they would show by now
+	if n := count(t, conn, "SELECT count(*) FROM public.audit_trail"); n != 100 {
+		t.Fatalf("audit table holds %d changes, want 100: it captured its own writes", n)
+	}
+	if n := count(t, conn, `SELECT count(*) FROM public.audit_trail WHERE "table" LIKE 'audit_trail%'`); n != 0 {
+		t.Fatalf("%d changes of the audit table itself", n)
+	}
+}

@@ -73,7 +73,12 @@ func (d *decoder) decode(ctx context.Context, xld repl.XLogData, emit func(pipel
 		if !m.Transactional || !d.inTxn {
 			return nil // context is transactional; anything else is not ours
 		}
-		return emit(pipeline.Event{Kind: pipeline.Message, XID: d.xid, Prefix: m.Prefix, Content: bytes.Clone(m.Content)}) // the receive buffer is reused
+		// Change places the message in the stream, for sinks that republish
+		// messages (pipeline.Options.PassMessages); its LSN is the message's,
+		// the end of its WAL record.
+		return emit(pipeline.Event{Kind: pipeline.Message, XID: d.xid, Prefix: m.Prefix, Content: bytes.Clone(m.Content), // the receive buffer is reused
+			Change: &change.Change{Database: d.database, TransactionID: d.xid, CommittedAt: d.commitTime,
+				LSN: uint64(xld.WALStart), CommitLSN: uint64(d.commitLSN), Seq: d.seq}})
 	case *repl.InsertMessageV2:
 		return d.row(ctx, xld.WALStart, m.RelationID, change.Create, oldImage{}, m.Tuple, emit)
 	case *repl.UpdateMessageV2:
@@ -107,6 +112,15 @@ func (d *decoder) relation(ctx context.Context, m *repl.RelationMessage) error {
 			r.key = append(r.key, i)
 		}
 	}
+	if r.store {
+		// pgtrail's own audit table may sit in a captured schema: its rows
+		// are decoded like any other, but storing them would loop forever.
+		own, err := d.isAuditTable(ctx, m.RelationID)
+		if err != nil {
+			return err
+		}
+		r.store = !own
+	}
 	if m.ReplicaIdentity == 'f' && r.store {
 		key, err := d.primaryKey(ctx, m.RelationID, m.Columns)
 		if err != nil {
@@ -116,6 +130,20 @@ func (d *decoder) relation(ctx context.Context, m *repl.RelationMessage) error {
 	}
 	d.rels[m.RelationID] = r
 	return nil
+}
+
+// AuditTableComment marks pgtrail's audit tables (the PostgreSQL sink sets
+// it), so that capture never stores its own writes.
+const AuditTableComment = "pgtrail audit table"
+
+func (d *decoder) isAuditTable(ctx context.Context, relid uint32) (bool, error) {
+	var own bool
+	err := d.side.QueryRow(ctx, `SELECT coalesce(obj_description(coalesce(pg_partition_root($1::oid), $1::oid), 'pg_class'), '') LIKE $2 || '%'`,
+		relid, AuditTableComment).Scan(&own)
+	if err != nil {
+		return false, fmt.Errorf("look up relation %d: %w", relid, err)
+	}
+	return own, nil
 }
 
 func (d *decoder) primaryKey(ctx context.Context, relid uint32, cols []*repl.RelationMessageColumn) ([]int, error) {
