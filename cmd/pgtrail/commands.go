@@ -3,11 +3,13 @@ package main
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
 
+	"github.com/pgtrail/pgtrail/core/config"
 	"github.com/pgtrail/pgtrail/core/metrics"
 	"github.com/pgtrail/pgtrail/core/pipeline"
 	"github.com/pgtrail/pgtrail/core/retry"
@@ -18,11 +20,16 @@ func (a *app) setupCmd() *cobra.Command {
 	return &cobra.Command{
 		Use:   "setup",
 		Short: "Create the publication, the replication slot and the sinks' tables (idempotent)",
-		RunE:  func(cmd *cobra.Command, _ []string) error { return a.setup(cmd.Context()) },
+		RunE:  func(cmd *cobra.Command, _ []string) error { return a.setup(cmd.Context(), pglogrepl.Setup) },
 	}
 }
 
-func (a *app) setup(ctx context.Context) error {
+// setup prepares the sinks, then the source with prepare: pglogrepl.Setup
+// for `pgtrail setup`, pglogrepl.Prepare on every start of `pgtrail run`.
+func (a *app) setup(ctx context.Context, prepare func(context.Context, config.Postgres, *slog.Logger) error) error {
+	if a.cfg.Source.Type != "postgres" {
+		return a.setupBroker(ctx)
+	}
 	if err := a.requirePostgresSource(); err != nil {
 		return err
 	}
@@ -41,7 +48,7 @@ func (a *app) setup(ctx context.Context) error {
 			return err
 		}
 	}
-	return pglogrepl.Setup(ctx, a.cfg.Source.Postgres, a.log)
+	return prepare(ctx, a.cfg.Source.Postgres, a.log)
 }
 
 func (a *app) requirePostgresSource() error {
@@ -60,7 +67,7 @@ func (a *app) runCmd() *cobra.Command {
 }
 
 func (a *app) run(ctx context.Context) error {
-	if err := a.setup(ctx); err != nil {
+	if err := a.setup(ctx, pglogrepl.Prepare); err != nil {
 		return err
 	}
 	m := metrics.New()
@@ -102,7 +109,7 @@ func (a *app) runOnce(ctx context.Context, m *metrics.Metrics, started *bool) er
 		}
 		ps[i] = s
 	}
-	src, err := pglogrepl.Open(ctx, a.cfg.Source.Postgres, a.log, m)
+	src, err := a.openSource(ctx, m)
 	if err != nil {
 		return err
 	}
@@ -122,6 +129,9 @@ func (a *app) statusCmd() *cobra.Command {
 		Short: "Print the slot's confirmed position and lag, and the sinks' health",
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
+			if a.cfg.Source.Type != "postgres" {
+				return a.brokerStatus(ctx, cmd.OutOrStdout())
+			}
 			if err := a.requirePostgresSource(); err != nil {
 				return err
 			}
@@ -159,6 +169,9 @@ func (a *app) teardownCmd() *cobra.Command {
 		Short: "Drop the replication slot and publication (and with --drop-audit-data, the sinks' data)",
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
+			if a.cfg.Source.Type != "postgres" {
+				return a.teardownBroker(ctx, dropData)
+			}
 			if err := a.requirePostgresSource(); err != nil {
 				return err
 			}

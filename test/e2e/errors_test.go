@@ -137,3 +137,23 @@ func TestDatabaseURLAloneIsEnoughAndTeardownRemovesWhatSetupMade(t *testing.T) {
 		t.Fatalf("%d slots, publications or audit tables left after teardown", n)
 	}
 }
+
+func TestRunRefusesToReplaceADroppedSlotQuietly(t *testing.T) {
+	url := cluster.NewDatabase(t)
+	conn := connect(t, url)
+	cfg := writeConfig(t, url, "", "")
+	if out, err := pgtrail(t, cfg, "setup"); err != nil {
+		t.Fatalf("setup: %v\n%s", err, out)
+	}
+	exec1(t, conn, `SELECT pg_drop_replication_slot('pgtrail')`)
+	out, err := pgtrail(t, cfg, "run")
+	if err == nil || !strings.Contains(out, `replication slot "pgtrail" is missing although pgtrail ran here before`) {
+		t.Fatalf("run after the slot was dropped: err=%v\n%s", err, out)
+	}
+	if n := count(t, conn, `SELECT count(*) FROM pg_replication_slots`); n != 0 {
+		t.Fatalf("run created a slot on its own")
+	}
+	if out, err := pgtrail(t, cfg, "setup"); err != nil || !strings.Contains(out, "replication slot created") {
+		t.Fatalf("setup after the slot was dropped: %v\n%s", err, out)
+	}
+}

@@ -82,6 +82,18 @@ func Check(ctx context.Context, cfg config.Postgres) error {
 // it is missing, and installs the SQL helpers. It is idempotent, and it never
 // drops a slot: a slot holds the position pgtrail resumes from.
 func Setup(ctx context.Context, cfg config.Postgres, log *slog.Logger) error {
+	return setup(ctx, cfg, log, true)
+}
+
+// Prepare is Setup as `pgtrail run` does it on every start: it creates the
+// slot only on the very first start (no publication yet either). A slot that
+// vanished after that means changes were lost; pgtrail says so and stops
+// rather than quietly starting a new slot from now.
+func Prepare(ctx context.Context, cfg config.Postgres, log *slog.Logger) error {
+	return setup(ctx, cfg, log, false)
+}
+
+func setup(ctx context.Context, cfg config.Postgres, log *slog.Logger, explicit bool) error {
 	conn, err := connect(ctx, cfg.URL)
 	if err != nil {
 		return err
@@ -90,10 +102,11 @@ func Setup(ctx context.Context, cfg config.Postgres, log *slog.Logger) error {
 	if err := Preflight(ctx, conn); err != nil {
 		return err
 	}
-	if err := setupPublication(ctx, conn, cfg, log); err != nil {
+	firstRun, err := setupPublication(ctx, conn, cfg, log)
+	if err != nil {
 		return err
 	}
-	if err := setupSlot(ctx, conn, cfg, log); err != nil {
+	if err := setupSlot(ctx, conn, cfg, log, explicit || firstRun); err != nil {
 		return err
 	}
 	return setupHelpers(ctx, conn, log)
@@ -173,13 +186,15 @@ func globMatch(pattern, s string) bool {
 	return false
 }
 
-func setupPublication(ctx context.Context, conn *pgx.Conn, cfg config.Postgres, log *slog.Logger) error {
+// setupPublication creates or updates the publication and reports whether it
+// had to create it.
+func setupPublication(ctx context.Context, conn *pgx.Conn, cfg config.Postgres, log *slog.Logger) (created bool, err error) {
 	schemas, tables, err := publicationTargets(ctx, conn, cfg)
 	if err != nil {
-		return err
+		return false, err
 	}
 	if len(schemas) == 0 && len(tables) == 0 {
-		return fmt.Errorf("source.postgres.tables: %v matches no schema of the database: create the tables first, or fix the patterns", cfg.Tables)
+		return false, fmt.Errorf("source.postgres.tables: %v matches no schema of the database: create the tables first, or fix the patterns", cfg.Tables)
 	}
 	var members []string
 	if len(schemas) > 0 {
@@ -195,7 +210,7 @@ func setupPublication(ctx context.Context, conn *pgx.Conn, cfg config.Postgres, 
 	name := pgx.Identifier{cfg.Publication}.Sanitize()
 	var exists bool
 	if err := conn.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)", cfg.Publication).Scan(&exists); err != nil {
-		return fmt.Errorf("look up publication %q: %w", cfg.Publication, err)
+		return false, fmt.Errorf("look up publication %q: %w", cfg.Publication, err)
 	}
 	q := "CREATE PUBLICATION " + name + " FOR " + strings.Join(members, ", ") +
 		" WITH (publish = 'insert, update, delete, truncate')"
@@ -207,17 +222,17 @@ func setupPublication(ctx context.Context, conn *pgx.Conn, cfg config.Postgres, 
 		if errors.As(err, &pgErr) && pgErr.Code == "42501" {
 			if exists {
 				log.Warn("cannot update the publication; using it as it is", "publication", cfg.Publication, "err", err)
-				return nil
+				return false, nil
 			}
-			return fmt.Errorf("create publication %q: %w (publishing whole schemas needs a superuser: run `%s;` as one, then run pgtrail setup again)", cfg.Publication, err, q)
+			return false, fmt.Errorf("create publication %q: %w (publishing whole schemas needs a superuser: run `%s;` as one, then run pgtrail setup again)", cfg.Publication, err, q)
 		}
-		return fmt.Errorf("create publication %q: %w", cfg.Publication, err)
+		return false, fmt.Errorf("create publication %q: %w", cfg.Publication, err)
 	}
 	log.Info("publication ready", "publication", cfg.Publication, "schemas", schemas, "bemi_tables_outside", tables)
-	return nil
+	return !exists, nil
 }
 
-func setupSlot(ctx context.Context, conn *pgx.Conn, cfg config.Postgres, log *slog.Logger) error {
+func setupSlot(ctx context.Context, conn *pgx.Conn, cfg config.Postgres, log *slog.Logger, create bool) error {
 	var plugin, db string
 	err := conn.QueryRow(ctx, "SELECT plugin, database FROM pg_replication_slots WHERE slot_name = $1", cfg.Slot).Scan(&plugin, &db)
 	switch {
@@ -232,6 +247,10 @@ func setupSlot(ctx context.Context, conn *pgx.Conn, cfg config.Postgres, log *sl
 		return nil
 	case !errors.Is(err, pgx.ErrNoRows):
 		return fmt.Errorf("look up replication slot %q: %w", cfg.Slot, err)
+	case !create:
+		return fmt.Errorf("replication slot %q is missing although pgtrail ran here before (its publication %q exists): "+
+			"it was dropped, and the changes made since then were not captured. Run `pgtrail setup` to create a new slot and capture from now on",
+			cfg.Slot, cfg.Publication)
 	}
 	var lsn string
 	if err := conn.QueryRow(ctx, "SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput')", cfg.Slot).Scan(&lsn); err != nil {
