@@ -9,13 +9,25 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 all: build
 
 # deps installs the PostgreSQL server binaries when the machine lacks them.
-deps:
+deps: deps-sinks
 	@command -v $(GO) >/dev/null || { echo "Go is required: https://go.dev/dl/"; exit 1; }
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
 		echo "installing the PostgreSQL server (Debian package postgresql)"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
 		ls /usr/lib/postgresql/*/bin/initdb >/dev/null; }
 	@$(GO) mod download
+
+# deps-sinks installs the servers the S3 and ClickHouse sinks are tested
+# against: Debian's clickhouse-server, and versitygw, built into the cache
+# dir where test/s3test looks for it.
+.PHONY: deps-sinks
+deps-sinks:
+	@test -x /usr/bin/clickhouse-server -o -x /usr/sbin/clickhouse-server || { \
+		echo "installing ClickHouse (Debian packages clickhouse-server, clickhouse-client)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq clickhouse-server clickhouse-client >/dev/null; }
+	@dir="$${XDG_CACHE_HOME:-$$HOME/.cache}/pgtrail/versitygw-v1.8.0"; test -x "$$dir/versitygw" || { \
+		echo "building versitygw v1.8.0 into $$dir"; \
+		GOBIN="$$dir" GOFLAGS=-mod=mod $(GO) install github.com/versity/versitygw/cmd/versitygw@v1.8.0; }
 
 build: deps
 	$(GO) build -ldflags "-X main.version=$(VERSION)" -o $(BIN) ./cmd/pgtrail
@@ -29,6 +41,18 @@ vet:
 
 test: deps vet
 	$(GO) test -count=1 -timeout 15m ./...
+
+# interop runs the interop bed (test/interop, build tag interop): real Apache
+# Kafka (KRaft), Kafka Connect and the Debezium PostgreSQL connector, resolved
+# from Maven Central into ~/.cache/pgtrail-interop by test/interop/pom.xml.
+.PHONY: interop deps-interop
+deps-interop: deps
+	@command -v java >/dev/null && command -v mvn >/dev/null || { \
+		echo "installing a JDK 17 and Maven (Debian packages openjdk-17-jdk-headless, maven)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openjdk-17-jdk-headless maven >/dev/null; }
+
+interop: deps-interop
+	$(GO) test -tags interop ./test/interop -v -count=1 -timeout 40m
 
 # proto regenerates plugins/proto from sink.proto with pinned tool versions
 # (buf compiles without protoc), installed into .cache/bin.

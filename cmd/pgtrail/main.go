@@ -15,8 +15,10 @@ import (
 	"github.com/pgtrail/pgtrail/core/config"
 	"github.com/pgtrail/pgtrail/plugins/host"
 	"github.com/pgtrail/pgtrail/plugins/sdk"
+	"github.com/pgtrail/pgtrail/sinks/clickhouse"
 	"github.com/pgtrail/pgtrail/sinks/discard"
 	"github.com/pgtrail/pgtrail/sinks/postgres"
+	"github.com/pgtrail/pgtrail/sinks/s3"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -26,6 +28,9 @@ var version = "dev"
 var builtins = host.Builtins{
 	"postgres": func() sdk.Sink { return postgres.New() },
 	"null":     func() sdk.Sink { return discard.New() },
+
+	"s3":         func() sdk.Sink { return s3.New() },
+	"clickhouse": func() sdk.Sink { return clickhouse.New() },
 }
 
 func main() {
@@ -69,6 +74,7 @@ func root() *cobra.Command {
 	}
 	cmd.PersistentFlags().StringVar(&a.configPath, "config", config.DefaultPath, "config file (without one, DATABASE_URL alone is enough)")
 	cmd.AddCommand(a.setupCmd(), a.runCmd(), a.statusCmd(), a.teardownCmd(), a.pluginsCmd(), versionCmd(), serveSinkCmd())
+	cmd.AddCommand(a.captureCmd())
 	return cmd
 }
 

@@ -23,6 +23,7 @@ type Config struct {
 	Pipeline Pipeline `yaml:"pipeline"`
 	HTTP     HTTP     `yaml:"http"`
 	Log      Log      `yaml:"log"`
+	Publish  Publish  `yaml:"publish"` // where `pgtrail capture` publishes
 }
 
 // Source selects the ingress; only the section named by Type is required.
@@ -195,6 +196,7 @@ func defaults() Config {
 		Pipeline: Pipeline{BatchSize: 5000, FlushInterval: Duration(50 * time.Millisecond), MaxInFlight: 4},
 		HTTP:     HTTP{Listen: "127.0.0.1:9187"},
 		Log:      Log{Level: "info", Format: "text"},
+		Publish:  defaultPublish(),
 	}
 }
 

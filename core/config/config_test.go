@@ -69,13 +69,17 @@ func TestDefaultsFromDatabaseURLOnly(t *testing.T) {
 				URL: "postgres://u:p@127.0.0.1:5432/app", Slot: "pgtrail", Publication: "pgtrail",
 				Tables: []string{"public.*"}, StatusInterval: Duration(10 * time.Second),
 			},
-			JetStream: JetStream{URL: "nats://127.0.0.1:4222", Stream: "DebeziumStream", Subject: "bemi", Durable: "pgtrail"},
-			Kafka:     Kafka{Brokers: []string{"127.0.0.1:9092"}, Topics: []string{"bemi"}, Group: "pgtrail"},
+			JetStream: JetStream{URL: "nats://127.0.0.1:4222", Stream: "DebeziumStream", Subject: "bemi", Durable: "pgtrail",
+				DLQSubject: "bemi.dlq", AckWait: Duration(30 * time.Minute)},
+			Kafka: Kafka{Brokers: []string{"127.0.0.1:9092"}, Topics: []string{"bemi"}, Group: "pgtrail", DLQSuffix: ".dlq"},
+			Debezium: Debezium{UnavailableValuePlaceholder: "__debezium_unavailable_value", BinaryHandlingMode: "bytes",
+				KeyColumns: []string{"id"}},
 		},
 		Sinks:    []Sink{{Name: "audit", Plugin: "postgres", Config: map[string]any{"url": "postgres://u:p@127.0.0.1:5432/app"}}},
 		Pipeline: Pipeline{BatchSize: 5000, FlushInterval: Duration(50 * time.Millisecond), MaxInFlight: 4},
 		HTTP:     HTTP{Listen: "127.0.0.1:9187"},
 		Log:      Log{Level: "info", Format: "text"},
+		Publish:  defaultPublish(),
 	}
 	if !reflect.DeepEqual(cfg, want) {
 		t.Errorf("got  %+v\nwant %+v", cfg, want)
@@ -276,6 +280,10 @@ func TestValidationErrorsNameKey(t *testing.T) {
 			"source.jetstream.url: required\nsource.jetstream.stream: required\nsource.jetstream.subject: required\nsource.jetstream.durable: required"},
 		{"source: {type: kafka, kafka: {brokers: [], topics: [], group: \"\"}}",
 			"source.kafka.brokers: at least one broker address required (e.g. 127.0.0.1:9092)\nsource.kafka.topics: at least one topic required\nsource.kafka.group: required"},
+		{"source: {type: jetstream, jetstream: {dlq_subject: bemi, ack_wait: 0s}}",
+			"source.jetstream.dlq_subject: \"bemi\" is the subject read from; dead letters need another (e.g. bemi.dlq)\nsource.jetstream.ack_wait: must be positive (e.g. 30m)"},
+		{"source: {type: kafka, debezium: {binary_handling_mode: raw, unavailable_value_placeholder: \"\"}}",
+			"source.debezium.unavailable_value_placeholder: required\nsource.debezium.binary_handling_mode: \"raw\" is not one of bytes, base64, base64-url-safe, hex"},
 		{"sinks: [{name: a}]", "sinks[0].plugin: required (a built-in sink such as postgres, or the path of a plugin binary)"},
 		{"sinks: [{plugin: postgres}, {name: b, plugin: s3}]", "sinks[0].name: required when there is more than one sink"},
 		{"sinks: [{name: a, plugin: postgres}, {name: a, plugin: s3}]", `sinks[1].name: "a" is already used by sinks[0] (names must be unique)`},
@@ -414,8 +422,11 @@ log: {level: debug, format: json}
 				URL: "postgres://u@127.0.0.1/app", Slot: "pgtrail", Publication: "pgtrail",
 				Tables: []string{"public.*"}, Exclude: []string{"public.sessions"}, StatusInterval: Duration(5 * time.Second),
 			},
-			JetStream: JetStream{URL: "nats://127.0.0.1:4222", Stream: "DebeziumStream", Subject: "bemi", Durable: "pgtrail"},
-			Kafka:     Kafka{Brokers: []string{"127.0.0.1:9092"}, Topics: []string{"bemi"}, Group: "pgtrail"},
+			JetStream: JetStream{URL: "nats://127.0.0.1:4222", Stream: "DebeziumStream", Subject: "bemi", Durable: "pgtrail",
+				DLQSubject: "bemi.dlq", AckWait: Duration(30 * time.Minute)},
+			Kafka: Kafka{Brokers: []string{"127.0.0.1:9092"}, Topics: []string{"bemi"}, Group: "pgtrail", DLQSuffix: ".dlq"},
+			Debezium: Debezium{UnavailableValuePlaceholder: "__debezium_unavailable_value", BinaryHandlingMode: "bytes",
+				KeyColumns: []string{"id"}},
 		},
 		Sinks: []Sink{
 			{Name: "audit", Plugin: "postgres", Config: map[string]any{"url": "postgres://u@127.0.0.1/app", "schema": "pgtrail", "table": "changes"}},
@@ -424,6 +435,7 @@ log: {level: debug, format: json}
 		Pipeline: Pipeline{BatchSize: 1000, FlushInterval: Duration(100 * time.Millisecond), MaxInFlight: 8},
 		HTTP:     HTTP{Listen: "127.0.0.1:9187"},
 		Log:      Log{Level: "debug", Format: "json"},
+		Publish:  defaultPublish(),
 	}
 	if !reflect.DeepEqual(cfg, want) {
 		t.Errorf("got  %+v\nwant %+v", cfg, want)

@@ -105,6 +105,8 @@ func (c *Config) validate() error {
 		}
 	}
 
+	c.Publish.validate(bad)
+
 	if c.Pipeline.BatchSize <= 0 {
 		bad("pipeline.batch_size", "must be positive, got %d", c.Pipeline.BatchSize)
 	}

@@ -25,6 +25,7 @@ type Metrics struct {
 	BatchSeconds   *prometheus.HistogramVec
 	WriteErrors    *prometheus.CounterVec
 	BadContext     *prometheus.CounterVec
+	DeadLetters    *prometheus.CounterVec
 	SlotLagBytes   prometheus.Gauge
 	ConfirmedLSN   prometheus.Gauge
 
@@ -47,6 +48,8 @@ func New() *Metrics {
 			Name: "pgtrail_write_errors_total", Help: "Failed batch writes (each is retried), by sink."}, []string{"sink"}),
 		BadContext: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "pgtrail_bad_context_total", Help: "Context messages that were not a JSON object, by prefix."}, []string{"prefix"}),
+		DeadLetters: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pgtrail_dead_letters_total", Help: "Malformed broker messages sent to the dead-letter subject or topic, by reason."}, []string{"reason"}),
 		SlotLagBytes: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "pgtrail_slot_lag_bytes", Help: "WAL bytes between the server's current position and the slot's confirmed position."}),
 		ConfirmedLSN: prometheus.NewGauge(prometheus.GaugeOpts{
@@ -54,7 +57,7 @@ func New() *Metrics {
 		health: map[string]error{},
 	}
 	m.Registry.MustRegister(m.ChangesRead, m.ChangesWritten, m.BatchSeconds, m.WriteErrors,
-		m.BadContext, m.SlotLagBytes, m.ConfirmedLSN,
+		m.BadContext, m.DeadLetters, m.SlotLagBytes, m.ConfirmedLSN,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

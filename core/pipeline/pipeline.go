@@ -6,6 +6,7 @@ package pipeline
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"log/slog"
 	"sync"
@@ -75,6 +76,35 @@ type Options struct {
 	FlushInterval time.Duration // the longest a change waits for its batch to fill
 	MaxInFlight   int           // batches queued per sink before the source is held back
 	DrainTimeout  time.Duration // how long shutdown waits for sinks to finish
+	// PassMessages makes every logical decoding message an item of the
+	// batches too, in source order among the row changes (see MessageItem),
+	// for sinks that republish the stream, such as `pgtrail capture`.
+	// Stitching is unchanged; ordinary sinks leave it off.
+	PassMessages bool
+}
+
+// OpMessage is the Operation of a batch item that is a logical decoding
+// message (with Options.PassMessages). Such an item has no Schema or Table;
+// its After is {"prefix": "...", "content": "<base64>"}, and its LSN,
+// TransactionID, CommittedAt and CommitLSN are the source's, when the source
+// gives them in the event's Change.
+const OpMessage change.Operation = "MESSAGE"
+
+// MessageItem turns a Message event into a batch item.
+func MessageItem(ev Event) *change.Change {
+	c := &change.Change{}
+	if ev.Change != nil {
+		cp := *ev.Change
+		c = &cp
+	}
+	c.Operation, c.TransactionID = OpMessage, ev.XID
+	c.Before, c.Context = change.Empty, change.Empty
+	after, _ := json.Marshal(struct {
+		Prefix  string `json:"prefix"`
+		Content []byte `json:"content"`
+	}{ev.Prefix, ev.Content})
+	c.After = after
+	return c
 }
 
 func (o *Options) defaults() {
@@ -196,6 +226,16 @@ func (p *Pipeline) assemble(events <-chan Event, queues []chan batch, wm *checkp
 		}
 		cur, size, pos = make([]*change.Change, 0, len(cur)), 0, nil
 	}
+	add := func(c *change.Change) {
+		if len(cur) == 0 {
+			timer.Reset(p.opts.FlushInterval)
+		}
+		cur = append(cur, c)
+		size += len(c.Before) + len(c.After) + len(c.Context) + 256
+		if len(cur) >= p.opts.BatchSize || size >= p.opts.BatchBytes {
+			cut()
+		}
+	}
 
 	for {
 		select {
@@ -209,21 +249,17 @@ func (p *Pipeline) assemble(events <-chan Event, queues []chan batch, wm *checkp
 				p.stitch.Begin(ev.XID)
 			case Message:
 				p.stitch.Message(ev.XID, ev.Prefix, ev.Content)
+				if p.opts.PassMessages {
+					add(MessageItem(ev))
+				}
 			case Row:
 				ctxJSON := p.stitch.Next(ev.XID)
 				if ev.Skip {
 					continue
 				}
 				ev.Change.Context = ctxJSON
-				if len(cur) == 0 {
-					timer.Reset(p.opts.FlushInterval)
-				}
-				cur = append(cur, ev.Change)
-				size += len(ev.Change.Before) + len(ev.Change.After) + len(ctxJSON) + 256
 				p.metrics.ChangesRead.Inc()
-				if len(cur) >= p.opts.BatchSize || size >= p.opts.BatchBytes {
-					cut()
-				}
+				add(ev.Change)
 			case Commit, Progress:
 				pos = ev.Position
 				if len(cur) == 0 {

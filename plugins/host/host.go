@@ -192,11 +192,13 @@ func (s *Sink) restart(ctx context.Context) error {
 		b.Kill()
 		return s.wrap(op, err)
 	}
-	if s.desc, err = b.Describe(ctx); err != nil {
-		return fail("describe", err)
-	}
 	if err := b.Configure(ctx, s.raw); err != nil {
 		return fail("configure", err)
+	}
+	// After Configure: the description may depend on the config (a sink's
+	// flush interval).
+	if s.desc, err = b.Describe(ctx); err != nil {
+		return fail("describe", err)
 	}
 	if s.opened {
 		if err := b.Open(ctx); err != nil {

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"syscall"
@@ -85,7 +86,7 @@ func writeConfig(t testing.TB, url, extra, pg string) string {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "pgtrail.yaml")
 	cfg := fmt.Sprintf("source:\n  type: postgres\n  postgres:\n    url: %q\n    status_interval: 1s\n%slog:\n  level: debug\n%s", url, pg, extra)
-	if !strings.Contains(extra, "http:") {
+	if !regexp.MustCompile(`(?m)^http:`).MatchString(extra) {
 		cfg += "http:\n  listen: \"\"\n"
 	}
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {

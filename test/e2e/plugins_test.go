@@ -208,7 +208,7 @@ func TestBadPluginsGetAClearMessage(t *testing.T) {
 		{"another protocol version", wrongVersionPlugin, `sink "odd": plugin ` + wrongVersionPlugin + " speaks another sink protocol version than this pgtrail (1): rebuild the plugin"},
 		{"not a plugin", "/bin/true", `sink "odd": /bin/true is not a pgtrail sink plugin: it did not answer the plugin handshake`},
 		{"no such file", "/nonexistent/sink", `sink "odd": cannot run plugin /nonexistent/sink`},
-		{"unknown built-in", "postgress", `sink "odd": unknown plugin "postgress": built-in plugins are [null postgres]`},
+		{"unknown built-in", "postgress", `sink "odd": unknown plugin "postgress": built-in plugins are [`},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			cfg := writeConfig(t, url, fmt.Sprintf("sinks:\n  - name: odd\n    plugin: %q\n", c.plugin), "")

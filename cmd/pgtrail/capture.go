@@ -1,0 +1,82 @@
+package main
+
+import (
+	"context"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/pgtrail/pgtrail/core/metrics"
+	"github.com/pgtrail/pgtrail/core/pipeline"
+	"github.com/pgtrail/pgtrail/core/retry"
+	"github.com/pgtrail/pgtrail/transports/pglogrepl"
+	"github.com/pgtrail/pgtrail/transports/publish"
+)
+
+func (a *app) captureCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "capture",
+		Short: "Publish captured changes to NATS JetStream or Kafka as Debezium events, until SIGINT or SIGTERM",
+		Long: `capture reads the replication slot as run does and publishes every change, and
+every logical decoding message, as the Debezium PostgreSQL connector's JSON
+events to the broker of the publish: block. The slot is confirmed only past
+what the broker acknowledged.`,
+		RunE: func(cmd *cobra.Command, _ []string) error { return a.capture(cmd.Context()) },
+	}
+}
+
+func (a *app) capture(ctx context.Context) error {
+	if err := a.requirePostgresSource(); err != nil {
+		return err
+	}
+	pg := a.cfg.Source.Postgres
+	if err := pglogrepl.Setup(ctx, pg, a.log); err != nil {
+		return err
+	}
+	m := metrics.New()
+	if a.cfg.HTTP.Listen != "" {
+		if err := m.Start(ctx, a.cfg.HTTP.Listen, a.log); err != nil {
+			return err
+		}
+	}
+	b := retry.Default()
+	for started := false; ; {
+		err := a.captureOnce(ctx, m, &started)
+		if ctx.Err() != nil {
+			a.log.Info("stopped")
+			return nil
+		}
+		if !started {
+			return err // a problem at start-up is for the user to fix
+		}
+		m.SetHealth("pipeline", err)
+		a.log.Error("capture stopped; restarting from the last confirmed position", "err", err)
+		if b.Wait(ctx) != nil {
+			return nil
+		}
+	}
+}
+
+// captureOnce publishes from the last confirmed position until it fails or
+// ctx ends.
+func (a *app) captureOnce(ctx context.Context, m *metrics.Metrics, started *bool) error {
+	pub, err := publish.Open(ctx, a.cfg.Publish, a.cfg.Source.Postgres.URL, a.log)
+	if err != nil {
+		return err
+	}
+	defer pub.Close(context.WithoutCancel(ctx))
+	src, err := pglogrepl.Open(ctx, a.cfg.Source.Postgres, a.log, m)
+	if err != nil {
+		return err
+	}
+	*started = true
+	m.SetHealth("pipeline", nil)
+	a.log.Info("publishing", "type", a.cfg.Publish.Type, "topic_prefix", a.cfg.Publish.TopicPrefix, "route", a.cfg.Publish.Route)
+	p := a.cfg.Pipeline
+	return pipeline.New(src, []pipeline.Sink{pub}, pipeline.Options{
+		BatchSize:     p.BatchSize,
+		FlushInterval: time.Duration(p.FlushInterval),
+		MaxInFlight:   p.MaxInFlight,
+		PassMessages:  true,
+	}, a.log, m).Run(ctx)
+}

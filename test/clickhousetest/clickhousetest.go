@@ -1,0 +1,353 @@
+// Package clickhousetest starts a private ClickHouse server from the installed
+// Debian package (installing it when missing), with a copy of the package's
+// config whose ports are free loopback ports and whose paths all lie in a
+// temp dir, so tests run against a real server without touching a system one.
+package clickhousetest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// The server's user and password: the package's default user, given a password.
+const (
+	User     = "default"
+	Password = "pgtrail-test"
+)
+
+const (
+	configDir      = "/etc/clickhouse-server"
+	installTimeout = 10 * time.Minute
+	startTimeout   = 60 * time.Second
+	stopTimeout    = 15 * time.Second
+)
+
+// Server is a running clickhouse-server. Stop it to remove everything it wrote.
+type Server struct {
+	dir      string // temp root: config, data, logs
+	httpPort int
+	tcpPort  int
+	cmd      *exec.Cmd
+	exited   chan struct{}
+	stop     sync.Once
+	version  string
+}
+
+var dbSeq atomic.Int64
+
+// Binary returns the path of clickhouse-server, installing Debian's
+// clickhouse-server and clickhouse-client packages first when it is missing.
+func Binary() (string, error) {
+	find := func() string {
+		for _, p := range []string{"/usr/bin/clickhouse-server", "/usr/sbin/clickhouse-server"} {
+			if _, err := os.Stat(p); err == nil {
+				return p
+			}
+		}
+		return ""
+	}
+	if bin := find(); bin != "" {
+		return bin, nil
+	}
+	// Test binaries of several packages may start at once: one installs.
+	lock, err := os.Create(filepath.Join(os.TempDir(), "pgtrail-clickhouse-install.lock"))
+	if err != nil {
+		return "", fmt.Errorf("create install lock: %w", err)
+	}
+	defer lock.Close()
+	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX); err != nil {
+		return "", fmt.Errorf("lock %s: %w", lock.Name(), err)
+	}
+	if bin := find(); bin != "" {
+		return bin, nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), installTimeout)
+	defer cancel()
+	install := func() ([]byte, error) {
+		cmd := exec.CommandContext(ctx, "apt-get", "install", "-y", "-q", "-o", "DPkg::Lock::Timeout=300",
+			"clickhouse-server", "clickhouse-client")
+		cmd.Env = append(os.Environ(), "DEBIAN_FRONTEND=noninteractive")
+		return cmd.CombinedOutput()
+	}
+	out, err := install()
+	if err != nil { // perhaps the package lists are stale or absent
+		if upd, uerr := exec.CommandContext(ctx, "apt-get", "update", "-q").CombinedOutput(); uerr != nil {
+			return "", fmt.Errorf("apt-get update: %w\n%s", uerr, upd)
+		}
+		out, err = install()
+	}
+	if err != nil {
+		return "", fmt.Errorf("apt-get install clickhouse-server clickhouse-client: %w\n%s", err, out)
+	}
+	if bin := find(); bin != "" {
+		return bin, nil
+	}
+	return "", errors.New("clickhouse-server installed, but no /usr/bin/clickhouse-server or /usr/sbin/clickhouse-server")
+}
+
+// Start writes a private config in a temp dir and starts the server on free
+// loopback ports. It returns once the server answers queries over HTTP, or
+// an error with the log tail.
+func Start() (*Server, error) {
+	bin, err := Binary()
+	if err != nil {
+		return nil, err
+	}
+	dir, err := os.MkdirTemp("", "clickhousetest-")
+	if err != nil {
+		return nil, fmt.Errorf("create temp dir: %w", err)
+	}
+	s := &Server{dir: dir}
+	// A free port can be taken between closing our probe and the server binding it.
+	for attempt := 0; ; attempt++ {
+		err = s.start(bin)
+		if err == nil {
+			return s, nil
+		}
+		tail := s.LogTail(30)
+		if attempt < 3 && strings.Contains(tail, "Address already in use") {
+			continue
+		}
+		s.Stop()
+		return nil, fmt.Errorf("%w\nserver log:\n%s", err, tail)
+	}
+}
+
+func (s *Server) logFile() string { return filepath.Join(s.dir, "log", "clickhouse-server.log") }
+func (s *Server) errFile() string { return filepath.Join(s.dir, "log", "clickhouse-server.err.log") }
+
+// Ports the package's config may name; each one present gets a free port.
+var portTag = regexp.MustCompile(`<(http_port|tcp_port|https_port|tcp_port_secure|interserver_http_port|interserver_https_port|mysql_port|postgresql_port|grpc_port|prometheus_port)>\d+</`)
+
+// writeConfig copies the package's config.xml and users.xml into dir with
+// every path moved under dir, free ports, loopback only, and a password for
+// the default user.
+func (s *Server) writeConfig() error {
+	raw, err := os.ReadFile(filepath.Join(configDir, "config.xml"))
+	if err != nil {
+		return fmt.Errorf("read the package's config: %w", err)
+	}
+	cfg := string(raw)
+	cfg = strings.ReplaceAll(cfg, "/var/lib/clickhouse/", filepath.Join(s.dir, "data")+"/")
+	cfg = strings.ReplaceAll(cfg, "/var/log/clickhouse-server/", filepath.Join(s.dir, "log")+"/")
+	var perr error
+	cfg = portTag.ReplaceAllStringFunc(cfg, func(m string) string {
+		tag := portTag.FindStringSubmatch(m)[1]
+		port, err := freePort()
+		if err != nil {
+			perr = err
+		}
+		switch tag {
+		case "http_port":
+			s.httpPort = port
+		case "tcp_port":
+			s.tcpPort = port
+		}
+		return fmt.Sprintf("<%s>%d</", tag, port)
+	})
+	if perr != nil {
+		return perr
+	}
+	// Listen on loopback only (IPv4: IPv6 may be off), in UTC, quietly.
+	root := regexp.MustCompile(`<(yandex|clickhouse)>`)
+	loc := root.FindStringIndex(cfg)
+	if loc == nil {
+		return fmt.Errorf("%s/config.xml has no <yandex> or <clickhouse> root", configDir)
+	}
+	cfg = cfg[:loc[1]] + "\n    <listen_host>127.0.0.1</listen_host>\n    <timezone>UTC</timezone>\n" + cfg[loc[1]:]
+	cfg = regexp.MustCompile(`(?s)<level>\w+</level>`).ReplaceAllString(cfg, "<level>warning</level>")
+	if err := os.WriteFile(filepath.Join(s.dir, "config.xml"), []byte(cfg), 0o600); err != nil {
+		return fmt.Errorf("write config: %w", err)
+	}
+	users, err := os.ReadFile(filepath.Join(configDir, "users.xml"))
+	if err != nil {
+		return fmt.Errorf("read the package's users: %w", err)
+	}
+	// The first <password></password> is the default user's.
+	u := strings.Replace(string(users), "<password></password>", "<password>"+Password+"</password>", 1)
+	if err := os.WriteFile(filepath.Join(s.dir, "users.xml"), []byte(u), 0o600); err != nil {
+		return fmt.Errorf("write users: %w", err)
+	}
+	return nil
+}
+
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, fmt.Errorf("pick free port: %w", err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+func (s *Server) start(bin string) error {
+	if err := s.writeConfig(); err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Join(s.dir, "log"), 0o700); err != nil {
+		return err
+	}
+	out, err := os.Create(filepath.Join(s.dir, "log", "stdout.log"))
+	if err != nil {
+		return err
+	}
+	defer out.Close() // the server holds its own copy
+	cmd := exec.Command(bin, "--config-file="+filepath.Join(s.dir, "config.xml"))
+	cmd.Dir = s.dir
+	cmd.Stdout, cmd.Stderr = out, out
+	// Pdeathsig kills the server if the test binary dies, so no orphan keeps the ports.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("start clickhouse-server: %w", err)
+	}
+	s.cmd, s.exited = cmd, make(chan struct{})
+	go func() { _ = cmd.Wait(); close(s.exited) }()
+	return s.waitReady()
+}
+
+// waitReady polls with real queries rather than sleeping.
+func (s *Server) waitReady() error {
+	deadline := time.After(startTimeout)
+	for {
+		v, err := s.query("SELECT version()")
+		if err == nil {
+			s.version = strings.TrimSpace(v)
+			return nil
+		}
+		select {
+		case <-s.exited:
+			return fmt.Errorf("clickhouse-server on port %d exited during start-up: %s", s.httpPort, s.cmd.ProcessState)
+		case <-deadline:
+			return fmt.Errorf("clickhouse-server on port %d not ready after %s: %w", s.httpPort, startTimeout, err)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// URL is the HTTP interface, http://127.0.0.1:PORT, without credentials.
+func (s *Server) URL() string { return fmt.Sprintf("http://127.0.0.1:%d", s.httpPort) }
+
+// HTTPPort and TCPPort are the server's ports on 127.0.0.1.
+func (s *Server) HTTPPort() int { return s.httpPort }
+func (s *Server) TCPPort() int  { return s.tcpPort }
+
+// Version is what SELECT version() answered at start.
+func (s *Server) Version() string { return s.version }
+
+var client = &http.Client{Timeout: 30 * time.Second}
+
+// query runs one statement as the default user and returns its output.
+func (s *Server) query(sql string) (string, error) {
+	req, err := http.NewRequest(http.MethodPost, s.URL()+"/", strings.NewReader(sql))
+	if err != nil {
+		return "", err
+	}
+	req.SetBasicAuth(User, Password)
+	resp, err := client.Do(req)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return "", err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return "", fmt.Errorf("%s: %s", resp.Status, strings.TrimSpace(string(body)))
+	}
+	return string(body), nil
+}
+
+// Query runs one statement and returns its output (TabSeparated unless the
+// statement says FORMAT), failing t on error.
+func (s *Server) Query(t testing.TB, sql string) string {
+	t.Helper()
+	out, err := s.query(sql)
+	if err != nil {
+		t.Fatalf("clickhouse %q: %v", sql, err)
+	}
+	return out
+}
+
+// NewDatabase names a database that does not exist yet (the sink's Setup
+// makes it); it is dropped at cleanup.
+func (s *Server) NewDatabase(t testing.TB) string {
+	t.Helper()
+	name := fmt.Sprintf("pgtrail_test_%d", dbSeq.Add(1))
+	t.Cleanup(func() { s.Query(t, "DROP DATABASE IF EXISTS "+name) })
+	return name
+}
+
+// URLWithUser is the HTTP interface with credentials in the URL.
+func (s *Server) URLWithUser() string {
+	u := url.URL{Scheme: "http", Host: fmt.Sprintf("127.0.0.1:%d", s.httpPort), User: url.UserPassword(User, Password)}
+	return u.String()
+}
+
+// Stop kills the server at once (its data is thrown away, so a clean
+// shutdown, seconds long, buys nothing), waits for it, and removes the temp
+// dir. It is safe to call more than once.
+func (s *Server) Stop() {
+	s.stop.Do(func() {
+		if s.cmd != nil && s.cmd.Process != nil {
+			_ = s.cmd.Process.Kill()
+			select {
+			case <-s.exited:
+			case <-time.After(stopTimeout):
+			}
+		}
+		_ = os.RemoveAll(s.dir)
+	})
+}
+
+// LogTail returns the last n lines of the server's error log (or its
+// output, when it wrote no log), for failure messages.
+func (s *Server) LogTail(n int) string {
+	var b []byte
+	for _, f := range []string{s.errFile(), filepath.Join(s.dir, "log", "stdout.log"), s.logFile()} {
+		if data, err := os.ReadFile(f); err == nil && len(data) > 0 {
+			b = data
+			break
+		}
+	}
+	if len(b) == 0 {
+		return "(no server log)"
+	}
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// Main is for TestMain: one server per test binary, stopped before exit.
+// set receives the server before any test runs.
+func Main(m *testing.M, set func(*Server)) {
+	s, err := Start()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "clickhousetest:", err)
+		os.Exit(1)
+	}
+	set(s)
+	code := m.Run()
+	if code != 0 {
+		fmt.Fprintf(os.Stderr, "clickhousetest: server log tail:\n%s\n", s.LogTail(30))
+	}
+	s.Stop()
+	os.Exit(code)
+}

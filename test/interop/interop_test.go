@@ -1,0 +1,567 @@
+//go:build interop
+
+// Package interop is the interop bed (`make interop`): real Apache Kafka in
+// KRaft mode, Kafka Connect with the real Debezium PostgreSQL connector (both
+// from Maven Central, see pom.xml), a private PostgreSQL, and pgtrail. A
+// Bemi-style workload goes through Debezium -> Kafka -> `pgtrail run`, through
+// native capture, and through `pgtrail capture` -> Kafka; the bed checks
+// that the audit tables agree and that `pgtrail capture` publishes what
+// Debezium publishes. It records Debezium's raw output as fixtures for
+// transports/debezium (PGTRAIL_RECORD=1 rewrites them).
+package interop
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/pgtrail/pgtrail/test/pgtest"
+)
+
+var (
+	cluster *pgtest.Cluster
+	binary  string
+	jvm     java
+	broker  *kafka
+)
+
+func TestMain(m *testing.M) {
+	os.Exit(bed(m))
+}
+
+func bed(m *testing.M) int {
+	start := time.Now()
+	lib, err := resolveJars()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "interop:", err)
+		return 1
+	}
+	fmt.Fprintf(os.Stderr, "interop: jars in %s (%s)\n", lib, time.Since(start).Round(time.Second))
+	javaBin, err := exec.LookPath("java")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "interop: java not found (install a JDK 17)")
+		return 1
+	}
+	dir, err := os.MkdirTemp("", "pgtrail-interop-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer os.RemoveAll(dir)
+	binary = filepath.Join(dir, "pgtrail")
+	build := exec.Command("go", "build", "-o", binary, "github.com/pgtrail/pgtrail/cmd/pgtrail")
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "interop: build pgtrail:", err)
+		return 1
+	}
+	if err := os.WriteFile(filepath.Join(dir, "log4j2.properties"), []byte(log4j), 0o644); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	jvm = java{bin: javaBin, lib: lib, dir: dir}
+	if broker, err = startKafka(jvm); err != nil {
+		fmt.Fprintln(os.Stderr, "interop:", err)
+		return 1
+	}
+	defer broker.p.stop(10 * time.Second)
+	fmt.Fprintf(os.Stderr, "interop: kafka (KRaft) on %s (%s)\n", broker.addr, time.Since(start).Round(time.Second))
+	if cluster, err = pgtest.Start(pgtest.Options{}); err != nil {
+		fmt.Fprintln(os.Stderr, "interop:", err)
+		return 1
+	}
+	defer cluster.Stop()
+	code := m.Run()
+	fmt.Fprintf(os.Stderr, "interop: bed ran %s\n", time.Since(start).Round(time.Second))
+	return code
+}
+
+// connector is the Debezium PostgreSQL connector configured as Bemi's stack
+// configures it (Debezium Server's application.properties, in Kafka Connect
+// terms): pgoutput, no snapshot, public schema, topic prefix bemi, every
+// topic rerouted into one by ByLogicalTableRouter, JSON without schemas.
+// Debezium 3 renamed snapshot.mode=never to no_data. Two settings differ
+// from Bemi's: skipped.operations=none (Debezium skips TRUNCATE by
+// default; pgtrail stores it), and, for the typed connector, schemas on;
+// and the publication is made by the bed (Debezium would make the same one,
+// FOR ALL TABLES, but two connectors race for it).
+func connector(name, slot, prefix, url string, schemas bool) string {
+	c, _ := pgx.ParseConfig(url)
+	s := fmt.Sprintf(`name=%s
+connector.class=io.debezium.connector.postgresql.PostgresConnector
+tasks.max=1
+plugin.name=pgoutput
+slot.name=%s
+publication.name=dbz_publication
+publication.autocreate.mode=disabled
+snapshot.mode=no_data
+database.hostname=127.0.0.1
+database.port=%d
+database.dbname=%s
+database.user=%s
+database.password=%s
+schema.include.list=public
+topic.prefix=%s
+skipped.operations=none
+transforms=Reroute
+transforms.Reroute.type=io.debezium.transforms.ByLogicalTableRouter
+transforms.Reroute.topic.regex=%s\\..*
+transforms.Reroute.topic.replacement=%s
+`, name, slot, c.Port, c.Database, c.User, c.Password, prefix, prefix, prefix)
+	if schemas {
+		s += `key.converter=org.apache.kafka.connect.json.JsonConverter
+key.converter.schemas.enable=true
+value.converter=org.apache.kafka.connect.json.JsonConverter
+value.converter.schemas.enable=true
+`
+	}
+	return s
+}
+
+// startConnect runs Kafka Connect standalone with the given connectors and
+// waits until each one's replication slot is streaming.
+func startConnect(t *testing.T, url string, connectors map[string]string) *proc {
+	t.Helper()
+	port, err := freePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	worker := fmt.Sprintf(`bootstrap.servers=%s
+key.converter=org.apache.kafka.connect.json.JsonConverter
+value.converter=org.apache.kafka.connect.json.JsonConverter
+key.converter.schemas.enable=false
+value.converter.schemas.enable=false
+offset.storage.file.filename=%s
+offset.flush.interval.ms=1000
+listeners=http://127.0.0.1:%d
+plugin.discovery=only_scan
+`, broker.addr, filepath.Join(dir, "connect.offsets"), port)
+	args := []string{filepath.Join(dir, "worker.properties")}
+	if err := os.WriteFile(args[0], []byte(worker), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var slots []string
+	for slot, props := range connectors {
+		path := filepath.Join(dir, slot+".properties")
+		if err := os.WriteFile(path, []byte(props), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		args = append(args, path)
+		slots = append(slots, slot)
+	}
+	p, err := jvm.start("kafka connect", "org.apache.kafka.connect.cli.ConnectStandalone", args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		p.stop(20 * time.Second)
+		if t.Failed() {
+			t.Logf("kafka connect output:\n%s", tail(p.out.String(), 40))
+		}
+	})
+	conn := connect(t, url)
+	waitFor(t, 3*time.Minute, "Debezium to stream from its slots", func() bool {
+		if p.exited() {
+			t.Fatalf("kafka connect exited:\n%s", tail(p.out.String(), 40))
+		}
+		var n int
+		_ = conn.QueryRow(context.Background(), `SELECT count(*) FROM pg_replication_slots WHERE active AND slot_name = ANY($1)`, slots).Scan(&n)
+		return n == len(slots)
+	})
+	return p
+}
+
+// startPgtrail runs a pgtrail command with a config and waits for want in its log.
+func startPgtrail(t *testing.T, name, config, want string, args ...string) *proc {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), name+".yaml")
+	if err := os.WriteFile(path, []byte(config), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p, err := startProc("pgtrail "+name, "", binary, append(args, "--config", path)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		p.stop(30 * time.Second)
+		if t.Failed() {
+			t.Logf("pgtrail %s output:\n%s", name, tail(p.out.String(), 40))
+		}
+	})
+	waitFor(t, 60*time.Second, "pgtrail "+name+" to start", func() bool {
+		if p.exited() {
+			t.Fatalf("pgtrail %s exited:\n%s", name, tail(p.out.String(), 40))
+		}
+		return strings.Contains(p.out.String(), want)
+	})
+	return p
+}
+
+func TestDebeziumAndNativeCaptureAgree(t *testing.T) {
+	url := cluster.NewDatabase(t)
+	conn := connect(t, url)
+	exec1(t, conn, schema)
+	exec1(t, conn, bemiMigration)
+
+	// Every reader's slot exists before the first change. The connectors
+	// share one publication, made here: two would race to create it.
+	exec1(t, conn, `CREATE PUBLICATION dbz_publication FOR ALL TABLES`)
+	startConnect(t, url, map[string]string{
+		"dbz_bemi":  connector("bemi", "dbz_bemi", "bemi", url, false),
+		"dbz_typed": connector("typed", "dbz_typed", "typed", url, true),
+	})
+	pg := fmt.Sprintf("  postgres: {url: %q, slot: %%s, status_interval: 1s}\n", url)
+	common := "http: {listen: \"\"}\nlog: {level: debug}\n"
+	sink := func(schema string) string {
+		return fmt.Sprintf("sinks:\n  - name: audit\n    plugin: postgres\n    config: {url: %q, schema: %s}\n", url, schema)
+	}
+	startPgtrail(t, "native", "source:\n  type: postgres\n"+fmt.Sprintf(pg, "native")+sink("native")+common, "capturing", "run")
+	startPgtrail(t, "capture", "source:\n  type: postgres\n"+fmt.Sprintf(pg, "capture")+common+
+		fmt.Sprintf("publish:\n  type: kafka\n  topic_prefix: native\n  kafka: {brokers: [%q]}\n", broker.addr), "capturing", "capture")
+
+	start := time.Now()
+	for _, sc := range scenarios {
+		sc.run(t, conn)
+		exec1(t, conn, `SELECT pg_logical_emit_message(true, $1, $2)`, marker, sc.name)
+	}
+	last := scenarios[len(scenarios)-1].name
+	dbz := readTopic(t, broker.addr, "bemi", last, 2*time.Minute)
+	typed := readTopic(t, broker.addr, "typed", last, time.Minute)
+	native := readTopic(t, broker.addr, "native", last, time.Minute)
+	t.Logf("workload through Debezium and pgtrail capture in %s: %d, %d (with schemas) and %d records",
+		time.Since(start).Round(time.Millisecond), len(dbz), len(typed), len(native))
+
+	recordFixtures(t, "", dbz)
+	recordFixtures(t, "typed_", typed)
+
+	t.Run("CaptureEventsEqualDebeziums", func(t *testing.T) { compareEvents(t, dbz, native) })
+
+	// Debezium's events through `pgtrail run` into audit tables of their own.
+	for _, src := range []struct{ topic, schema string }{{"typed", "dbz_typed"}, {"bemi", "dbz_bemi"}} {
+		startPgtrail(t, src.topic, fmt.Sprintf("source:\n  type: kafka\n  kafka: {brokers: [%q], topics: [%s], group: %s}\n",
+			broker.addr, src.topic, src.topic)+sink(src.schema)+common, "level=INFO", "run")
+	}
+	want := countStable(t, conn, "native")
+	waitFor(t, 2*time.Minute, "the Debezium audit tables to fill", func() bool {
+		return count(t, conn, "dbz_typed") >= want && count(t, conn, "dbz_bemi") >= want
+	})
+	time.Sleep(time.Second)
+	t.Run("AuditFromDebeziumWithSchemasEqualsNative", func(t *testing.T) {
+		compareAudit(t, conn, "native", "dbz_typed", want, noCommitLSN, keyOnlyBefore, intervalMonths)
+	})
+	t.Run("AuditFromBemiStackEventsEqualsNative", func(t *testing.T) {
+		compareAudit(t, conn, "native", "dbz_bemi", want, noCommitLSN, keyOnlyBefore, schemaless)
+	})
+}
+
+// recordFixtures writes the scenario's raw values (and keys) of Debezium's topic as
+// fixtures, unless they exist and PGTRAIL_RECORD is not set. Tombstones and
+// the bed's markers are left out.
+func recordFixtures(t *testing.T, prefix string, recs []record) {
+	t.Helper()
+	dir := filepath.Join("..", "..", "transports", "debezium", "testdata", "recorded")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, part := range splitScenarios(recs) {
+		path := filepath.Join(dir, prefix+part.name+".jsonl")
+		if _, err := os.Stat(path); err == nil && os.Getenv("PGTRAIL_RECORD") == "" {
+			continue
+		}
+		var vals, keys strings.Builder
+		for _, r := range part.recs {
+			vals.Write(r.value)
+			vals.WriteByte('\n')
+			if len(r.key) == 0 {
+				keys.WriteString("null")
+			} else {
+				keys.Write(r.key)
+			}
+			keys.WriteByte('\n')
+		}
+		if err := os.WriteFile(path, []byte(vals.String()), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(strings.TrimSuffix(path, ".jsonl")+".keys.jsonl", []byte(keys.String()), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("recorded %s (%d messages)", path, len(part.recs))
+	}
+}
+
+type part struct {
+	name string
+	recs []record
+}
+
+// splitScenarios cuts a topic at the markers, dropping tombstones.
+func splitScenarios(recs []record) []part {
+	var out []part
+	var cur []record
+	for _, r := range recs {
+		if r.value == nil {
+			continue
+		}
+		var m struct {
+			Payload *struct {
+				Message *struct{ Prefix, Content string } `json:"message"`
+			} `json:"payload"`
+			Message *struct{ Prefix, Content string } `json:"message"`
+		}
+		_ = json.Unmarshal(r.value, &m)
+		msg := m.Message
+		if m.Payload != nil {
+			msg = m.Payload.Message
+		}
+		if msg != nil && msg.Prefix == marker {
+			name, _ := decodeBase64(msg.Content)
+			out = append(out, part{name: name, recs: cur})
+			cur = nil
+			continue
+		}
+		cur = append(cur, r)
+	}
+	return out
+}
+
+// The fields where `pgtrail capture` differs from Debezium by design: the
+// envelope's ts_* (Debezium: when it processed the event; pgtrail: the commit
+// time, so that a re-published event is identical) and the first element of
+// source.sequence (Debezium's last-commit LSN from its offsets; pgtrail: null).
+var (
+	envelopeTs = regexp.MustCompile(`,"ts_ms":\d+(,"ts_us":\d+,"ts_ns":\d+)?}$`)
+	msgTs      = regexp.MustCompile(`^\{"op":"m","ts_ms":\d+,`)
+	sequence   = regexp.MustCompile(`"sequence":"\[(null|\\"\d+\\"),`)
+)
+
+func normalizeEvent(v []byte, prefix string) string {
+	s := string(v)
+	s = envelopeTs.ReplaceAllString(s, `,"ts_ms":T}`)
+	s = msgTs.ReplaceAllString(s, `{"op":"m","ts_ms":T,`)
+	s = sequence.ReplaceAllString(s, `"sequence":"[S,`)
+	s = strings.ReplaceAll(s, `"name":"`+prefix+`"`, `"name":"P"`)
+	return strings.ReplaceAll(s, `"__dbz__physicalTableIdentifier":"`+prefix+`.`, `"__dbz__physicalTableIdentifier":"P.`)
+}
+
+// compareEvents checks that `pgtrail capture` published, record by record,
+// what Debezium published for the same changes.
+func compareEvents(t *testing.T, dbz, native []record) {
+	var diffs []string
+	n := max(len(dbz), len(native))
+	for i := range n {
+		var d, p record
+		if i < len(dbz) {
+			d = dbz[i]
+		}
+		if i < len(native) {
+			p = native[i]
+		}
+		dk, pk := normalizeEvent(d.key, "bemi"), normalizeEvent(p.key, "native")
+		dv, pv := normalizeEvent(d.value, "bemi"), normalizeEvent(p.value, "native")
+		if dk == pk && dv != pv && strings.ReplaceAll(dv, `:"null"`, `:null`) == pv {
+			// A json or jsonb column holding the JSON literal null: pgtrail's
+			// change record keeps json as the embedded value (design §6), so
+			// it is the same null as SQL NULL there.
+			t.Logf("record %d: expected difference: a json value `null` is published as SQL NULL", i)
+			continue
+		}
+		if dk != pk || dv != pv {
+			diffs = append(diffs, fmt.Sprintf("record %d:\n  debezium key %s\n  pgtrail  key %s\n  debezium %s\n  pgtrail  %s", i, dk, pk, dv, pv))
+		}
+	}
+	if len(diffs) > 0 {
+		t.Fatalf("%d of %d records differ (after the documented ts_* and sequence[0]):\n%s", len(diffs), n, strings.Join(diffs, "\n"))
+	}
+	t.Logf("%d records: keys and values identical but for the envelope's ts_* and sequence[0]", n)
+}
+
+// The audit columns compared: everything but queued_at and created_at (when
+// pgtrail read and wrote the change).
+var auditColumns = []string{"id", "primary_key", "before", "after", "context", "database", "schema", "table",
+	"operation", "committed_at", "transaction_id", "position", "commit_position", "seq", "unchanged_toast"}
+
+// expected says whether a difference between the native audit row and the
+// Debezium one is one that the Debezium path cannot avoid, and why.
+type expected func(col, table, native, other string) (why string, ok bool)
+
+// Differences the Debezium path has by nature, whatever the converter:
+var (
+	// Debezium events carry the change's LSN, not its transaction's commit LSN.
+	noCommitLSN expected = func(col, _, _, _ string) (string, bool) {
+		return "commit_position: Debezium events carry no commit LSN", col == "commit_position"
+	}
+	// A key-only old image (REPLICA IDENTITY DEFAULT) holds the key; Debezium
+	// sends every column, the others null or their NOT NULL default.
+	keyOnlyBefore expected = func(col, _, native, other string) (string, bool) {
+		if col != "before" {
+			return "", false
+		}
+		n, o := object(native), object(other)
+		if len(n) == 0 || len(o) <= len(n) {
+			return "", false
+		}
+		for k, v := range n {
+			if fmt.Sprint(o[k]) != fmt.Sprint(v) {
+				return "", false
+			}
+		}
+		return "before: the unsent columns of a key-only old image, filled by Debezium (null, or the NOT NULL default)", true
+	}
+	// MicroDuration counts a month as 30.4375 days: an interval with months
+	// does not come back.
+	intervalMonths expected = func(col, _, native, other string) (string, bool) {
+		return "interval with months: Debezium's MicroDuration makes a month 30.4375 days", onlyKeys(native, other, "iv")
+	}
+	// Without schemas the events do not say a value's type: numeric, dates,
+	// times, timestamps, json and intervals stay as Debezium encodes them
+	// (what the Bemi worker stores too).
+	schemaless expected = func(col, table, native, other string) (string, bool) {
+		return "typed values without schemas: kept as Debezium encodes them",
+			table == "typed" && onlyKeys(native, other, "price", "amount", "m", "due", "day", "at", "ts3", "tm", "meta", "iv")
+	}
+)
+
+func object(s string) map[string]any {
+	var m map[string]any
+	_ = json.Unmarshal([]byte(s), &m)
+	return m
+}
+
+// onlyKeys reports whether two JSON objects differ in the given keys only.
+func onlyKeys(a, b string, keys ...string) bool {
+	x, y := object(a), object(b)
+	if x == nil || y == nil {
+		return false
+	}
+	for k := range x {
+		if _, ok := y[k]; !ok {
+			return false
+		}
+	}
+	for k, v := range y {
+		if w, ok := x[k]; !ok || (fmt.Sprint(v) != fmt.Sprint(w) && !slices.Contains(keys, k)) {
+			return false
+		}
+	}
+	return true
+}
+
+// compareAudit compares two audit tables column by column. Every difference
+// is reported; those not explained by allowed fail the test.
+func compareAudit(t *testing.T, conn *pgx.Conn, native, other string, want int, allowed ...expected) {
+	if n := count(t, conn, other); n != want {
+		t.Errorf("%s.changes holds %d changes, %s.changes %d", other, n, native, want)
+	}
+	explained := map[string]int{}
+	var unexplained []string
+	for _, col := range auditColumns {
+		q := fmt.Sprintf(`SELECT coalesce(n.id, o.id)::text, coalesce(n."table", o."table"), coalesce(n.%[1]s::text, 'NULL'), coalesce(o.%[1]s::text, 'NULL')
+			FROM %[2]s.changes n FULL JOIN %[3]s.changes o ON o.id = n.id
+			WHERE n.%[1]s IS DISTINCT FROM o.%[1]s ORDER BY n.commit_position, n.seq`, pgx.Identifier{col}.Sanitize(), native, other)
+		rows, err := conn.Query(context.Background(), q)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for rows.Next() {
+			var id, table, a, b string
+			if err := rows.Scan(&id, &table, &a, &b); err != nil {
+				t.Fatal(err)
+			}
+			why := ""
+			for _, ok := range allowed {
+				if w, yes := ok(col, table, a, b); yes {
+					why = w
+					break
+				}
+			}
+			if why != "" {
+				if explained[why]++; explained[why] == 1 {
+					t.Logf("expected difference (%s), e.g. %s %s.%s: native %s, debezium %s", why, id, table, col, a, b)
+				}
+				continue
+			}
+			unexplained = append(unexplained, fmt.Sprintf("%s %s.%s: native %s, debezium %s", id, table, col, a, b))
+		}
+		rows.Close()
+	}
+	for why, n := range explained {
+		t.Logf("%s vs %s: %d rows differ by design: %s", native, other, n, why)
+	}
+	if len(unexplained) > 0 {
+		t.Errorf("%s differs from %s in %d values:\n%s", other, native, len(unexplained), strings.Join(unexplained, "\n"))
+		return
+	}
+	t.Logf("%s and %s: %d changes; compared %s: no other difference", native, other, want, strings.Join(auditColumns, ", "))
+}
+
+func deref(s *string) string {
+	if s == nil {
+		return "(no row)"
+	}
+	return *s
+}
+
+// countStable waits until schema's audit table stops growing and returns
+// its size.
+func countStable(t *testing.T, conn *pgx.Conn, schema string) int {
+	t.Helper()
+	last, since := -1, time.Now()
+	waitFor(t, 2*time.Minute, schema+".changes to settle", func() bool {
+		n := count(t, conn, schema)
+		if n != last {
+			last, since = n, time.Now()
+		}
+		return n > 0 && time.Since(since) > 2*time.Second
+	})
+	return last
+}
+
+func count(t *testing.T, conn *pgx.Conn, schema string) int {
+	t.Helper()
+	var n int
+	err := conn.QueryRow(context.Background(), "SELECT count(*) FROM "+pgx.Identifier{schema, "changes"}.Sanitize()).Scan(&n)
+	if err != nil && !strings.Contains(err.Error(), "does not exist") {
+		t.Fatal(err)
+	}
+	return n
+}
+
+func connect(t *testing.T, url string) *pgx.Conn {
+	t.Helper()
+	conn, err := pgx.Connect(context.Background(), url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close(context.Background()) })
+	return conn
+}
+
+func exec1(t *testing.T, conn *pgx.Conn, sql string, args ...any) {
+	t.Helper()
+	if _, err := conn.Exec(context.Background(), sql, args...); err != nil {
+		t.Fatalf("%s: %v", sql, err)
+	}
+}
+
+func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", timeout, what)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}

@@ -1,0 +1,140 @@
+//go:build interop
+
+package interop
+
+import (
+	"context"
+	"encoding/base64"
+	"testing"
+
+	"github.com/jackc/pgx/v5"
+)
+
+const schema = `
+CREATE TABLE todos (id int PRIMARY KEY, task text, done boolean NOT NULL DEFAULT false);
+CREATE TABLE users (id int PRIMARY KEY, name text);
+CREATE TABLE comments (id int PRIMARY KEY, todo_id int REFERENCES todos ON DELETE CASCADE, body text);
+CREATE TABLE docs (id int PRIMARY KEY, body text, n int);
+CREATE TABLE typed (id int PRIMARY KEY, price numeric(10,2), amount numeric, due timestamptz, day date,
+	at timestamp, tm time, meta jsonb, tags text[], blob bytea, f8 float8, r4 real, iv interval, u uuid, big bigint, m money, tz timetz, ts3 timestamp(3));
+CREATE TABLE composite (a int, b text, v int, PRIMARY KEY (a, b));
+CREATE TABLE bulk_nokey (v int);
+`
+
+// bemiMigration is what the Bemi ORM packages' migration installs (as in
+// test/e2e): a trigger on every table that emits the statement's
+// /*Bemi ... Bemi*/ comment as a `_bemi` logical message before each row.
+const bemiMigration = `
+CREATE OR REPLACE FUNCTION _bemi_row_trigger_func() RETURNS TRIGGER AS $$
+DECLARE
+  _bemi_metadata TEXT;
+BEGIN
+  SELECT split_part(split_part(current_query(), '/*Bemi ', 2), ' Bemi*/', 1) INTO _bemi_metadata;
+  IF _bemi_metadata <> '' THEN
+    PERFORM pg_logical_emit_message(true, '_bemi', _bemi_metadata);
+  END IF;
+  IF (TG_OP = 'DELETE') THEN
+    RETURN OLD;
+  END IF;
+  RETURN NEW;
+END;
+$$ LANGUAGE plpgsql;
+
+CREATE OR REPLACE PROCEDURE _bemi_create_triggers() AS $$
+DECLARE
+  current_tablename TEXT;
+BEGIN
+  FOR current_tablename IN
+    SELECT tablename FROM pg_tables
+    LEFT JOIN information_schema.triggers ON tablename = event_object_table AND schemaname = trigger_schema AND trigger_name LIKE '_bemi_row_trigger_%'
+    WHERE schemaname = 'public' AND trigger_name IS NULL
+    GROUP BY tablename
+  LOOP
+    EXECUTE format(
+      'CREATE OR REPLACE TRIGGER _bemi_row_trigger_%s BEFORE INSERT OR UPDATE OR DELETE ON %I FOR EACH ROW EXECUTE FUNCTION _bemi_row_trigger_func()',
+      current_tablename, current_tablename);
+  END LOOP;
+END;
+$$ LANGUAGE plpgsql;
+
+CALL _bemi_create_triggers();
+`
+
+type scenario struct {
+	name string
+	run  func(t *testing.T, conn *pgx.Conn)
+}
+
+func statements(qs ...string) func(t *testing.T, conn *pgx.Conn) {
+	return func(t *testing.T, conn *pgx.Conn) {
+		for _, q := range qs {
+			exec1(t, conn, q)
+		}
+	}
+}
+
+// scenarios run in order; each is recorded as a fixture of its own.
+var scenarios = []scenario{
+	{"bemi_context", func(t *testing.T, conn *pgx.Conn) {
+		statements(
+			`INSERT INTO todos VALUES (1, 'a') /*Bemi {"endpoint":"/todos","userId":1} Bemi*/`,
+			`INSERT INTO todos VALUES (2, 'b'), (3, 'c') /*Bemi {"endpoint":"/bulk","userId":2} Bemi*/`,
+		)(t, conn)
+		err := pgx.BeginFunc(context.Background(), conn, func(tx pgx.Tx) error {
+			for _, q := range []string{
+				`UPDATE todos SET task = 'a2' WHERE id = 1 /*Bemi {"op":"first"} Bemi*/`,
+				`INSERT INTO users VALUES (1, 'ann')`,
+				`INSERT INTO users VALUES (2, 'bob') /*Bemi {"op":"second"} Bemi*/`,
+				`UPDATE users SET name = 'bo' WHERE id = 2`,
+				`SELECT pgtrail.set_context('{"user":"ann"}')`,
+				`UPDATE users SET name = 'an' WHERE id = 1`,
+			} {
+				if _, err := tx.Exec(context.Background(), q); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		statements(
+			`INSERT INTO comments VALUES (10, 2, 'x'), (11, 2, 'y')`,
+			`DELETE FROM todos WHERE id = 2 /*Bemi {"endpoint":"/delete"} Bemi*/`,
+			`UPDATE todos SET done = true WHERE id = 3 /*Bemi not json Bemi*/`,
+		)(t, conn)
+	}},
+	{"types", statements(
+		`INSERT INTO typed VALUES (1, 12.30, 1.5, '2024-01-02 03:04:05.5+02', '2024-01-02', '2024-01-02 03:04:05.123',
+			'03:04:05.5', '{"x": [1, 2], "s": "é"}', '{a,"b c",NULL}', '\x0102ff', 1.5, 1.1, '1 day 02:03:04.5',
+			'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', 9007199254740993, '-1234.5', '03:04:05.25+02', '2024-01-02 03:04:05.123456') /*Bemi {"userId":3} Bemi*/`,
+		`INSERT INTO typed VALUES (2, -0.05, 12345678901234567890.123, '1999-12-31 23:59:59+00', '1970-01-01', '2000-01-01 00:00:00',
+			'00:00:00', 'null', '{}', '\x', 1e20, -2.5, '-1 mon', NULL, -1, 0, '23:59:59-01', '1970-01-01')`,
+		`UPDATE typed SET price = 99999999.99, meta = '[1, "two"]' WHERE id = 1`,
+		`DELETE FROM typed WHERE id = 2`,
+	)},
+	{"toast", statements(
+		`INSERT INTO docs SELECT 1, string_agg(md5(i::text), ''), 0 FROM generate_series(1, 400) i`,
+		`UPDATE docs SET n = 1 WHERE id = 1 /*Bemi {"op":"toast"} Bemi*/`,
+		`ALTER TABLE docs REPLICA IDENTITY FULL`,
+		`UPDATE docs SET n = 2 WHERE id = 1`,
+		`DELETE FROM docs WHERE id = 1`,
+	)},
+	{"keys_and_truncate", func(t *testing.T, conn *pgx.Conn) {
+		// COPY writes one WAL record for many rows: they share an LSN.
+		rows := [][]any{{1}, {1}, {2}}
+		if _, err := conn.CopyFrom(context.Background(), pgx.Identifier{"bulk_nokey"}, []string{"v"}, pgx.CopyFromRows(rows)); err != nil {
+			t.Fatal(err)
+		}
+		statements(
+			`INSERT INTO composite VALUES (1, 'x', 5), (1, 'y', 6)`,
+			`UPDATE composite SET b = 'z' WHERE a = 1 AND b = 'x' /*Bemi {"op":"rekey"} Bemi*/`,
+			`TRUNCATE bulk_nokey, composite`,
+		)(t, conn)
+	}},
+}
+
+func decodeBase64(s string) (string, error) {
+	b, err := base64.StdEncoding.DecodeString(s)
+	return string(b), err
+}

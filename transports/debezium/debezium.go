@@ -1,0 +1,414 @@
+// Package debezium decodes Debezium PostgreSQL change events, JSON with or
+// without the schema envelope, into pgtrail's change records: the same
+// identity, key and values that native capture gives the same row change.
+//
+// A Decoder reads one ordered stream (a JetStream consumer, a Kafka
+// partition): identity needs the order, because several changes can share a
+// WAL position and only their order tells them apart.
+package debezium
+
+import (
+	"bytes"
+	"crypto/md5"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/pgtrail/pgtrail/core/change"
+	"github.com/pgtrail/pgtrail/core/config"
+)
+
+// DefaultPlaceholder is Debezium's default unavailable.value.placeholder, the
+// value it writes for an unchanged TOAST column it could not read.
+const DefaultPlaceholder = "__debezium_unavailable_value"
+
+// Config says how the Debezium connector was configured, where it matters.
+type Config struct {
+	// Placeholder is the connector's unavailable.value.placeholder.
+	Placeholder string
+	// BinaryHandling is the connector's binary.handling.mode: bytes (the
+	// default, base64 in JSON), base64, base64-url-safe or hex.
+	BinaryHandling string
+	// KeyColumns form the primary key of a row whose message has no key, when
+	// the row has all of them: Debezium Server's NATS sink publishes values
+	// only. The Bemi worker's rule is ["id"].
+	KeyColumns []string
+	// OccurrenceBase is added to the occurrence of every change. Changes that
+	// share a WAL position are told apart by their order, which only one
+	// stream sees whole: a source that spreads a table over several streams
+	// (Kafka partitions) gives each its own range, so that no two changes get
+	// one ID (the IDs then differ from native capture's).
+	OccurrenceBase uint32
+}
+
+// ConfigFrom maps the config file's source.debezium section.
+func ConfigFrom(c config.Debezium) Config {
+	return Config{Placeholder: c.UnavailableValuePlaceholder, BinaryHandling: c.BinaryHandlingMode, KeyColumns: c.KeyColumns}
+}
+
+// Kind says what an Event carries.
+type Kind uint8
+
+const (
+	// Row is one row change.
+	Row Kind = iota + 1
+	// Message is a transactional logical decoding message (context).
+	Message
+)
+
+// Event is one decoded change or context message.
+type Event struct {
+	Kind    Kind
+	XID     uint64 // the transaction; 0 when Debezium gave none
+	Prefix  string // of a Message
+	Content []byte // of a Message
+	Change  *change.Change
+}
+
+// Reasons a message is malformed; they label pgtrail_dead_letters_total.
+const (
+	ReasonNotJSON   = "not_json"
+	ReasonUnknownOp = "unknown_op"
+	ReasonNoSource  = "no_source"
+	ReasonBadValue  = "bad_value"
+)
+
+// Malformed is the error of a message that is not a Debezium event pgtrail
+// can store. The stream goes on past it.
+type Malformed struct {
+	Reason string
+	Err    error
+}
+
+func (m *Malformed) Error() string {
+	return "malformed Debezium event (" + m.Reason + "): " + m.Err.Error()
+}
+func (m *Malformed) Unwrap() error { return m.Err }
+
+func malformed(reason, format string, args ...any) error {
+	return &Malformed{Reason: reason, Err: fmt.Errorf(format, args...)}
+}
+
+// Decoder decodes the messages of one ordered stream. It is not safe for
+// concurrent use.
+type Decoder struct {
+	cfg          Config
+	placeholders map[string]bool // every JSON form Debezium gives the placeholder
+	schemas      map[string]*rowSchemas
+
+	// The transaction being read, as native capture counts it.
+	inTxn      bool
+	xid        uint64
+	firstLSN   uint64 // of the transaction's first event, when no sequence says better
+	seq        uint32
+	lastLSN    uint64
+	lastSchema string
+	lastTable  string
+	occurrence uint32
+
+	// held is a delete that may be the first half of a primary key change.
+	held *heldDelete
+}
+
+type heldDelete struct {
+	ev    Event
+	lsn   uint64
+	seq   uint32
+	after string // the table, for matching the create that follows
+}
+
+// NewDecoder returns a Decoder for a new stream.
+func NewDecoder(cfg Config) *Decoder {
+	if cfg.Placeholder == "" {
+		cfg.Placeholder = DefaultPlaceholder
+	}
+	if cfg.BinaryHandling == "" {
+		cfg.BinaryHandling = "bytes"
+	}
+	return &Decoder{cfg: cfg, placeholders: placeholderForms(cfg.Placeholder), schemas: map[string]*rowSchemas{}}
+}
+
+// placeholderForms lists the JSON of every value Debezium writes for an
+// unavailable value, by column type (UnchangedToastedPlaceholder): the string,
+// its bytes in each binary handling mode, text, bytea, integer and uuid
+// arrays, and hstore as a map or as JSON text.
+func placeholderForms(p string) map[string]bool {
+	forms := map[string]bool{}
+	add := func(v any) {
+		b, _ := json.Marshal(v)
+		forms[string(b)] = true
+	}
+	b := []byte(p)
+	strs := []string{p, base64.StdEncoding.EncodeToString(b), base64.URLEncoding.EncodeToString(b), hex.EncodeToString(b)}
+	for _, s := range strs {
+		add(s)
+		add([]string{s})
+	}
+	ints := make([]int, len(b))
+	for i, c := range b {
+		ints[i] = int(int8(c))
+	}
+	add(ints)
+	add(map[string]string{p: p})
+	hs, _ := json.Marshal(map[string]string{p: p})
+	add(string(hs))
+	sum := md5.Sum(b) // Java's UUID.nameUUIDFromBytes
+	sum[6] = sum[6]&0x0f | 0x30
+	sum[8] = sum[8]&0x3f | 0x80
+	add([]string{uuid.UUID(sum).String()})
+	return forms
+}
+
+// isPlaceholder reports whether a column's raw JSON value is the placeholder.
+func (d *Decoder) isPlaceholder(raw json.RawMessage) bool {
+	if len(raw) == 0 {
+		return false
+	}
+	switch raw[0] {
+	case '"':
+		return d.placeholders[string(raw)]
+	case '[', '{':
+		var buf bytes.Buffer
+		if json.Compact(&buf, raw) != nil {
+			return false
+		}
+		return d.placeholders[buf.String()]
+	}
+	return false
+}
+
+// payload is a Debezium change event's value.
+type payload struct {
+	Op      *string         `json:"op"`
+	Before  json.RawMessage `json:"before"`
+	After   json.RawMessage `json:"after"`
+	Source  *source         `json:"source"`
+	Message *struct {
+		Prefix  string          `json:"prefix"`
+		Content json.RawMessage `json:"content"`
+	} `json:"message"`
+	TsMs   json.RawMessage `json:"ts_ms"`
+	Status string          `json:"status"` // transaction metadata events
+}
+
+type source struct {
+	DB       string  `json:"db"`
+	Schema   string  `json:"schema"`
+	Table    string  `json:"table"`
+	TxID     *uint64 `json:"txId"`
+	LSN      *uint64 `json:"lsn"`
+	TsMs     *int64  `json:"ts_ms"`
+	TsUs     *int64  `json:"ts_us"`
+	TsNs     *int64  `json:"ts_ns"`
+	Sequence *string `json:"sequence"`
+}
+
+// Decode decodes one message of the stream: its key and value as the broker
+// holds them (nil for none). It returns the events the message completes:
+// none for a tombstone, a heartbeat, a transaction metadata event or a
+// non-transactional message. A delete is held back until the next message
+// (or Flush) shows whether it is the first half of a primary key change,
+// which Debezium splits into a delete and a create and native capture sees
+// as one update. A malformed message returns a *Malformed error and leaves
+// the stream's state as it was.
+func (d *Decoder) Decode(key, value []byte) ([]Event, error) {
+	value = bytes.TrimSpace(value)
+	if len(value) == 0 || string(value) == "null" {
+		return nil, nil // tombstone
+	}
+	var top map[string]json.RawMessage
+	if err := json.Unmarshal(value, &top); err != nil {
+		return nil, malformed(ReasonNotJSON, "%v", err)
+	}
+	body := json.RawMessage(value)
+	var rs *rowSchemas
+	if sch, ok := top["schema"]; ok && len(top) == 2 {
+		if p, ok := top["payload"]; ok {
+			body = p
+			var err error
+			if rs, err = d.rowSchemas(sch); err != nil {
+				return nil, malformed(ReasonNotJSON, "schema: %v", err)
+			}
+		}
+	}
+	if string(bytes.TrimSpace(body)) == "null" {
+		return nil, nil // tombstone with schema
+	}
+	var p payload
+	if err := json.Unmarshal(body, &p); err != nil {
+		return nil, malformed(ReasonNotJSON, "%v", err)
+	}
+	if p.Op == nil {
+		if p.Source == nil && (p.TsMs != nil || p.Status != "") {
+			return nil, nil // heartbeat or transaction metadata
+		}
+		return nil, malformed(ReasonUnknownOp, "no op")
+	}
+	op := *p.Op
+	if !strings.Contains("curdtm", op) || len(op) != 1 {
+		return nil, malformed(ReasonUnknownOp, "op %q", op)
+	}
+	if p.Source == nil {
+		return nil, malformed(ReasonNoSource, "op %q without a source block", op)
+	}
+	src := p.Source
+	if src.LSN == nil && op != "m" {
+		return nil, malformed(ReasonNoSource, "source without lsn")
+	}
+	if op == "m" {
+		return d.message(&p)
+	}
+	if src.Schema == "" || src.Table == "" {
+		return nil, malformed(ReasonNoSource, "source without schema or table")
+	}
+	r, err := d.row(op, &p, rs, key)
+	if err != nil {
+		return nil, err
+	}
+	return d.sequence(r), nil
+}
+
+// Flush returns the held delete, if any: call it when the stream is idle.
+func (d *Decoder) Flush() []Event {
+	if d.held == nil {
+		return nil
+	}
+	ev := d.held.ev
+	d.held = nil
+	return []Event{ev}
+}
+
+func (d *Decoder) message(p *payload) ([]Event, error) {
+	if p.Message == nil {
+		return nil, malformed(ReasonUnknownOp, "op \"m\" without a message block")
+	}
+	if p.Source.TxID == nil {
+		return nil, nil // non-transactional: never context
+	}
+	content, err := d.binary(p.Message.Content)
+	if err != nil {
+		return nil, malformed(ReasonBadValue, "message content: %v", err)
+	}
+	var out []Event
+	out = append(out, d.Flush()...)
+	d.enter(*p.Source.TxID, lsnOf(p.Source))
+	return append(out, Event{Kind: Message, XID: d.xid, Prefix: p.Message.Prefix, Content: content}), nil
+}
+
+func lsnOf(s *source) uint64 {
+	if s.LSN == nil {
+		return 0
+	}
+	return *s.LSN
+}
+
+// binary decodes a bytes value written by the connector's binary handling mode.
+func (d *Decoder) binary(raw json.RawMessage) ([]byte, error) {
+	var s string
+	if err := json.Unmarshal(raw, &s); err != nil {
+		return nil, err
+	}
+	switch d.cfg.BinaryHandling {
+	case "hex":
+		return hex.DecodeString(s)
+	case "base64-url-safe":
+		return base64.URLEncoding.DecodeString(s)
+	default:
+		return base64.StdEncoding.DecodeString(s)
+	}
+}
+
+// enter moves to transaction xid; a new transaction restarts the counting of
+// places and occurrences, as native capture's Begin does.
+func (d *Decoder) enter(xid, lsn uint64) {
+	if d.inTxn && xid == d.xid {
+		return
+	}
+	d.inTxn, d.xid, d.firstLSN, d.seq = true, xid, lsn, 0
+	d.lastLSN, d.lastSchema, d.lastTable, d.occurrence = 0, "", "", 0
+}
+
+// decoded is a row change before it is placed in the stream.
+type decoded struct {
+	c       *change.Change
+	xid     uint64
+	lsn     uint64
+	seqHint *uint64 // source.sequence's last commit LSN
+}
+
+// sequence places a decoded row in its transaction (place, occurrence, ID)
+// and pairs a primary key change's delete and create into one update.
+func (d *Decoder) sequence(r decoded) []Event {
+	c := r.c
+	var out []Event
+	if h := d.held; h != nil {
+		if c.Operation == change.Create && r.xid == h.ev.XID && r.lsn == h.lsn && h.after == c.Schema+"."+c.Table {
+			// Second half of a primary key change: one update, where the
+			// delete stood.
+			u := h.ev.Change
+			u.Operation, u.After, u.UnchangedToast, u.PrimaryKey = change.Update, c.After, c.UnchangedToast, c.PrimaryKey
+			d.held = nil
+			return []Event{h.ev}
+		}
+		out = append(out, d.Flush()...)
+	}
+	d.enter(r.xid, r.lsn)
+	if r.lsn == d.lastLSN && c.Schema == d.lastSchema && c.Table == d.lastTable {
+		d.occurrence++
+	} else {
+		d.lastLSN, d.lastSchema, d.lastTable, d.occurrence = r.lsn, c.Schema, c.Table, 0
+	}
+	c.ID = change.MakeID(c.Database, r.lsn, c.Schema, c.Table, d.cfg.OccurrenceBase+d.occurrence)
+	c.LSN, c.Seq = r.lsn, d.seq
+	c.CommitLSN = d.firstLSN
+	if r.seqHint != nil {
+		c.CommitLSN = *r.seqHint
+	}
+	d.seq++
+	ev := Event{Kind: Row, XID: r.xid, Change: c}
+	if c.Operation == change.Delete {
+		d.held = &heldDelete{ev: ev, lsn: r.lsn, seq: c.Seq, after: c.Schema + "." + c.Table}
+		return out
+	}
+	return append(out, ev)
+}
+
+// commitTime is the transaction's commit time, in microseconds when the
+// connector gives them (ts_us, Debezium 2.6+).
+func commitTime(s *source) time.Time {
+	switch {
+	case s.TsUs != nil:
+		return time.UnixMicro(*s.TsUs).UTC()
+	case s.TsNs != nil:
+		return time.UnixMicro(*s.TsNs / 1000).UTC()
+	case s.TsMs != nil:
+		return time.UnixMilli(*s.TsMs).UTC()
+	}
+	return time.Time{}
+}
+
+// lastCommit reads source.sequence, ["<last commit LSN>", "<LSN>"]: the end
+// of the transaction Debezium read before this one.
+func lastCommit(s *source) *uint64 {
+	if s.Sequence == nil {
+		return nil
+	}
+	var seq []*string
+	if json.Unmarshal([]byte(*s.Sequence), &seq) != nil || len(seq) == 0 || seq[0] == nil {
+		return nil
+	}
+	v, err := strconv.ParseUint(*seq[0], 10, 64)
+	if err != nil {
+		return nil
+	}
+	return &v
+}
+
+var errNotObject = errors.New("not a JSON object")

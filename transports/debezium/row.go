@@ -1,0 +1,328 @@
+package debezium
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/pgtrail/pgtrail/core/change"
+	"github.com/pgtrail/pgtrail/core/values"
+)
+
+// column is one column of a row image, in the image's order.
+type column struct {
+	name string
+	raw  json.RawMessage
+}
+
+// columns splits a JSON object into its members, in order; nil for null.
+func columns(raw json.RawMessage) ([]column, error) {
+	raw = bytes.TrimSpace(raw)
+	if len(raw) == 0 || string(raw) == "null" {
+		return nil, nil
+	}
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	if t, err := dec.Token(); err != nil || t != json.Delim('{') {
+		return nil, errNotObject
+	}
+	cols := []column{}
+	for dec.More() {
+		t, err := dec.Token()
+		if err != nil {
+			return nil, err
+		}
+		name, _ := t.(string)
+		var v json.RawMessage
+		if err := dec.Decode(&v); err != nil {
+			return nil, err
+		}
+		cols = append(cols, column{name, v})
+	}
+	return cols, nil
+}
+
+func find(cols []column, name string) (json.RawMessage, bool) {
+	for _, c := range cols {
+		if c.name == name {
+			return c.raw, true
+		}
+	}
+	return nil, false
+}
+
+func isNull(raw json.RawMessage) bool { return string(bytes.TrimSpace(raw)) == "null" }
+
+// physicalTable is the key field Debezium's ByLogicalTableRouter adds when it
+// routes several tables into one topic (the Bemi stack does): not a column.
+const physicalTable = "__dbz__physicalTableIdentifier"
+
+var operations = map[string]change.Operation{
+	"c": change.Create, "r": change.Create, "u": change.Update, "d": change.Delete, "t": change.Truncate,
+}
+
+func (d *Decoder) row(op string, p *payload, rs *rowSchemas, key []byte) (decoded, error) {
+	src := p.Source
+	var xid uint64
+	if src.TxID != nil {
+		xid = *src.TxID
+	}
+	c := &change.Change{
+		Database: src.DB, Schema: src.Schema, Table: src.Table, Operation: operations[op],
+		Before: change.Empty, After: change.Empty,
+		TransactionID: xid, CommittedAt: commitTime(src), QueuedAt: time.Now(),
+	}
+	if c.CommittedAt.IsZero() {
+		var ms int64
+		if json.Unmarshal(p.TsMs, &ms) == nil && ms > 0 {
+			c.CommittedAt = time.UnixMilli(ms).UTC()
+		} else {
+			c.CommittedAt = c.QueuedAt.UTC()
+		}
+	}
+	r := decoded{c: c, xid: xid, lsn: *src.LSN, seqHint: lastCommit(src)}
+	if op == "t" {
+		return r, nil
+	}
+	before, err := columns(p.Before)
+	if err != nil {
+		return r, malformed(ReasonBadValue, "before: %v", err)
+	}
+	after, err := columns(p.After)
+	if err != nil {
+		return r, malformed(ReasonBadValue, "after: %v", err)
+	}
+	image := after
+	if image == nil {
+		image = before
+	}
+	keyCols, keySchemas, err := d.keyColumns(key, image)
+	if err != nil {
+		return r, err
+	}
+	if rs == nil && keySchemas != nil {
+		rs = keySchemas
+	}
+	if before != nil {
+		if keyOnly(before, keyCols) {
+			before = slices.DeleteFunc(before, func(col column) bool { return !hasColumn(keyCols, col.name) })
+		}
+		if c.Before, _, err = d.image(before, nil, rs); err != nil {
+			return r, err
+		}
+	}
+	if after != nil {
+		if c.After, c.UnchangedToast, err = d.image(after, before, rs); err != nil {
+			return r, err
+		}
+	}
+	if c.PrimaryKey, err = d.keyText(keyCols, rs); err != nil {
+		return r, err
+	}
+	return r, nil
+}
+
+func hasColumn(cols []column, name string) bool {
+	_, ok := find(cols, name)
+	return ok
+}
+
+// keyOnly reports whether a before image holds only the key: with REPLICA
+// IDENTITY DEFAULT PostgreSQL sends the key columns alone, which Debezium
+// pads with nulls; native capture stores the key columns only.
+func keyOnly(before, key []column) bool {
+	if len(key) == 0 {
+		return false
+	}
+	padded := false
+	for _, col := range before {
+		if hasColumn(key, col.name) {
+			continue
+		}
+		if !isNull(col.raw) {
+			return false
+		}
+		padded = true
+	}
+	return padded
+}
+
+// image renders a row image as canonical JSON. A placeholder value is taken
+// from old (the before image, with REPLICA IDENTITY FULL) when it has the
+// real value; otherwise the column is left out and named in toast.
+func (d *Decoder) image(cols, old []column, rs *rowSchemas) (json.RawMessage, []string, error) {
+	buf := make([]byte, 0, 256)
+	buf = append(buf, '{')
+	var toast []string
+	first := true
+	for _, col := range cols {
+		raw := col.raw
+		if d.isPlaceholder(raw) {
+			if v, ok := find(old, col.name); ok && !d.isPlaceholder(v) {
+				raw = v
+			} else {
+				toast = append(toast, col.name)
+				continue
+			}
+		}
+		if !first {
+			buf = append(buf, ',')
+		}
+		first = false
+		buf = values.AppendString(buf, col.name)
+		buf = append(buf, ':')
+		var err error
+		if buf, err = d.appendValue(buf, rs.column(col.name), raw); err != nil {
+			return nil, nil, malformed(ReasonBadValue, "column %q: %v", col.name, err)
+		}
+	}
+	return append(buf, '}'), toast, nil
+}
+
+// keyColumns returns the key's columns and values, in the order of the row
+// image's columns as native capture renders them, and the key's own schemas
+// when it came with them. Without a key, the configured KeyColumns are taken
+// from the row image when it has them all.
+func (d *Decoder) keyColumns(key []byte, image []column) ([]column, *rowSchemas, error) {
+	key = bytes.TrimSpace(key)
+	var cols []column
+	var rs *rowSchemas
+	if len(key) > 0 && string(key) != "null" {
+		body := json.RawMessage(key)
+		var top map[string]json.RawMessage
+		if json.Unmarshal(key, &top) != nil {
+			return nil, nil, malformed(ReasonNotJSON, "key is not a JSON object")
+		}
+		if sch, ok := top["schema"]; ok && len(top) == 2 {
+			if p, ok := top["payload"]; ok {
+				body = p
+				rs = keySchemas(sch)
+			}
+		}
+		all, err := columns(body)
+		if err != nil {
+			return nil, nil, malformed(ReasonBadValue, "key: %v", err)
+		}
+		for _, c := range all {
+			if c.name != physicalTable {
+				cols = append(cols, c)
+			}
+		}
+	} else {
+		for _, name := range d.cfg.KeyColumns {
+			v, ok := find(image, name)
+			if !ok {
+				return nil, nil, nil
+			}
+			cols = append(cols, column{name, v})
+		}
+	}
+	pos := func(name string) int {
+		for i, c := range image {
+			if c.name == name {
+				return i
+			}
+		}
+		return len(image)
+	}
+	slices.SortStableFunc(cols, func(a, b column) int { return pos(a.name) - pos(b.name) })
+	return cols, rs, nil
+}
+
+// keyText renders the primary key as native capture does: the value's text
+// for a one-column key, a JSON array of the values for a composite key.
+func (d *Decoder) keyText(cols []column, rs *rowSchemas) (string, error) {
+	switch len(cols) {
+	case 0:
+		return "", nil
+	case 1:
+		if isNull(cols[0].raw) {
+			return "", nil
+		}
+		s := rs.column(cols[0].name)
+		v, err := d.appendValue(nil, s, cols[0].raw)
+		if err != nil {
+			return "", malformed(ReasonBadValue, "key %q: %v", cols[0].name, err)
+		}
+		return textOf(v, s), nil
+	}
+	buf := []byte{'['}
+	for i, c := range cols {
+		if i > 0 {
+			buf = append(buf, ',')
+		}
+		var err error
+		if buf, err = d.appendValue(buf, rs.column(c.name), c.raw); err != nil {
+			return "", malformed(ReasonBadValue, "key %q: %v", c.name, err)
+		}
+	}
+	return string(append(buf, ']')), nil
+}
+
+// rowSchemas maps column names to their Kafka Connect schemas.
+type rowSchemas struct {
+	cols map[string]*schema
+}
+
+func (rs *rowSchemas) column(name string) *schema {
+	if rs == nil {
+		return nil
+	}
+	return rs.cols[name]
+}
+
+// schema is a Kafka Connect schema as JsonConverter writes it.
+type schema struct {
+	Type       string            `json:"type"`
+	Name       string            `json:"name"`
+	Optional   bool              `json:"optional"`
+	Parameters map[string]string `json:"parameters"`
+	Fields     []*schema         `json:"fields"`
+	Items      *schema           `json:"items"`
+	Field      string            `json:"field"`
+}
+
+// rowSchemas returns the column schemas of an envelope's schema, cached:
+// every message of a table carries the same one.
+func (d *Decoder) rowSchemas(raw json.RawMessage) (*rowSchemas, error) {
+	if rs, ok := d.schemas[string(raw)]; ok {
+		return rs, nil
+	}
+	var env schema
+	if err := json.Unmarshal(raw, &env); err != nil {
+		return nil, err
+	}
+	rs := &rowSchemas{cols: map[string]*schema{}}
+	for _, f := range env.Fields {
+		if f.Field == "after" || f.Field == "before" {
+			for _, c := range f.Fields {
+				rs.cols[c.Field] = c
+			}
+		}
+	}
+	if len(d.schemas) >= 512 {
+		clear(d.schemas)
+	}
+	d.schemas[string(raw)] = rs
+	return rs, nil
+}
+
+func keySchemas(raw json.RawMessage) *rowSchemas {
+	var s schema
+	if json.Unmarshal(raw, &s) != nil {
+		return nil
+	}
+	rs := &rowSchemas{cols: map[string]*schema{}}
+	for _, c := range s.Fields {
+		rs.cols[c.Field] = c
+	}
+	return rs
+}
+
+func (s *schema) String() string {
+	if s == nil {
+		return "no schema"
+	}
+	return fmt.Sprintf("%s %s", s.Type, s.Name)
+}

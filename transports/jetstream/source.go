@@ -1,0 +1,361 @@
+// Package jetstream reads Debezium change events from a NATS JetStream stream
+// through a durable pull consumer, as the Bemi stack's Debezium Server
+// publishes them, and emits pipeline events.
+//
+// Delivery: the consumer acknowledges with AckAll, and only whole
+// transactions: the position confirmed after a change is the last message
+// before its transaction's first one. A restart therefore reads every
+// unfinished transaction again from its start, so that context, the places of
+// changes in their transaction and the occurrences of changes that share a
+// WAL position come out as before; the sinks drop what they already hold.
+package jetstream
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/pgtrail/pgtrail/core/config"
+	"github.com/pgtrail/pgtrail/core/metrics"
+	"github.com/pgtrail/pgtrail/core/pipeline"
+	"github.com/pgtrail/pgtrail/core/retry"
+	"github.com/pgtrail/pgtrail/transports/debezium"
+)
+
+// Header names of a dead letter.
+const (
+	HeaderReason  = "Pgtrail-Dead-Letter-Reason"
+	HeaderError   = "Pgtrail-Dead-Letter-Error"
+	HeaderSubject = "Pgtrail-Original-Subject"
+	HeaderSeq     = "Pgtrail-Original-Sequence"
+)
+
+// fetchBatch is how many messages one pull asks for.
+const fetchBatch = 512
+
+// Source reads one durable consumer.
+type Source struct {
+	cfg     config.JetStream
+	dcfg    debezium.Config
+	log     *slog.Logger
+	metrics *metrics.Metrics
+
+	nc   *nats.Conn
+	js   jetstream.JetStream
+	cons jetstream.Consumer
+
+	mu    sync.Mutex
+	marks []mark // confirmable positions handed out, not yet acknowledged
+	acked uint64
+}
+
+// mark is a message whose acknowledgement (AckAll) confirms every message up
+// to it.
+type mark struct {
+	seq uint64
+	msg jetstream.Msg
+}
+
+// Open connects, checks the stream, and readies the durable consumer to
+// deliver from the first unacknowledged message.
+func Open(ctx context.Context, cfg config.JetStream, dcfg config.Debezium, log *slog.Logger, m *metrics.Metrics) (*Source, error) {
+	s := &Source{cfg: cfg, dcfg: debezium.ConfigFrom(dcfg), log: log, metrics: m}
+	nc, err := nats.Connect(cfg.URL, nats.Name("pgtrail"), nats.MaxReconnects(-1))
+	if err != nil {
+		return nil, fmt.Errorf("connect to NATS at %s: %w (is nats-server running, and is source.jetstream.url right?)", cfg.URL, err)
+	}
+	s.nc = nc
+	fail := func(err error) (*Source, error) {
+		nc.Close()
+		return nil, err
+	}
+	if s.js, err = jetstream.New(nc); err != nil {
+		return fail(fmt.Errorf("jetstream: %w", err))
+	}
+	stream, err := s.js.Stream(ctx, cfg.Stream)
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		return fail(fmt.Errorf("stream %q does not exist (source.jetstream.stream): start Debezium Server with debezium.sink.nats-jetstream.create-stream=true, or create the stream", cfg.Stream))
+	}
+	if err != nil {
+		return fail(fmt.Errorf("look up stream %q: %w (is JetStream enabled on the server?)", cfg.Stream, err))
+	}
+	if err := s.ensureDLQ(ctx); err != nil {
+		return fail(err)
+	}
+	if s.cons, err = s.consumer(ctx, stream); err != nil {
+		return fail(err)
+	}
+	return s, nil
+}
+
+// ensureDLQ makes sure a stream keeps the dead letters: pgtrail creates a
+// small one when no stream captures the dead-letter subject.
+func (s *Source) ensureDLQ(ctx context.Context) error {
+	_, err := s.js.StreamNameBySubject(ctx, s.cfg.DLQSubject)
+	if err == nil {
+		return nil
+	}
+	if !errors.Is(err, jetstream.ErrStreamNotFound) {
+		return fmt.Errorf("look up the stream of dead-letter subject %q: %w", s.cfg.DLQSubject, err)
+	}
+	name := s.cfg.Stream + "_dlq"
+	_, err = s.js.CreateStream(ctx, jetstream.StreamConfig{
+		Name: name, Subjects: []string{s.cfg.DLQSubject}, Storage: jetstream.FileStorage,
+		Description: "pgtrail: malformed messages of stream " + s.cfg.Stream,
+	})
+	if err != nil {
+		return fmt.Errorf("create stream %q for dead-letter subject %q (source.jetstream.dlq_subject): %w", name, s.cfg.DLQSubject, err)
+	}
+	s.log.Info("created stream for dead letters", "stream", name, "subject", s.cfg.DLQSubject)
+	return nil
+}
+
+// consumer returns the durable consumer, positioned at its first
+// unacknowledged message: a new pull would otherwise deliver what follows
+// the messages handed to the last run, and those only after AckWait.
+func (s *Source) consumer(ctx context.Context, stream jetstream.Stream) (jetstream.Consumer, error) {
+	want := jetstream.ConsumerConfig{
+		Durable: s.cfg.Durable, FilterSubject: s.cfg.Subject, Description: "pgtrail",
+		AckPolicy: jetstream.AckAllPolicy, AckWait: time.Duration(s.cfg.AckWait),
+		MaxAckPending: -1, MaxDeliver: -1, DeliverPolicy: jetstream.DeliverAllPolicy,
+	}
+	c, err := stream.Consumer(ctx, s.cfg.Durable)
+	if errors.Is(err, jetstream.ErrConsumerNotFound) {
+		if c, err = stream.CreateConsumer(ctx, want); err != nil {
+			return nil, fmt.Errorf("create consumer %q on stream %q: %w", s.cfg.Durable, s.cfg.Stream, err)
+		}
+		s.log.Info("created durable consumer", "stream", s.cfg.Stream, "durable", s.cfg.Durable, "subject", s.cfg.Subject)
+		return c, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("look up consumer %q on stream %q: %w", s.cfg.Durable, s.cfg.Stream, err)
+	}
+	info := c.CachedInfo()
+	have := info.Config
+	same := have.AckPolicy == want.AckPolicy && have.FilterSubject == want.FilterSubject &&
+		have.MaxAckPending == want.MaxAckPending && have.AckWait == want.AckWait && len(have.FilterSubjects) == 0
+	if same && info.Delivered.Stream <= info.AckFloor.Stream {
+		return c, nil
+	}
+	if same {
+		if _, err := stream.ResetConsumer(ctx, s.cfg.Durable); err == nil {
+			s.log.Info("consumer reset to its first unacknowledged message", "durable", s.cfg.Durable, "ack_floor", info.AckFloor.Stream)
+			return stream.Consumer(ctx, s.cfg.Durable)
+		} else {
+			s.log.Debug("consumer reset not available; recreating the consumer", "err", err)
+		}
+	}
+	// Older servers cannot reset a consumer, and a consumer made by someone
+	// else may ack differently: recreate it from the first unacked message.
+	if have.AckPolicy != jetstream.AckAllPolicy && have.AckPolicy != jetstream.AckExplicitPolicy {
+		return nil, fmt.Errorf("consumer %q on stream %q does not acknowledge messages (ack policy %s): use another source.jetstream.durable", s.cfg.Durable, s.cfg.Stream, have.AckPolicy)
+	}
+	want.DeliverPolicy, want.OptStartSeq = jetstream.DeliverByStartSequencePolicy, info.AckFloor.Stream+1
+	if err := stream.DeleteConsumer(ctx, s.cfg.Durable); err != nil {
+		return nil, fmt.Errorf("recreate consumer %q: %w", s.cfg.Durable, err)
+	}
+	if c, err = stream.CreateConsumer(ctx, want); err != nil {
+		return nil, fmt.Errorf("recreate consumer %q from stream sequence %d: %w", s.cfg.Durable, want.OptStartSeq, err)
+	}
+	s.log.Info("consumer recreated at its first unacknowledged message", "durable", s.cfg.Durable, "from", want.OptStartSeq)
+	return c, nil
+}
+
+// Run reads messages until ctx ends and emits their events in order, with a
+// Commit after each message carrying the position it makes confirmable.
+func (s *Source) Run(ctx context.Context, out chan<- pipeline.Event) error {
+	s.log.Info("capturing", "stream", s.cfg.Stream, "subject", s.cfg.Subject, "durable", s.cfg.Durable)
+	r := reader{s: s, ctx: ctx, out: out, dec: debezium.NewDecoder(s.dcfg)}
+	for ctx.Err() == nil {
+		if err := s.fetch(&r); err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			return fmt.Errorf("fetch from consumer %q: %w", s.cfg.Durable, err)
+		}
+	}
+	return ctx.Err()
+}
+
+// fetch pulls one batch, waiting at most a second for it. (A fetch context
+// is not used: cancelling it could drop messages the server counts as
+// delivered.)
+func (s *Source) fetch(r *reader) error {
+	batch, err := s.cons.Fetch(fetchBatch, jetstream.FetchMaxWait(time.Second))
+	if err != nil {
+		return err
+	}
+	n := 0
+	for msg := range batch.Messages() {
+		n++
+		if err := r.handle(msg); err != nil {
+			return err
+		}
+	}
+	if err := batch.Error(); err != nil && r.ctx.Err() == nil &&
+		!errors.Is(err, nats.ErrTimeout) && !errors.Is(err, context.DeadlineExceeded) {
+		return err
+	}
+	if n == 0 {
+		// Idle: a held delete is not the first half of a key change.
+		return r.emitAll(r.dec.Flush(), 0)
+	}
+	return nil
+}
+
+// reader is Run's state: the stream as read in this session.
+type reader struct {
+	s    *Source
+	ctx  context.Context
+	out  chan<- pipeline.Event
+	dec  *debezium.Decoder
+	last uint64        // highest stream sequence handled
+	prev jetstream.Msg // the message handled before the current one
+	open bool          // a transaction has been seen; it ends when another starts
+	xid  uint64
+	safe uint64 // position to confirm: every message up to it is complete
+}
+
+func (r *reader) handle(msg jetstream.Msg) error {
+	md, err := msg.Metadata()
+	if err != nil {
+		return fmt.Errorf("message metadata: %w", err)
+	}
+	seq := md.Sequence.Stream
+	if seq <= r.last {
+		return nil // redelivered while this session holds it
+	}
+	evs, err := r.dec.Decode(nil, msg.Data())
+	var bad *debezium.Malformed
+	switch {
+	case errors.As(err, &bad):
+		if err := r.s.deadLetter(r.ctx, msg, seq, bad); err != nil {
+			return err
+		}
+	case err != nil:
+		return err
+	}
+	if err := r.emitAll(evs, seq); err != nil {
+		return err
+	}
+	if !r.open {
+		r.mark(seq, msg) // no transaction yet: nothing to read again
+	}
+	r.last, r.prev = seq, msg
+	return r.emit(pipeline.Event{Kind: pipeline.Commit, XID: r.xid, Position: r.safe})
+}
+
+// emitAll emits decoded events; the first event of a new transaction makes
+// everything before its message confirmable and opens it with Begin.
+func (r *reader) emitAll(evs []debezium.Event, seq uint64) error {
+	for _, e := range evs {
+		if !r.open || e.XID != r.xid {
+			if seq != 0 && r.prev != nil {
+				r.mark(seq-1, r.prev)
+			}
+			r.open, r.xid = true, e.XID
+			if err := r.emit(pipeline.Event{Kind: pipeline.Begin, XID: e.XID}); err != nil {
+				return err
+			}
+		}
+		ev := pipeline.Event{Kind: pipeline.Row, XID: e.XID, Change: e.Change}
+		if e.Kind == debezium.Message {
+			ev = pipeline.Event{Kind: pipeline.Message, XID: e.XID, Prefix: e.Prefix, Content: e.Content}
+		}
+		if err := r.emit(ev); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// mark records msg as the position to confirm next; seq stands for it (with
+// AckAll, acknowledging the last message before seq+1 acknowledges seq).
+func (r *reader) mark(seq uint64, msg jetstream.Msg) {
+	if md, err := msg.Metadata(); err == nil {
+		seq = md.Sequence.Stream
+	}
+	if seq <= r.safe {
+		return
+	}
+	r.safe = seq
+	r.s.mu.Lock()
+	r.s.marks = append(r.s.marks, mark{seq, msg})
+	r.s.mu.Unlock()
+}
+
+func (r *reader) emit(ev pipeline.Event) error {
+	select {
+	case r.out <- ev:
+		return nil
+	case <-r.ctx.Done():
+		return r.ctx.Err()
+	}
+}
+
+// deadLetter publishes a malformed message, with the reason, to the
+// dead-letter subject, and waits until the server stored it: only then may
+// the message be acknowledged.
+func (s *Source) deadLetter(ctx context.Context, msg jetstream.Msg, seq uint64, bad *debezium.Malformed) error {
+	s.metrics.DeadLetters.WithLabelValues(bad.Reason).Inc()
+	s.log.Warn("malformed message sent to the dead-letter subject", "subject", msg.Subject(), "seq", seq,
+		"dlq", s.cfg.DLQSubject, "reason", bad.Reason, "err", bad.Err)
+	dl := nats.NewMsg(s.cfg.DLQSubject)
+	dl.Data = msg.Data()
+	for k, v := range msg.Headers() {
+		dl.Header[k] = v
+	}
+	dl.Header.Set(HeaderReason, bad.Reason)
+	dl.Header.Set(HeaderError, bad.Err.Error())
+	dl.Header.Set(HeaderSubject, msg.Subject())
+	dl.Header.Set(HeaderSeq, fmt.Sprint(seq))
+	return retry.Do(ctx, retry.Default(), func(ctx context.Context) error {
+		_, err := s.js.PublishMsg(ctx, dl, jetstream.WithMsgID(fmt.Sprintf("pgtrail-dlq-%s-%d", s.cfg.Stream, seq)))
+		return err
+	}, func(err error, attempt int) {
+		s.log.Error("publish dead letter failed; retrying", "dlq", s.cfg.DLQSubject, "attempt", attempt, "err", err)
+	})
+}
+
+// Confirm acknowledges every message up to pos: all sinks made their changes
+// durable.
+func (s *Source) Confirm(pos any) {
+	seq := pos.(uint64)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if seq <= s.acked {
+		return
+	}
+	var last *mark
+	for len(s.marks) > 0 && s.marks[0].seq <= seq {
+		last = &s.marks[0]
+		s.marks = s.marks[1:]
+	}
+	if last == nil {
+		return
+	}
+	if err := last.msg.Ack(); err != nil {
+		s.log.Warn("acknowledge failed; the messages will be read again", "seq", last.seq, "err", err)
+		return
+	}
+	s.acked = last.seq
+	s.metrics.ConfirmedLSN.Set(float64(last.seq))
+}
+
+// Close sends the acknowledgements still buffered and disconnects.
+func (s *Source) Close(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	err := s.nc.FlushWithContext(ctx)
+	s.nc.Close()
+	if err != nil {
+		return fmt.Errorf("flush acknowledgements to NATS: %w", err)
+	}
+	return nil
+}

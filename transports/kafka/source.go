@@ -1,0 +1,397 @@
+// Package kafka reads Debezium change events from Kafka topics as a member of
+// a consumer group (segmentio/kafka-go), and emits pipeline events.
+//
+// Each assigned partition is one ordered stream with its own decoder.
+// Offsets are committed only for what every sink made durable, per partition,
+// and only at transaction starts: a restart, or a rebalance that hands the
+// partition to another member, reads each unfinished transaction again from
+// its start, and the sinks drop what they already hold.
+package kafka
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"sync"
+	"time"
+
+	kafkago "github.com/segmentio/kafka-go"
+
+	"github.com/pgtrail/pgtrail/core/config"
+	"github.com/pgtrail/pgtrail/core/metrics"
+	"github.com/pgtrail/pgtrail/core/pipeline"
+	"github.com/pgtrail/pgtrail/core/retry"
+	"github.com/pgtrail/pgtrail/core/stitch"
+	"github.com/pgtrail/pgtrail/transports/debezium"
+)
+
+// Header names of a dead letter.
+const (
+	HeaderReason    = "pgtrail-dead-letter-reason"
+	HeaderError     = "pgtrail-dead-letter-error"
+	HeaderTopic     = "pgtrail-original-topic"
+	HeaderPartition = "pgtrail-original-partition"
+	HeaderOffset    = "pgtrail-original-offset"
+)
+
+// idle is how long a partition waits for its next message before a held
+// delete is taken as a plain delete.
+const idle = 200 * time.Millisecond
+
+type topicPartition struct {
+	topic     string
+	partition int
+}
+
+// Source reads the topics of one consumer group.
+type Source struct {
+	cfg     config.Kafka
+	dcfg    debezium.Config
+	log     *slog.Logger
+	metrics *metrics.Metrics
+	group   *kafkago.ConsumerGroup
+	dlq     *kafkago.Writer
+	split   map[string]bool // topics with more than one partition
+
+	emitMu sync.Mutex // one partition emits at a time
+	last   *stream    // the stream whose context the pipeline's stitcher holds
+
+	mu        sync.Mutex
+	next      uint64  // positions handed out
+	entries   []entry // positions not yet confirmed
+	confirmed map[topicPartition]int64
+	committed map[topicPartition]int64
+	gen       *kafkago.Generation
+	assigned  map[topicPartition]bool
+}
+
+// entry is what confirming position n allows: committing offset for tp.
+type entry struct {
+	n      uint64
+	tp     topicPartition
+	offset int64
+}
+
+// Open checks that the brokers answer and the topics exist, and joins nothing
+// yet: Run joins the group.
+func Open(ctx context.Context, cfg config.Kafka, dcfg config.Debezium, log *slog.Logger, m *metrics.Metrics) (*Source, error) {
+	s := &Source{cfg: cfg, dcfg: debezium.ConfigFrom(dcfg), log: log, metrics: m, split: map[string]bool{},
+		confirmed: map[topicPartition]int64{}, committed: map[topicPartition]int64{}}
+	conn, err := dial(ctx, cfg.Brokers)
+	if err != nil {
+		return nil, err
+	}
+	parts, err := conn.ReadPartitions(cfg.Topics...)
+	conn.Close()
+	if err != nil {
+		return nil, fmt.Errorf("read partitions of %v: %w (do the topics in source.kafka.topics exist?)", cfg.Topics, err)
+	}
+	count := map[string]int{}
+	for _, p := range parts {
+		count[p.Topic]++
+	}
+	for _, t := range cfg.Topics {
+		switch n := count[t]; {
+		case n == 0:
+			return nil, fmt.Errorf("topic %q does not exist (source.kafka.topics)", t)
+		case n > 1:
+			s.split[t] = true
+			log.Warn("topic has several partitions: context is stitched within a partition only, and changes that share a WAL position get partition-specific ids (route all events into one partition for ids equal to native capture's)",
+				"topic", t, "partitions", n)
+		}
+	}
+	s.group, err = kafkago.NewConsumerGroup(kafkago.ConsumerGroupConfig{
+		ID: cfg.Group, Brokers: cfg.Brokers, Topics: cfg.Topics, StartOffset: kafkago.FirstOffset,
+		WatchPartitionChanges: true,
+		// A member that died (kill -9) holds its partitions until its session
+		// times out: keep that short, its successor is waiting.
+		SessionTimeout: 10 * time.Second, RebalanceTimeout: 10 * time.Second,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("consumer group %q: %w", cfg.Group, err)
+	}
+	s.dlq = &kafkago.Writer{Addr: kafkago.TCP(cfg.Brokers...), RequiredAcks: kafkago.RequireAll,
+		AllowAutoTopicCreation: true, BatchTimeout: 5 * time.Millisecond}
+	return s, nil
+}
+
+func dial(ctx context.Context, brokers []string) (*kafkago.Conn, error) {
+	var errs []error
+	for _, b := range brokers {
+		dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		conn, err := kafkago.DialContext(dctx, "tcp", b)
+		cancel()
+		if err == nil {
+			return conn, nil
+		}
+		errs = append(errs, err)
+	}
+	return nil, fmt.Errorf("connect to Kafka %v: %w (is Kafka running, and is source.kafka.brokers right?)", brokers, errors.Join(errs...))
+}
+
+// Run takes part in the group until ctx ends, reading every partition it is
+// assigned.
+func (s *Source) Run(ctx context.Context, out chan<- pipeline.Event) error {
+	s.log.Info("capturing", "topics", s.cfg.Topics, "group", s.cfg.Group)
+	for {
+		gen, err := s.group.Next(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			return fmt.Errorf("join consumer group %q: %w", s.cfg.Group, err)
+		}
+		assigned := map[topicPartition]bool{}
+		for topic, parts := range gen.Assignments {
+			for _, p := range parts {
+				assigned[topicPartition{topic, p.ID}] = true
+				gen.Start(func(gctx context.Context) { s.read(ctx, gctx, out, topic, p) })
+			}
+		}
+		s.mu.Lock()
+		s.gen, s.assigned = gen, assigned
+		s.mu.Unlock()
+		s.log.Info("partitions assigned", "group", s.cfg.Group, "generation", gen.ID, "partitions", len(assigned))
+		gen.Start(func(gctx context.Context) {
+			t := time.NewTicker(time.Second)
+			defer t.Stop()
+			for {
+				select {
+				case <-gctx.Done():
+					return
+				case <-t.C:
+					s.commit(gen)
+				}
+			}
+		})
+	}
+}
+
+// stream is one partition as read in one generation.
+type stream struct {
+	tp   topicPartition
+	dec  *debezium.Decoder
+	safe int64 // offset to commit: every message before it is complete
+	open bool
+	xid  uint64
+	// The context the stitcher holds for the open transaction, to give it
+	// back after another partition's events came in between.
+	sticky, pending *pipeline.Event
+}
+
+func (s *Source) read(ctx, gctx context.Context, out chan<- pipeline.Event, topic string, p kafkago.PartitionAssignment) {
+	rctx, cancel := context.WithCancel(gctx)
+	defer cancel()
+	stop := context.AfterFunc(ctx, cancel)
+	defer stop()
+	r := kafkago.NewReader(kafkago.ReaderConfig{Brokers: s.cfg.Brokers, Topic: topic, Partition: p.ID,
+		MinBytes: 1, MaxBytes: 16 << 20, MaxWait: 250 * time.Millisecond})
+	defer r.Close()
+	start := p.Offset
+	if start < 0 {
+		start = kafkago.FirstOffset
+	}
+	if err := r.SetOffset(start); err != nil {
+		s.log.Error("set offset", "topic", topic, "partition", p.ID, "err", err)
+		return
+	}
+	dcfg := s.dcfg
+	if s.split[topic] {
+		dcfg.OccurrenceBase = uint32(p.ID) << 20
+	}
+	st := &stream{tp: topicPartition{topic, p.ID}, dec: debezium.NewDecoder(dcfg), safe: -1}
+	b := retry.Default()
+	for rctx.Err() == nil {
+		fctx, fcancel := context.WithTimeout(rctx, idle)
+		m, err := r.FetchMessage(fctx)
+		fcancel()
+		if err != nil {
+			if rctx.Err() != nil {
+				return
+			}
+			if errors.Is(err, context.DeadlineExceeded) {
+				if s.emit(rctx, out, st, st.dec.Flush(), -1) != nil {
+					return
+				}
+				continue
+			}
+			s.log.Error("fetch from partition failed; retrying", "topic", topic, "partition", p.ID, "err", err)
+			if b.Wait(rctx) != nil {
+				return
+			}
+			continue
+		}
+		b.Reset()
+		if st.safe < 0 {
+			st.safe = m.Offset
+		}
+		evs, err := st.dec.Decode(m.Key, m.Value)
+		var bad *debezium.Malformed
+		if errors.As(err, &bad) {
+			if s.deadLetter(rctx, m, bad) != nil {
+				return
+			}
+		} else if err != nil {
+			s.log.Error("decode", "topic", topic, "partition", p.ID, "offset", m.Offset, "err", err)
+			return
+		}
+		if s.emit(rctx, out, st, evs, m.Offset) != nil {
+			return
+		}
+	}
+}
+
+// emit hands one message's events to the pipeline, then the position that
+// makes its partition confirmable up to the start of the open transaction.
+// offset is the message's, -1 for events flushed while idle.
+func (s *Source) emit(ctx context.Context, out chan<- pipeline.Event, st *stream, evs []debezium.Event, offset int64) error {
+	s.emitMu.Lock()
+	defer s.emitMu.Unlock()
+	send := func(ev pipeline.Event) error {
+		select {
+		case out <- ev:
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	if s.last != st && st.open && len(evs) > 0 {
+		// Another partition's events reset the stitcher: give this
+		// transaction's context back before its next events.
+		for _, ev := range []*pipeline.Event{{Kind: pipeline.Begin, XID: st.xid}, st.sticky, st.pending} {
+			if ev != nil {
+				if err := send(*ev); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	if len(evs) > 0 {
+		s.last = st
+	}
+	for _, e := range evs {
+		if !st.open || e.XID != st.xid {
+			if offset >= 0 {
+				st.safe = offset
+			}
+			st.open, st.xid, st.sticky, st.pending = true, e.XID, nil, nil
+			if err := send(pipeline.Event{Kind: pipeline.Begin, XID: e.XID}); err != nil {
+				return err
+			}
+		}
+		ev := pipeline.Event{Kind: pipeline.Row, XID: e.XID, Change: e.Change}
+		if e.Kind == debezium.Message {
+			ev = pipeline.Event{Kind: pipeline.Message, XID: e.XID, Prefix: e.Prefix, Content: e.Content}
+			switch e.Prefix {
+			case stitch.PrefixBemi:
+				st.pending = &ev
+			case stitch.PrefixPgtrail:
+				st.sticky = &ev
+			}
+		} else {
+			st.pending = nil
+		}
+		if err := send(ev); err != nil {
+			return err
+		}
+	}
+	if offset < 0 {
+		return nil
+	}
+	if !st.open {
+		st.safe = offset + 1
+	}
+	s.mu.Lock()
+	s.next++
+	n := s.next
+	s.entries = append(s.entries, entry{n, st.tp, st.safe})
+	s.mu.Unlock()
+	return send(pipeline.Event{Kind: pipeline.Commit, XID: st.xid, Position: n})
+}
+
+// deadLetter writes a malformed message, with the reason in its headers, to
+// the topic's dead-letter topic, and waits until the brokers have it.
+func (s *Source) deadLetter(ctx context.Context, m kafkago.Message, bad *debezium.Malformed) error {
+	dlq := m.Topic + s.cfg.DLQSuffix
+	s.metrics.DeadLetters.WithLabelValues(bad.Reason).Inc()
+	s.log.Warn("malformed message sent to the dead-letter topic", "topic", m.Topic, "partition", m.Partition,
+		"offset", m.Offset, "dlq", dlq, "reason", bad.Reason, "err", bad.Err)
+	headers := append(append([]kafkago.Header(nil), m.Headers...),
+		kafkago.Header{Key: HeaderReason, Value: []byte(bad.Reason)},
+		kafkago.Header{Key: HeaderError, Value: []byte(bad.Err.Error())},
+		kafkago.Header{Key: HeaderTopic, Value: []byte(m.Topic)},
+		kafkago.Header{Key: HeaderPartition, Value: []byte(strconv.Itoa(m.Partition))},
+		kafkago.Header{Key: HeaderOffset, Value: []byte(strconv.FormatInt(m.Offset, 10))})
+	return retry.Do(ctx, retry.Default(), func(ctx context.Context) error {
+		return s.dlq.WriteMessages(ctx, kafkago.Message{Topic: dlq, Key: m.Key, Value: m.Value, Headers: headers})
+	}, func(err error, attempt int) {
+		s.log.Error("write dead letter failed; retrying", "dlq", dlq, "attempt", attempt, "err", err)
+	})
+}
+
+// Confirm records that everything up to position pos is durable in every
+// sink; the offsets it allows are committed within a second, and at Close.
+func (s *Source) Confirm(pos any) {
+	n := pos.(uint64)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	i := 0
+	for ; i < len(s.entries) && s.entries[i].n <= n; i++ {
+		e := s.entries[i]
+		if e.offset > s.confirmed[e.tp] {
+			s.confirmed[e.tp] = e.offset
+		}
+	}
+	s.entries = s.entries[i:]
+}
+
+// commit commits the confirmed offsets of the partitions this member owns.
+func (s *Source) commit(gen *kafkago.Generation) {
+	s.mu.Lock()
+	if gen != s.gen {
+		s.mu.Unlock()
+		return
+	}
+	offsets := map[string]map[int]int64{}
+	for tp, off := range s.confirmed {
+		if s.assigned[tp] && off > s.committed[tp] {
+			if offsets[tp.topic] == nil {
+				offsets[tp.topic] = map[int]int64{}
+			}
+			offsets[tp.topic][tp.partition] = off
+		}
+	}
+	s.mu.Unlock()
+	if len(offsets) == 0 {
+		return
+	}
+	if err := gen.CommitOffsets(offsets); err != nil {
+		s.log.Warn("commit offsets failed; they are committed later or read again", "group", s.cfg.Group, "err", err)
+		return
+	}
+	s.mu.Lock()
+	for t, parts := range offsets {
+		for p, off := range parts {
+			s.committed[topicPartition{t, p}] = off
+		}
+	}
+	s.mu.Unlock()
+	s.log.Debug("committed", "offsets", offsets)
+}
+
+// Close commits what was confirmed and leaves the group.
+func (s *Source) Close(ctx context.Context) error {
+	s.mu.Lock()
+	gen := s.gen
+	s.mu.Unlock()
+	if gen != nil {
+		s.commit(gen)
+	}
+	err := s.group.Close()
+	if derr := s.dlq.Close(); err == nil {
+		err = derr
+	}
+	return err
+}
