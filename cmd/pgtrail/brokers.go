@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"text/tabwriter"
 
 	"github.com/pgtrail/pgtrail/core/metrics"
 	"github.com/pgtrail/pgtrail/core/pipeline"
@@ -28,24 +27,16 @@ func (a *app) openSource(ctx context.Context, m *metrics.Metrics) (pipeline.Sour
 // setupBroker sets up the sinks: a broker source has nothing to set up, since
 // Debezium owns the publication and the slot, and `run` makes its consumer.
 func (a *app) setupBroker(ctx context.Context) error {
-	sinks, err := a.loadSinks(ctx, nil)
-	if err != nil {
+	if err := a.setupSinks(ctx); err != nil {
 		return err
-	}
-	defer closeSinks(ctx, sinks)
-	for _, s := range sinks {
-		if err := s.Setup(ctx); err != nil {
-			return err
-		}
 	}
 	a.log.Info("sinks set up; source "+a.cfg.Source.Type+" needs no setup: Debezium owns the publication and the slot, and `pgtrail run` makes the consumer",
 		"source", a.cfg.Source.Type)
 	return nil
 }
 
-// brokerStatus prints where the consumer stands and the sinks' health.
-func (a *app) brokerStatus(ctx context.Context, out io.Writer) error {
-	w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+// brokerStatus prints where the consumer stands.
+func (a *app) brokerStatus(ctx context.Context, w io.Writer) error {
 	switch a.cfg.Source.Type {
 	case "jetstream":
 		st, err := jetstream.Status(ctx, a.cfg.Source.JetStream)
@@ -75,25 +66,12 @@ func (a *app) brokerStatus(ctx context.Context, out io.Writer) error {
 			fmt.Fprintf(w, "%s[%d]\tcommitted %s, end %d, lag %d messages\n", p.Topic, p.Partition, committed, p.End, p.Lag)
 		}
 	}
-	sinks, err := a.loadSinks(ctx, nil)
-	if err != nil {
-		return err
-	}
-	defer closeSinks(ctx, sinks)
-	for _, s := range sinks {
-		health := "ok"
-		if err := s.Check(ctx); err != nil {
-			health = err.Error()
-		}
-		fmt.Fprintf(w, "sink %s\t%s\n", s.Name(), health)
-	}
-	return w.Flush()
+	return nil
 }
 
-// teardownBroker drops what `run` made at the broker (the JetStream durable
-// consumer; a Kafka group's offsets expire on their own) and, when asked,
-// the sinks' data.
-func (a *app) teardownBroker(ctx context.Context, dropData bool) error {
+// teardownBroker drops what `run` made at the broker: the JetStream durable
+// consumer; a Kafka group's offsets expire on their own.
+func (a *app) teardownBroker(ctx context.Context) error {
 	switch a.cfg.Source.Type {
 	case "jetstream":
 		if err := jetstream.Teardown(ctx, a.cfg.Source.JetStream, a.log); err != nil {
@@ -102,20 +80,6 @@ func (a *app) teardownBroker(ctx context.Context, dropData bool) error {
 	case "kafka":
 		a.log.Info("nothing to drop at the source: Kafka expires the group's committed offsets (or run kafka-consumer-groups --delete --group "+a.cfg.Source.Kafka.Group+")",
 			"group", a.cfg.Source.Kafka.Group)
-	}
-	if !dropData {
-		return nil
-	}
-	sinks, err := a.loadSinks(ctx, nil)
-	if err != nil {
-		return err
-	}
-	defer closeSinks(ctx, sinks)
-	for _, s := range sinks {
-		if err := s.Teardown(ctx); err != nil {
-			return err
-		}
-		a.log.Info("sink data dropped", "sink", s.Name())
 	}
 	return nil
 }

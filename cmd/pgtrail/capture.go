@@ -8,7 +8,6 @@ import (
 
 	"github.com/pgtrail/pgtrail/core/metrics"
 	"github.com/pgtrail/pgtrail/core/pipeline"
-	"github.com/pgtrail/pgtrail/core/retry"
 	"github.com/pgtrail/pgtrail/transports/pglogrepl"
 	"github.com/pgtrail/pgtrail/transports/publish"
 )
@@ -29,32 +28,10 @@ func (a *app) capture(ctx context.Context) error {
 	if err := a.requirePostgresSource(); err != nil {
 		return err
 	}
-	pg := a.cfg.Source.Postgres
-	if err := pglogrepl.Setup(ctx, pg, a.log); err != nil {
+	if err := pglogrepl.Prepare(ctx, a.cfg.Source.Postgres, a.log); err != nil {
 		return err
 	}
-	m := metrics.New()
-	if a.cfg.HTTP.Listen != "" {
-		if err := m.Start(ctx, a.cfg.HTTP.Listen, a.log); err != nil {
-			return err
-		}
-	}
-	b := retry.Default()
-	for started := false; ; {
-		err := a.captureOnce(ctx, m, &started)
-		if ctx.Err() != nil {
-			a.log.Info("stopped")
-			return nil
-		}
-		if !started {
-			return err // a problem at start-up is for the user to fix
-		}
-		m.SetHealth("pipeline", err)
-		a.log.Error("capture stopped; restarting from the last confirmed position", "err", err)
-		if b.Wait(ctx) != nil {
-			return nil
-		}
-	}
+	return a.supervise(ctx, "capture", a.captureOnce)
 }
 
 // captureOnce publishes from the last confirmed position until it fails or

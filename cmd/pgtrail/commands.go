@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
 	"log/slog"
 	"text/tabwriter"
 	"time"
@@ -30,30 +31,36 @@ func (a *app) setup(ctx context.Context, prepare func(context.Context, config.Po
 	if a.cfg.Source.Type != "postgres" {
 		return a.setupBroker(ctx)
 	}
-	if err := a.requirePostgresSource(); err != nil {
-		return err
-	}
 	if err := pglogrepl.Check(ctx, a.cfg.Source.Postgres); err != nil {
 		return err
 	}
+	// Sinks first: the audit table must exist, marked as pgtrail's, before
+	// the publication is drawn up.
+	if err := a.setupSinks(ctx); err != nil {
+		return err
+	}
+	return prepare(ctx, a.cfg.Source.Postgres, a.log)
+}
+
+// setupSinks runs every sink's Setup.
+func (a *app) setupSinks(ctx context.Context) error {
 	sinks, err := a.loadSinks(ctx, nil)
 	if err != nil {
 		return err
 	}
 	defer closeSinks(ctx, sinks)
-	// Sinks first: the audit table's schema must exist before the
-	// publication is drawn up, so that it is left out.
 	for _, s := range sinks {
 		if err := s.Setup(ctx); err != nil {
 			return err
 		}
 	}
-	return prepare(ctx, a.cfg.Source.Postgres, a.log)
+	return nil
 }
 
+// requirePostgresSource guards the commands that read a replication slot.
 func (a *app) requirePostgresSource() error {
 	if a.cfg.Source.Type != "postgres" {
-		return fmt.Errorf("source.type %q is not supported by this build yet: use postgres", a.cfg.Source.Type)
+		return fmt.Errorf("source.type is %q, but this command reads a PostgreSQL replication slot: set source.type: postgres", a.cfg.Source.Type)
 	}
 	return nil
 }
@@ -70,6 +77,13 @@ func (a *app) run(ctx context.Context) error {
 	if err := a.setup(ctx, pglogrepl.Prepare); err != nil {
 		return err
 	}
+	return a.supervise(ctx, "pipeline", a.runOnce)
+}
+
+// supervise serves /metrics and /healthz and runs once until ctx ends. A
+// failure after a successful start is retried with backoff from the last
+// confirmed position; a failure at start-up is for the user to fix.
+func (a *app) supervise(ctx context.Context, what string, once func(context.Context, *metrics.Metrics, *bool) error) error {
 	m := metrics.New()
 	if a.cfg.HTTP.Listen != "" {
 		if err := m.Start(ctx, a.cfg.HTTP.Listen, a.log); err != nil {
@@ -78,16 +92,16 @@ func (a *app) run(ctx context.Context) error {
 	}
 	b := retry.Default()
 	for started := false; ; {
-		err := a.runOnce(ctx, m, &started)
+		err := once(ctx, m, &started)
 		if ctx.Err() != nil {
 			a.log.Info("stopped")
 			return nil
 		}
 		if !started {
-			return err // a problem at start-up is for the user to fix
+			return err
 		}
 		m.SetHealth("pipeline", err)
-		a.log.Error("pipeline stopped; restarting from the last confirmed position", "err", err)
+		a.log.Error(what+" stopped; restarting from the last confirmed position", "err", err)
 		if b.Wait(ctx) != nil {
 			return nil
 		}
@@ -126,25 +140,17 @@ func (a *app) runOnce(ctx context.Context, m *metrics.Metrics, started *bool) er
 func (a *app) statusCmd() *cobra.Command {
 	return &cobra.Command{
 		Use:   "status",
-		Short: "Print the slot's confirmed position and lag, and the sinks' health",
+		Short: "Print where the source stands (slot position and lag, or consumer offsets) and the sinks' health",
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
-			if a.cfg.Source.Type != "postgres" {
-				return a.brokerStatus(ctx, cmd.OutOrStdout())
-			}
-			if err := a.requirePostgresSource(); err != nil {
-				return err
-			}
 			w := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-			st, err := pglogrepl.Status(ctx, a.cfg.Source.Postgres)
-			if err != nil {
+			status := a.slotStatus
+			if a.cfg.Source.Type != "postgres" {
+				status = a.brokerStatus
+			}
+			if err := status(ctx, w); err != nil {
 				return err
 			}
-			fmt.Fprintf(w, "slot\t%s\n", st.Slot)
-			fmt.Fprintf(w, "active\t%v\n", st.Active)
-			fmt.Fprintf(w, "confirmed position\t%s\n", st.ConfirmedLSN)
-			fmt.Fprintf(w, "lag\t%d bytes\n", st.LagBytes)
-			fmt.Fprintf(w, "wal status\t%s\n", st.WALStatus)
 			sinks, err := a.loadSinks(ctx, nil)
 			if err != nil {
 				return err
@@ -162,6 +168,20 @@ func (a *app) statusCmd() *cobra.Command {
 	}
 }
 
+// slotStatus prints the replication slot's position and lag.
+func (a *app) slotStatus(ctx context.Context, w io.Writer) error {
+	st, err := pglogrepl.Status(ctx, a.cfg.Source.Postgres)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(w, "slot\t%s\n", st.Slot)
+	fmt.Fprintf(w, "active\t%v\n", st.Active)
+	fmt.Fprintf(w, "confirmed position\t%s\n", st.ConfirmedLSN)
+	fmt.Fprintf(w, "lag\t%d bytes\n", st.LagBytes)
+	fmt.Fprintf(w, "wal status\t%s\n", st.WALStatus)
+	return nil
+}
+
 func (a *app) teardownCmd() *cobra.Command {
 	var dropData bool
 	cmd := &cobra.Command{
@@ -169,17 +189,14 @@ func (a *app) teardownCmd() *cobra.Command {
 		Short: "Drop the replication slot and publication (and with --drop-audit-data, the sinks' data)",
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
-			if a.cfg.Source.Type != "postgres" {
-				return a.teardownBroker(ctx, dropData)
+			var err error
+			if a.cfg.Source.Type == "postgres" {
+				err = pglogrepl.Teardown(ctx, a.cfg.Source.Postgres, a.log)
+			} else {
+				err = a.teardownBroker(ctx)
 			}
-			if err := a.requirePostgresSource(); err != nil {
+			if err != nil || !dropData {
 				return err
-			}
-			if err := pglogrepl.Teardown(ctx, a.cfg.Source.Postgres, a.log); err != nil {
-				return err
-			}
-			if !dropData {
-				return nil
 			}
 			sinks, err := a.loadSinks(ctx, nil)
 			if err != nil {

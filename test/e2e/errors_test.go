@@ -147,7 +147,7 @@ func TestRunRefusesToReplaceADroppedSlotQuietly(t *testing.T) {
 	}
 	exec1(t, conn, `SELECT pg_drop_replication_slot('pgtrail')`)
 	out, err := pgtrail(t, cfg, "run")
-	if err == nil || !strings.Contains(out, `replication slot "pgtrail" is missing although pgtrail ran here before`) {
+	if err == nil || !strings.Contains(out, `replication slot "pgtrail" is missing although pgtrail made it before`) {
 		t.Fatalf("run after the slot was dropped: err=%v\n%s", err, out)
 	}
 	if n := count(t, conn, `SELECT count(*) FROM pg_replication_slots`); n != 0 {

@@ -86,9 +86,9 @@ func Setup(ctx context.Context, cfg config.Postgres, log *slog.Logger) error {
 }
 
 // Prepare is Setup as `pgtrail run` does it on every start: it creates the
-// slot only on the very first start (no publication yet either). A slot that
-// vanished after that means changes were lost; pgtrail says so and stops
-// rather than quietly starting a new slot from now.
+// slot only if pgtrail never made it before (pgtrail.slots records the slots
+// it made). A slot that vanished after that means changes were lost; pgtrail
+// says so and stops rather than quietly starting a new slot from now.
 func Prepare(ctx context.Context, cfg config.Postgres, log *slog.Logger) error {
 	return setup(ctx, cfg, log, false)
 }
@@ -102,14 +102,13 @@ func setup(ctx context.Context, cfg config.Postgres, log *slog.Logger, explicit 
 	if err := Preflight(ctx, conn); err != nil {
 		return err
 	}
-	firstRun, err := setupPublication(ctx, conn, cfg, log)
-	if err != nil {
+	if err := setupPublication(ctx, conn, cfg, log); err != nil {
 		return err
 	}
-	if err := setupSlot(ctx, conn, cfg, log, explicit || firstRun); err != nil {
+	if err := setupHelpers(ctx, conn, log); err != nil {
 		return err
 	}
-	return setupHelpers(ctx, conn, log)
+	return setupSlot(ctx, conn, cfg, log, explicit)
 }
 
 // publicationTargets lists what the publication must cover. Whole schemas
@@ -186,15 +185,14 @@ func globMatch(pattern, s string) bool {
 	return false
 }
 
-// setupPublication creates or updates the publication and reports whether it
-// had to create it.
-func setupPublication(ctx context.Context, conn *pgx.Conn, cfg config.Postgres, log *slog.Logger) (created bool, err error) {
+// setupPublication creates or updates the publication.
+func setupPublication(ctx context.Context, conn *pgx.Conn, cfg config.Postgres, log *slog.Logger) error {
 	schemas, tables, err := publicationTargets(ctx, conn, cfg)
 	if err != nil {
-		return false, err
+		return err
 	}
 	if len(schemas) == 0 && len(tables) == 0 {
-		return false, fmt.Errorf("source.postgres.tables: %v matches no schema of the database: create the tables first, or fix the patterns", cfg.Tables)
+		return fmt.Errorf("source.postgres.tables: %v matches no schema of the database: create the tables first, or fix the patterns", cfg.Tables)
 	}
 	var members []string
 	if len(schemas) > 0 {
@@ -210,7 +208,7 @@ func setupPublication(ctx context.Context, conn *pgx.Conn, cfg config.Postgres, 
 	name := pgx.Identifier{cfg.Publication}.Sanitize()
 	var exists bool
 	if err := conn.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)", cfg.Publication).Scan(&exists); err != nil {
-		return false, fmt.Errorf("look up publication %q: %w", cfg.Publication, err)
+		return fmt.Errorf("look up publication %q: %w", cfg.Publication, err)
 	}
 	q := "CREATE PUBLICATION " + name + " FOR " + strings.Join(members, ", ") +
 		" WITH (publish = 'insert, update, delete, truncate')"
@@ -222,17 +220,19 @@ func setupPublication(ctx context.Context, conn *pgx.Conn, cfg config.Postgres, 
 		if errors.As(err, &pgErr) && pgErr.Code == "42501" {
 			if exists {
 				log.Warn("cannot update the publication; using it as it is", "publication", cfg.Publication, "err", err)
-				return false, nil
+				return nil
 			}
-			return false, fmt.Errorf("create publication %q: %w (publishing whole schemas needs a superuser: run `%s;` as one, then run pgtrail setup again)", cfg.Publication, err, q)
+			return fmt.Errorf("create publication %q: %w (publishing whole schemas needs a superuser: run `%s;` as one, then run pgtrail setup again)", cfg.Publication, err, q)
 		}
-		return false, fmt.Errorf("create publication %q: %w", cfg.Publication, err)
+		return fmt.Errorf("create publication %q: %w", cfg.Publication, err)
 	}
 	log.Info("publication ready", "publication", cfg.Publication, "schemas", schemas, "bemi_tables_outside", tables)
-	return !exists, nil
+	return nil
 }
 
-func setupSlot(ctx context.Context, conn *pgx.Conn, cfg config.Postgres, log *slog.Logger, create bool) error {
+// setupSlot creates the slot if it is missing: always when explicit, else
+// only if pgtrail never made it (see Prepare).
+func setupSlot(ctx context.Context, conn *pgx.Conn, cfg config.Postgres, log *slog.Logger, explicit bool) error {
 	var plugin, db string
 	err := conn.QueryRow(ctx, "SELECT plugin, database FROM pg_replication_slots WHERE slot_name = $1", cfg.Slot).Scan(&plugin, &db)
 	switch {
@@ -247,32 +247,47 @@ func setupSlot(ctx context.Context, conn *pgx.Conn, cfg config.Postgres, log *sl
 		return nil
 	case !errors.Is(err, pgx.ErrNoRows):
 		return fmt.Errorf("look up replication slot %q: %w", cfg.Slot, err)
-	case !create:
-		return fmt.Errorf("replication slot %q is missing although pgtrail ran here before (its publication %q exists): "+
-			"it was dropped, and the changes made since then were not captured. Run `pgtrail setup` to create a new slot and capture from now on",
-			cfg.Slot, cfg.Publication)
+	}
+	if !explicit {
+		var made bool
+		if err := conn.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM "+slotsTable+" WHERE slot = $1)", cfg.Slot).Scan(&made); err != nil {
+			return fmt.Errorf("look up %s: %w", slotsTable, err)
+		}
+		if made {
+			return fmt.Errorf("replication slot %q is missing although pgtrail made it before: it was dropped, and the changes made since then were not captured. "+
+				"Run `pgtrail setup` to create a new slot and capture from now on", cfg.Slot)
+		}
 	}
 	var lsn string
 	if err := conn.QueryRow(ctx, "SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput')", cfg.Slot).Scan(&lsn); err != nil {
 		return fmt.Errorf("create replication slot %q: %w", cfg.Slot, explain(err))
 	}
+	if _, err := conn.Exec(ctx, "INSERT INTO "+slotsTable+" (slot, lsn) VALUES ($1, $2) ON CONFLICT (slot) DO UPDATE SET lsn = $2, created_at = now()", cfg.Slot, lsn); err != nil {
+		return fmt.Errorf("record slot %q in %s: %w", cfg.Slot, slotsTable, err)
+	}
 	log.Info("replication slot created; changes are captured from here on", "slot", cfg.Slot, "lsn", lsn)
 	return nil
 }
+
+// slotsTable records the slots pgtrail made, so that a start can tell a
+// first run from a slot that was lost.
+const slotsTable = OwnSchema + ".slots"
 
 // setupHelpers installs pgtrail.set_context(jsonb), the SQL way for any
 // language to set the context of the current transaction.
 func setupHelpers(ctx context.Context, conn *pgx.Conn, log *slog.Logger) error {
 	schema := pgx.Identifier{OwnSchema}.Sanitize()
-	for _, q := range []string{
-		"CREATE SCHEMA IF NOT EXISTS " + schema,
-		`CREATE OR REPLACE FUNCTION ` + schema + `.set_context(context jsonb) RETURNS void
-			LANGUAGE sql VOLATILE AS $$ SELECT pg_logical_emit_message(true, 'pgtrail', context::text) $$`,
-	} {
-		if _, err := conn.Exec(ctx, q); err != nil {
-			log.Warn("could not install the SQL helper pgtrail.set_context; applications can still call pg_logical_emit_message(true, 'pgtrail', ...)", "err", err)
-			return nil
-		}
+	if _, err := conn.Exec(ctx, "CREATE SCHEMA IF NOT EXISTS "+schema); err != nil {
+		return fmt.Errorf("create schema %s for pgtrail's own objects: %w (grant the role CREATE on the database, or create the schema for it)", OwnSchema, err)
+	}
+	if _, err := conn.Exec(ctx, `CREATE TABLE IF NOT EXISTS `+slotsTable+` (
+		slot text PRIMARY KEY, lsn pg_lsn NOT NULL, created_at timestamptz NOT NULL DEFAULT now())`); err != nil {
+		return fmt.Errorf("create %s: %w", slotsTable, err)
+	}
+	_, err := conn.Exec(ctx, `CREATE OR REPLACE FUNCTION `+schema+`.set_context(context jsonb) RETURNS void
+		LANGUAGE sql VOLATILE AS $$ SELECT pg_logical_emit_message(true, 'pgtrail', context::text) $$`)
+	if err != nil {
+		log.Warn("could not install the SQL helper pgtrail.set_context; applications can still call pg_logical_emit_message(true, 'pgtrail', ...)", "err", err)
 	}
 	return nil
 }
@@ -293,6 +308,9 @@ func Teardown(ctx context.Context, cfg config.Postgres, log *slog.Logger) error 
 	case err == nil:
 		if _, err := conn.Exec(ctx, "SELECT pg_drop_replication_slot($1)", cfg.Slot); err != nil {
 			return fmt.Errorf("drop replication slot %q: %w", cfg.Slot, err)
+		}
+		if _, err := conn.Exec(ctx, "DELETE FROM "+slotsTable+" WHERE slot = $1", cfg.Slot); err != nil {
+			return fmt.Errorf("forget replication slot %q: %w", cfg.Slot, err)
 		}
 		log.Info("replication slot dropped", "slot", cfg.Slot)
 	case !errors.Is(err, pgx.ErrNoRows):
