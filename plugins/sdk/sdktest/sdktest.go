@@ -84,6 +84,48 @@ func Run(t *testing.T, h Harness) {
 		expectOnce(t, h.Stored(t), batch)
 	})
 
+	t.Run("DurableMeansEveryBatchSoFarIsStored", func(t *testing.T) {
+		// In-order acknowledgement: when Write says durable, every batch
+		// handed over until then is in storage, not just the last one.
+		s := open(t)
+		defer s.Close(ctx)
+		fresh := Changes(300, time.Now().AddDate(0, 0, -3))
+		base := len(h.Stored(t))
+		for i := 0; i < len(fresh); i += 50 {
+			durable, err := s.Write(ctx, fresh[i:i+50])
+			if err != nil {
+				t.Fatalf("Write: %v", err)
+			}
+			if got := len(h.Stored(t)) - base; durable && got != i+50 {
+				t.Fatalf("Write reported durable with %d of the %d changes handed over stored", got, i+50)
+			}
+		}
+		if err := s.Flush(ctx); err != nil {
+			t.Fatalf("Flush: %v", err)
+		}
+		if got := len(h.Stored(t)) - base; got != len(fresh) {
+			t.Fatalf("after Flush %d of %d changes are stored", got, len(fresh))
+		}
+		batch = append(batch, fresh...)
+	})
+
+	t.Run("CloseIsCleanAndTheSinkOpensAgain", func(t *testing.T) {
+		s := open(t)
+		if err := s.Flush(ctx); err != nil {
+			t.Fatalf("Flush with nothing buffered: %v", err)
+		}
+		if err := s.Close(ctx); err != nil {
+			t.Fatalf("Close: %v", err)
+		}
+		s = open(t)
+		if err := s.Check(ctx); err != nil {
+			t.Fatalf("Check after reopening: %v", err)
+		}
+		if err := s.Close(ctx); err != nil {
+			t.Fatalf("Close: %v", err)
+		}
+	})
+
 	t.Run("ReplayAfterRestartStoresEachChangeOnce", func(t *testing.T) {
 		s := open(t)
 		// Batches cut differently from the first time, overlapping it, as
