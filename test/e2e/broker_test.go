@@ -57,14 +57,46 @@ func startBrokerNATS(t *testing.T) (string, jetstream.JetStream) {
 
 // startBrokerKafka runs kfake in this process with the topic and its dead-letter
 // topic.
-func startBrokerKafka(t *testing.T) string {
+func startBrokerKafka(t *testing.T) (*kfake.Cluster, string) {
 	t.Helper()
 	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(1, "bemi", "bemi.dlq"), kfake.AllowAutoTopicCreation())
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(c.Close)
-	return c.ListenAddrs()[0]
+	return c, c.ListenAddrs()[0]
+}
+
+// ownsPartition returns a wait until the pgtrail just started owns partition
+// 0 of group pgtrail: the group is stable in a later generation than at the
+// last wait, its one member holding the partition.
+//
+// Killing pgtrail before then can leave kfake a ghost member that Kafka would
+// expire: kfake arms a member's session only when its JoinGroup response is
+// delivered ((*group).reply) and drops the SyncGroup deadline once the leader
+// syncs (completeLeaderSync), so a member killed with its JoinGroup parked can
+// stay for good, holding whatever the leader assigns it. Kafka arms every
+// member's session at the end of the join and expires members that never
+// sync (GroupMetadataManager.completeClassicGroupJoin, expirePendingSync).
+func ownsPartition(t *testing.T, c *kfake.Cluster) func(p *proc) {
+	var gen int32
+	return func(p *proc) {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		defer cancel()
+		g, err := c.WaitGroupInfo(ctx, "pgtrail", func(g *kfake.GroupInfo) bool {
+			select {
+			case <-p.done:
+				t.Fatalf("pgtrail exited: %v\n%s", p.err, tail(p.out.String(), 40))
+			default:
+			}
+			return g != nil && g.State == "Stable" && g.Epoch > gen && len(g.Members) == 1 && g.NumAssigned() == 1
+		})
+		if err != nil {
+			t.Fatalf("the restarted pgtrail does not own the partition: %v (group %+v)", err, g)
+		}
+		gen = g.Epoch
+	}
 }
 
 // writeBrokerConfig writes a config reading source (YAML under source:) into
@@ -184,30 +216,52 @@ func checkAudit(t *testing.T, conn *pgx.Conn, truth []string) {
 	}
 }
 
-// killDuring publishes the history at a steady pace and kills pgtrail with
-// SIGKILL three times meanwhile, restarting it each time.
-func killDuring(t *testing.T, cfg string, h *history, publish func(b []byte) error) *proc {
-	p := start(t, cfg)
-	var wg sync.WaitGroup
-	wg.Add(1)
+// killDuring runs pgtrail four times: while each instance streams it
+// publishes the next quarter of the history, at a steady pace, and it kills
+// each of the first three with SIGKILL once the audit table grew by a random
+// number of changes, restarting it. streaming waits until a started instance
+// reads the stream.
+func killDuring(t *testing.T, conn *pgx.Conn, cfg string, h *history, publish func(b []byte) error, streaming func(p *proc)) *proc {
+	const instances = 4
+	parts := make(chan [][]byte)
+	published := make(chan struct{})
+	var once sync.Once
+	finish := func() { once.Do(func() { close(parts) }) }
+	defer finish() // a failed wait leaves no publisher behind
 	go func() {
-		defer wg.Done()
-		for i, ev := range h.events {
-			if err := publish(ev); err != nil {
-				t.Errorf("publish event %d: %v", i, err)
-				return
-			}
-			if i%20 == 0 {
-				time.Sleep(10 * time.Millisecond)
+		defer close(published)
+		failed := false
+		for part := range parts {
+			for i, ev := range part {
+				if failed {
+					break
+				}
+				if err := publish(ev); err != nil {
+					t.Errorf("publish: %v", err)
+					failed = true
+				}
+				if i%20 == 0 {
+					time.Sleep(10 * time.Millisecond)
+				}
 			}
 		}
 	}()
-	for range 3 {
-		time.Sleep(time.Duration(300+rand.IntN(500)) * time.Millisecond)
+	stored := func() int { return count(t, conn, "SELECT count(*) FROM pgtrail.changes") }
+	p := start(t, cfg)
+	for i := range instances {
+		streaming(p)
+		want := min(stored()+1+rand.IntN(40), len(h.truth))
+		parts <- h.events[i*len(h.events)/instances : (i+1)*len(h.events)/instances]
+		if i == instances-1 {
+			break
+		}
+		waitFor(t, 60*time.Second, fmt.Sprintf("%d changes stored before kill %d", want, i+1), func() bool { return stored() >= want })
 		p.kill()
+		t.Logf("kill %d once %d changes were stored", i+1, want)
 		p = start(t, cfg)
 	}
-	wg.Wait()
+	finish()
+	<-published
 	return p
 }
 
@@ -217,10 +271,10 @@ func TestJetStreamKill9MidStreamStoresEachChangeOnce(t *testing.T) {
 	natsURL, js := startBrokerNATS(t)
 	cfg := writeBrokerConfig(t, url, fmt.Sprintf("  type: jetstream\n  jetstream:\n    url: %q\n  debezium:\n    key_columns: [id]", natsURL), "")
 	h := makeHistory(400)
-	p := killDuring(t, cfg, h, func(b []byte) error {
+	p := killDuring(t, conn, cfg, h, func(b []byte) error {
 		_, err := js.Publish(context.Background(), "bemi", b)
 		return err
-	})
+	}, func(*proc) {})
 	checkAudit(t, conn, h.truth)
 	if err := p.stop(); err != nil {
 		t.Fatalf("exit after SIGTERM: %v", err)
@@ -292,14 +346,14 @@ func TestJetStreamContextStitchesAcrossFetchesAndMalformedGoToTheDeadLetterSubje
 func TestKafkaKill9MidStreamStoresEachChangeOnce(t *testing.T) {
 	url := cluster.NewDatabase(t)
 	conn := connect(t, url)
-	broker := startBrokerKafka(t)
+	c, broker := startBrokerKafka(t)
 	cfg := writeBrokerConfig(t, url, fmt.Sprintf("  type: kafka\n  kafka:\n    brokers: [%q]\n    topics: [bemi]\n  debezium:\n    key_columns: [id]", broker), "")
 	w := &kafkago.Writer{Addr: kafkago.TCP(broker), Topic: "bemi", RequiredAcks: kafkago.RequireAll, BatchTimeout: time.Millisecond}
 	defer w.Close()
 	h := makeHistory(300)
-	p := killDuring(t, cfg, h, func(b []byte) error {
+	p := killDuring(t, conn, cfg, h, func(b []byte) error {
 		return w.WriteMessages(context.Background(), kafkago.Message{Value: b})
-	})
+	}, ownsPartition(t, c))
 	checkAudit(t, conn, h.truth)
 	if err := p.stop(); err != nil {
 		t.Fatalf("exit after SIGTERM: %v", err)

@@ -141,18 +141,31 @@ func (s *Source) Run(ctx context.Context, out chan<- pipeline.Event) error {
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
-			return fmt.Errorf("join consumer group %q: %w", s.cfg.Group, err)
+			if !rejoinable(err) {
+				return fmt.Errorf("join consumer group %q: %w", s.cfg.Group, err)
+			}
+			// The group keeps joining on its own, with its own backoff.
+			s.log.Warn("joining the consumer group failed; joining again", "group", s.cfg.Group, "err", err)
+			continue
 		}
 		assigned := map[topicPartition]bool{}
+		s.mu.Lock()
 		for topic, parts := range gen.Assignments {
 			for _, p := range parts {
-				assigned[topicPartition{topic, p.ID}] = true
+				tp := topicPartition{topic, p.ID}
+				assigned[tp] = true
+				// Another member may have moved the group's offset on since
+				// this one last held the partition: never commit below it.
+				s.committed[tp] = p.Offset
+			}
+		}
+		s.gen, s.assigned = gen, assigned
+		s.mu.Unlock()
+		for topic, parts := range gen.Assignments {
+			for _, p := range parts {
 				gen.Start(func(gctx context.Context) { s.read(ctx, gctx, out, topic, p) })
 			}
 		}
-		s.mu.Lock()
-		s.gen, s.assigned = gen, assigned
-		s.mu.Unlock()
 		s.log.Info("partitions assigned", "group", s.cfg.Group, "generation", gen.ID, "partitions", len(assigned))
 		gen.Start(func(gctx context.Context) {
 			t := time.NewTicker(time.Second)
@@ -167,6 +180,25 @@ func (s *Source) Run(ctx context.Context, out chan<- pipeline.Event) error {
 			}
 		})
 	}
+}
+
+// rejoinable reports whether a failed join is one the group protocol expects
+// while members come and go or the coordinator moves. A member that dies
+// between JoinGroup and SyncGroup, for one, leaves the others' SyncGroup
+// failing with RebalanceInProgress once its session expires.
+func rejoinable(err error) bool {
+	if errors.Is(err, kafkago.ErrGroupClosed) {
+		return false
+	}
+	var kerr kafkago.Error
+	if !errors.As(err, &kerr) {
+		return true // the connection to the coordinator failed
+	}
+	switch kerr {
+	case kafkago.RebalanceInProgress, kafkago.IllegalGeneration, kafkago.UnknownMemberId:
+		return true
+	}
+	return kerr.Temporary()
 }
 
 // stream is one partition as read in one generation.
