@@ -67,3 +67,11 @@ proto:
 
 clean:
 	rm -rf bin
+
+# bench measures pgtrail against pg_recvlogical (the machine's limit) and
+# against trigger-based auditing, on private PostgreSQL servers it starts: a
+# short run (under 5 minutes), or the full one with FULL=1. It prints a table
+# and writes one JSON line per scenario to bench-results.jsonl.
+.PHONY: bench
+bench: build
+	$(GO) run ./test/bench -bin $(BIN) $(if $(FULL),-full)

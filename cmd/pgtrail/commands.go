@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -66,11 +67,13 @@ func (a *app) requirePostgresSource() error {
 }
 
 func (a *app) runCmd() *cobra.Command {
-	return &cobra.Command{
+	cmd := &cobra.Command{
 		Use:   "run",
 		Short: "Capture changes into the sinks until SIGINT or SIGTERM, then drain and confirm",
 		RunE:  func(cmd *cobra.Command, _ []string) error { return a.run(cmd.Context()) },
 	}
+	cmd.Flags().BoolVar(&a.pprof, "pprof", false, "also serve Go profiles (net/http/pprof) under /debug/pprof/ on http.listen")
+	return cmd
 }
 
 func (a *app) run(ctx context.Context) error {
@@ -85,6 +88,12 @@ func (a *app) run(ctx context.Context) error {
 // confirmed position; a failure at start-up is for the user to fix.
 func (a *app) supervise(ctx context.Context, what string, once func(context.Context, *metrics.Metrics, *bool) error) error {
 	m := metrics.New()
+	if a.pprof {
+		if a.cfg.HTTP.Listen == "" {
+			return errors.New("--pprof serves on http.listen, which is off: set http.listen (e.g. 127.0.0.1:9187)")
+		}
+		m.ServeProfiles()
+	}
 	if a.cfg.HTTP.Listen != "" {
 		if err := m.Start(ctx, a.cfg.HTTP.Listen, a.log); err != nil {
 			return err

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -33,7 +34,15 @@ var builtins = host.Builtins{
 	"clickhouse": func() sdk.Sink { return clickhouse.New() },
 }
 
+// memoryLimit is the soft heap limit when GOMEMLIMIT is not set: batches are
+// short-lived, so without it the heap grows to twice what is live between
+// collections.
+const memoryLimit = 96 << 20
+
 func main() {
+	if os.Getenv("GOMEMLIMIT") == "" {
+		debug.SetMemoryLimit(memoryLimit)
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := root().ExecuteContext(ctx); err != nil {
@@ -47,6 +56,7 @@ type app struct {
 	configPath string
 	cfg        *config.Config
 	log        *slog.Logger
+	pprof      bool // run --pprof: serve net/http/pprof on http.listen
 }
 
 func root() *cobra.Command {

@@ -4,6 +4,7 @@
 package change
 
 import (
+	"crypto/sha1"
 	"encoding/binary"
 	"encoding/json"
 	"strconv"
@@ -68,7 +69,10 @@ var namespace = uuid.MustParse("6f1d3a0e-6b8e-4f57-9c1e-5e0c2b7a9d41")
 // rows of one multi-row insert share an LSN). Read again, natively or through
 // Debezium, a change gets the same ID, so sinks can write idempotently.
 func MakeID(database string, lsn uint64, schema, table string, occurrence uint32) uuid.UUID {
-	b := make([]byte, 0, 32+len(database)+len(schema)+len(table))
+	// uuid.NewSHA1(namespace, name), computed without its allocations (a
+	// hasher and a digest per change): one per row change adds up.
+	var stack [160]byte
+	b := append(stack[:0], namespace[:]...)
 	b = append(b, database...)
 	b = append(b, 0)
 	b = binary.BigEndian.AppendUint64(b, lsn)
@@ -77,5 +81,10 @@ func MakeID(database string, lsn uint64, schema, table string, occurrence uint32
 	b = append(b, table...)
 	b = append(b, 0)
 	b = strconv.AppendUint(b, uint64(occurrence), 10)
-	return uuid.NewSHA1(namespace, b)
+	sum := sha1.Sum(b)
+	var id uuid.UUID
+	copy(id[:], sum[:])
+	id[6] = id[6]&0x0f | 0x50 // version 5
+	id[8] = id[8]&0x3f | 0x80 // RFC 4122 variant
+	return id
 }

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"sync"
 	"time"
 
@@ -31,6 +32,7 @@ type Metrics struct {
 
 	mu     sync.Mutex
 	health map[string]error
+	pprof  bool
 }
 
 // New registers pgtrail's metrics and the Go runtime's in a fresh registry.
@@ -82,6 +84,10 @@ func (m *Metrics) Health() error {
 	return errors.Join(errs...)
 }
 
+// ServeProfiles makes Start also serve net/http/pprof under /debug/pprof/,
+// for profiling a running pgtrail.
+func (m *Metrics) ServeProfiles() { m.pprof = true }
+
 // Start listens on addr now, so a busy port is reported at start-up, and
 // answers /metrics and /healthz until ctx ends.
 func (m *Metrics) Start(ctx context.Context, addr string, log *slog.Logger) error {
@@ -94,6 +100,13 @@ func (m *Metrics) Start(ctx context.Context, addr string, log *slog.Logger) erro
 		}
 		_, _ = w.Write([]byte("ok\n"))
 	})
+	if m.pprof {
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	}
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return fmt.Errorf("listen on %s (http.listen): %w", addr, err)
@@ -110,6 +123,6 @@ func (m *Metrics) Start(ctx context.Context, addr string, log *slog.Logger) erro
 			log.Error("http server stopped", "err", err)
 		}
 	}()
-	log.Info("serving /metrics and /healthz", "addr", ln.Addr().String())
+	log.Info("serving /metrics and /healthz", "addr", ln.Addr().String(), "pprof", m.pprof)
 	return nil
 }

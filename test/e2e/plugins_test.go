@@ -122,7 +122,15 @@ func TestKilledSinkPluginsAreRestartedAndNothingIsLostOrDoubled(t *testing.T) {
 		if len(plugins) != 2 {
 			t.Fatalf("round %d: pgtrail has %d child processes, want its 2 sink plugins", round, len(plugins))
 		}
-		victim := plugins[rand.IntN(len(plugins))]
+		// Alternate: the audit table's process, then the JSON Lines one,
+		// which holds buffered batches that must be re-delivered.
+		victim := plugins[0]
+		for _, pid := range plugins {
+			cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+			if strings.Contains(string(cmdline), "jsonl") == (round%2 == 1) {
+				victim = pid
+			}
+		}
 		if err := syscall.Kill(victim, syscall.SIGKILL); err != nil {
 			t.Fatal(err)
 		}

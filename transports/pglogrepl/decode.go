@@ -37,6 +37,7 @@ type decoder struct {
 	log      *slog.Logger
 	types    *Types
 	rels     map[uint32]*relation
+	rowMsg   rowMessage // reused for every insert, update and delete
 
 	inTxn      bool
 	xid        uint64
@@ -55,6 +56,13 @@ func newDecoder(database string, cfg config.Postgres, side *pgx.Conn, log *slog.
 }
 
 func (d *decoder) decode(ctx context.Context, xld repl.XLogData, emit func(pipeline.Event) error) error {
+	if len(xld.WALData) > 0 && isRowMessage(xld.WALData[0]) {
+		m, err := d.rowMsg.parse(xld.WALData)
+		if err != nil {
+			return fmt.Errorf("parse pgoutput message at %s: %w", xld.WALStart, err)
+		}
+		return d.row(ctx, xld.WALStart, m.relID, m.op, oldImage{m.old, m.oldKeyOnly}, m.new, emit)
+	}
 	msg, err := repl.ParseV2(xld.WALData, false)
 	if err != nil {
 		return fmt.Errorf("parse pgoutput message at %s: %w", xld.WALStart, err)
@@ -79,12 +87,6 @@ func (d *decoder) decode(ctx context.Context, xld repl.XLogData, emit func(pipel
 		return emit(pipeline.Event{Kind: pipeline.Message, XID: d.xid, Prefix: m.Prefix, Content: bytes.Clone(m.Content), // the receive buffer is reused
 			Change: &change.Change{Database: d.database, TransactionID: d.xid, CommittedAt: d.commitTime,
 				LSN: uint64(xld.WALStart), CommitLSN: uint64(d.commitLSN), Seq: d.seq}})
-	case *repl.InsertMessageV2:
-		return d.row(ctx, xld.WALStart, m.RelationID, change.Create, oldImage{}, m.Tuple, emit)
-	case *repl.UpdateMessageV2:
-		return d.row(ctx, xld.WALStart, m.RelationID, change.Update, oldImage{m.OldTuple, m.OldTupleType == repl.UpdateMessageTupleTypeKey}, m.NewTuple, emit)
-	case *repl.DeleteMessageV2:
-		return d.row(ctx, xld.WALStart, m.RelationID, change.Delete, oldImage{m.OldTuple, m.OldTupleType == repl.DeleteMessageTupleTypeKey}, nil, emit)
 	case *repl.TruncateMessageV2:
 		for _, id := range m.RelationIDs {
 			if err := d.row(ctx, xld.WALStart, id, change.Truncate, oldImage{}, nil, emit); err != nil {
@@ -250,7 +252,15 @@ func (d *decoder) row(ctx context.Context, lsn repl.LSN, relID uint32, op change
 // (an unchanged TOAST value) is taken from the old tuple when it has it
 // (REPLICA IDENTITY FULL); otherwise it is left out and named in toast.
 func (d *decoder) image(ctx context.Context, r *relation, t, old *repl.TupleData, keyOnly bool) (json.RawMessage, []string, error) {
-	buf := make([]byte, 0, 256)
+	// Room for the names and values as sent, plus some for quoting and
+	// escaping, so that the buffer rarely grows.
+	size := 2
+	for i, col := range t.Columns {
+		if i < len(r.names) {
+			size += len(r.names[i]) + len(col.Data) + 8
+		}
+	}
+	buf := make([]byte, 0, size+size/8)
 	buf = append(buf, '{')
 	var toast []string
 	first := true

@@ -104,14 +104,24 @@ func (s *Source) Run(ctx context.Context, out chan<- pipeline.Event) error {
 	}
 	s.log.Info("capturing", "slot", s.cfg.Slot, "publication", s.cfg.Publication, "from", s.start.String())
 	s.nextStatus = time.Now()
+	held := time.NewTimer(time.Hour)
+	held.Stop()
+	defer held.Stop()
 	emit := func(ev pipeline.Event) error {
+		select {
+		case out <- ev:
+			return nil
+		default:
+		}
 		for {
+			held.Reset(time.Until(s.nextStatus))
 			select {
 			case out <- ev:
+				held.Stop()
 				return nil
 			case <-ctx.Done():
 				return ctx.Err()
-			case <-time.After(time.Until(s.nextStatus)):
+			case <-held.C:
 				// Held back by a slow sink: keep the server from timing us out.
 				if err := s.status(ctx, false); err != nil {
 					return err
@@ -119,15 +129,31 @@ func (s *Source) Run(ctx context.Context, out chan<- pipeline.Event) error {
 			}
 		}
 	}
+	// A read waits at most until the next status update is due. The deadline
+	// is set on the connection once per status interval, not with a context
+	// per message: a context, a timer and a cancel registration for every WAL
+	// message were the largest part of what capture allocated. Ending ctx cuts
+	// a read short the same way.
+	conn := s.repl.Conn()
+	stopCut := context.AfterFunc(ctx, func() { _ = conn.SetReadDeadline(time.Now()) })
+	defer stopCut()
+	var deadline time.Time
 	for {
 		if time.Now().After(s.nextStatus) {
 			if err := s.status(ctx, false); err != nil {
 				return err
 			}
 		}
-		rctx, cancel := context.WithDeadline(ctx, s.nextStatus)
-		raw, err := s.repl.ReceiveMessage(rctx)
-		cancel()
+		if !deadline.Equal(s.nextStatus) {
+			deadline = s.nextStatus
+			if err := conn.SetReadDeadline(deadline); err != nil {
+				return fmt.Errorf("receive from slot %q: %w", s.cfg.Slot, err)
+			}
+			if ctx.Err() != nil { // ended before the deadline was set: the cut is undone
+				return ctx.Err()
+			}
+		}
+		raw, err := s.repl.ReceiveMessage(context.Background())
 		if err != nil {
 			if ctx.Err() != nil {
 				return ctx.Err()
