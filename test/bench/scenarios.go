@@ -602,7 +602,7 @@ type appVariant struct {
 
 var appVariants = []appVariant{
 	{name: "app-no-audit", describe: "no audit"},
-	{name: "app-pgtrail-bemi", install: bemiMigration, comment: " /*Bemi " + appContext + " Bemi*/", pgtrail: true,
+	{name: "app-pgtrail-bemi", install: pgtest.BemiMigration, comment: " /*Bemi " + appContext + " Bemi*/", pgtrail: true,
 		describe: "pgtrail running; Bemi trigger, statements with /*Bemi ... Bemi*/ comments"},
 	{name: "app-pgtrail-context", prelude: "SELECT pgtrail.set_context('" + appContext + "')", pgtrail: true,
 		describe: "pgtrail running; pgtrail.set_context once per transaction"},

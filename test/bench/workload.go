@@ -150,28 +150,6 @@ func pacedWriter(ctx context.Context, url string, changesPerSec, conns int, d ti
 	return done.Load(), time.Duration(worst.Load()), <-errs
 }
 
-// bemiMigration is what the Bemi ORM packages' migration installs (as in
-// test/e2e): a trigger that emits the statement's /*Bemi ... Bemi*/ comment
-// as a _bemi logical message before each row change.
-const bemiMigration = `
-CREATE OR REPLACE FUNCTION _bemi_row_trigger_func() RETURNS TRIGGER AS $$
-DECLARE
-  _bemi_metadata TEXT;
-BEGIN
-  SELECT split_part(split_part(current_query(), '/*Bemi ', 2), ' Bemi*/', 1) INTO _bemi_metadata;
-  IF _bemi_metadata <> '' THEN
-    PERFORM pg_logical_emit_message(true, '_bemi', _bemi_metadata);
-  END IF;
-  IF (TG_OP = 'DELETE') THEN
-    RETURN OLD;
-  END IF;
-  RETURN NEW;
-END;
-$$ LANGUAGE plpgsql;
-CREATE TRIGGER _bemi_row_trigger_orders BEFORE INSERT OR UPDATE OR DELETE ON orders
-  FOR EACH ROW EXECUTE FUNCTION _bemi_row_trigger_func();
-`
-
 // triggerAudit is the classic alternative: an AFTER trigger that writes one
 // JSONB row per change into an audit table, with the application context
 // taken from a transaction-local setting.

@@ -48,8 +48,10 @@ func run(binary string) error {
 	defer conn.Close(ctx)
 
 	step("creating the app's tables and the Bemi ORM trigger (as the Bemi packages' migration does)")
-	if _, err := conn.Exec(ctx, schema); err != nil {
-		return err
+	for _, q := range []string{schema, pgtest.BemiMigration} {
+		if _, err := conn.Exec(ctx, q); err != nil {
+			return err
+		}
 	}
 
 	step("pgtrail setup && pgtrail run   (DATABASE_URL=%s)", url)
@@ -118,19 +120,6 @@ CREATE TABLE todos (id serial PRIMARY KEY, task text NOT NULL, done boolean NOT 
 ALTER TABLE todos REPLICA IDENTITY FULL; -- keep whole before images
 CREATE TABLE invoices (id int PRIMARY KEY, amount numeric(20, 2), meta jsonb);
 
-CREATE FUNCTION _bemi_row_trigger_func() RETURNS TRIGGER AS $$
-DECLARE _bemi_metadata TEXT;
-BEGIN
-  SELECT split_part(split_part(current_query(), '/*Bemi ', 2), ' Bemi*/', 1) INTO _bemi_metadata;
-  IF _bemi_metadata <> '' THEN
-    PERFORM pg_logical_emit_message(true, '_bemi', _bemi_metadata);
-  END IF;
-  IF (TG_OP = 'DELETE') THEN RETURN OLD; END IF;
-  RETURN NEW;
-END;
-$$ LANGUAGE plpgsql;
-CREATE TRIGGER _bemi_row_trigger_todos BEFORE INSERT OR UPDATE OR DELETE ON todos FOR EACH ROW EXECUTE FUNCTION _bemi_row_trigger_func();
-CREATE TRIGGER _bemi_row_trigger_invoices BEFORE INSERT OR UPDATE OR DELETE ON invoices FOR EACH ROW EXECUTE FUNCTION _bemi_row_trigger_func();
 `
 
 var writes = []string{

@@ -1,6 +1,8 @@
 package e2e
 
 import (
+	"github.com/pgtrail/pgtrail/test/pgtest"
+
 	"context"
 	"encoding/json"
 	"fmt"
@@ -295,7 +297,7 @@ func captureSetup(t *testing.T, publish string) (*pgx.Conn, string, string) {
 	url := cluster.NewDatabase(t)
 	conn := connect(t, url)
 	exec1(t, conn, captureSchema)
-	exec1(t, conn, bemiMigration)
+	exec1(t, conn, pgtest.BemiMigration)
 	var db string
 	if err := conn.QueryRow(context.Background(), "SELECT current_database()").Scan(&db); err != nil {
 		t.Fatal(err)
@@ -410,7 +412,7 @@ func TestCaptureKill9JetStreamPublishesEveryChangeOnce(t *testing.T) {
 	url := cluster.NewDatabase(t)
 	conn := connect(t, url)
 	exec1(t, conn, captureSchema)
-	exec1(t, conn, bemiMigration)
+	exec1(t, conn, pgtest.BemiMigration)
 	cfg := writeConfig(t, url, fmt.Sprintf("publish:\n  type: jetstream\n  jetstream:\n    url: %q\npipeline:\n  batch_size: 50\n", natsURL), "")
 	ids, p := killWorkload(t, url, cfg, startCapture(t, cfg))
 	if t.Failed() {
@@ -450,7 +452,7 @@ func TestCaptureKill9KafkaPublishesEveryChangeAtLeastOnceWithIdenticalDuplicates
 	url := cluster.NewDatabase(t)
 	conn := connect(t, url)
 	exec1(t, conn, captureSchema)
-	exec1(t, conn, bemiMigration)
+	exec1(t, conn, pgtest.BemiMigration)
 	cfg := writeConfig(t, url, fmt.Sprintf("publish:\n  type: kafka\n  kafka:\n    brokers: [%q]\npipeline:\n  batch_size: 50\n", broker), "")
 	ids, p := killWorkload(t, url, cfg, startCapture(t, cfg))
 	if t.Failed() {
@@ -512,7 +514,7 @@ func TestCaptureThenRunFromTheBrokerStoresTheNativeAuditTrail(t *testing.T) {
 			exec1(t, conn, `CREATE TABLE todos (id int PRIMARY KEY, task text, done boolean NOT NULL DEFAULT false);
 				ALTER TABLE todos REPLICA IDENTITY FULL;
 				CREATE TABLE tags (todo_id int, tag text, PRIMARY KEY (todo_id, tag))`)
-			exec1(t, conn, bemiMigration)
+			exec1(t, conn, pgtest.BemiMigration)
 			sink := func(schema string) string {
 				return fmt.Sprintf("sinks:\n  - name: audit\n    plugin: postgres\n    config: {url: %q, schema: %s}\n", url, schema)
 			}

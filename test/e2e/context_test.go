@@ -10,47 +10,9 @@ import (
 	"github.com/jackc/pgx/v5"
 	_ "github.com/jackc/pgx/v5/stdlib"
 
+	"github.com/pgtrail/pgtrail/test/pgtest"
 	"github.com/pgtrail/pgtrail/transports/appcontext"
 )
-
-// bemiMigration is what the Bemi ORM packages' migration installs: a trigger
-// on every table that emits the /*Bemi ... Bemi*/ comment of the current
-// statement as a `_bemi` logical message before each row change.
-const bemiMigration = `
-CREATE OR REPLACE FUNCTION _bemi_row_trigger_func() RETURNS TRIGGER AS $$
-DECLARE
-  _bemi_metadata TEXT;
-BEGIN
-  SELECT split_part(split_part(current_query(), '/*Bemi ', 2), ' Bemi*/', 1) INTO _bemi_metadata;
-  IF _bemi_metadata <> '' THEN
-    PERFORM pg_logical_emit_message(true, '_bemi', _bemi_metadata);
-  END IF;
-  IF (TG_OP = 'DELETE') THEN
-    RETURN OLD;
-  END IF;
-  RETURN NEW;
-END;
-$$ LANGUAGE plpgsql;
-
-CREATE OR REPLACE PROCEDURE _bemi_create_triggers() AS $$
-DECLARE
-  current_tablename TEXT;
-BEGIN
-  FOR current_tablename IN
-    SELECT tablename FROM pg_tables
-    LEFT JOIN information_schema.triggers ON tablename = event_object_table AND schemaname = trigger_schema AND trigger_name LIKE '_bemi_row_trigger_%'
-    WHERE schemaname = 'public' AND trigger_name IS NULL
-    GROUP BY tablename
-  LOOP
-    EXECUTE format(
-      'CREATE OR REPLACE TRIGGER _bemi_row_trigger_%s BEFORE INSERT OR UPDATE OR DELETE ON %I FOR EACH ROW EXECUTE FUNCTION _bemi_row_trigger_func()',
-      current_tablename, current_tablename);
-  END LOOP;
-END;
-$$ LANGUAGE plpgsql;
-
-CALL _bemi_create_triggers();
-`
 
 func TestBemiContextAttachesToExactlyItsOwnRowChange(t *testing.T) {
 	url := cluster.NewDatabase(t)
@@ -59,7 +21,7 @@ func TestBemiContextAttachesToExactlyItsOwnRowChange(t *testing.T) {
 		CREATE TABLE users (id int PRIMARY KEY, name text);
 		CREATE TABLE comments (id int PRIMARY KEY, todo_id int REFERENCES todos ON DELETE CASCADE, body text);
 		CREATE TABLE sessions (id int PRIMARY KEY, token text)`) // excluded, but triggered
-	exec1(t, conn, bemiMigration)
+	exec1(t, conn, pgtest.BemiMigration)
 	// A table outside the audited schemas that carries the trigger too.
 	exec1(t, conn, `CREATE SCHEMA internal; CREATE TABLE internal.jobs (id int PRIMARY KEY);
 		CREATE TRIGGER _bemi_row_trigger_jobs BEFORE INSERT OR UPDATE OR DELETE ON internal.jobs

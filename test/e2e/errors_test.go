@@ -59,7 +59,7 @@ func TestNonJSONContextIsCountedAndTheChangeKept(t *testing.T) {
 	url := cluster.NewDatabase(t)
 	conn := connect(t, url)
 	exec1(t, conn, `CREATE TABLE t (id int PRIMARY KEY)`)
-	exec1(t, conn, bemiMigration)
+	exec1(t, conn, pgtest.BemiMigration)
 	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	_, _, p := setupAndStart(t, url, fmt.Sprintf("http:\n  listen: %q\n", addr), "")
 	exec1(t, conn, `INSERT INTO t VALUES (1) /*Bemi {broken Bemi*/`)

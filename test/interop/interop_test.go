@@ -213,7 +213,7 @@ func TestDebeziumAndNativeCaptureAgree(t *testing.T) {
 	url := cluster.NewDatabase(t)
 	conn := connect(t, url)
 	exec1(t, conn, schema)
-	exec1(t, conn, bemiMigration)
+	exec1(t, conn, pgtest.BemiMigration)
 
 	// Every reader's slot exists before the first change. The connectors
 	// share one publication, made here: two would race to create it.
