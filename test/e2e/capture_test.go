@@ -14,7 +14,6 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
@@ -60,32 +59,7 @@ func startKafka(t *testing.T) string {
 // startCapture launches `pgtrail capture` and waits until it streams.
 func startCapture(t *testing.T, config string) *proc {
 	t.Helper()
-	p := &proc{t: t, out: &syncBuffer{}, done: make(chan struct{})}
-	p.cmd = exec.Command(binary, "capture", "--config", config)
-	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
-	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := p.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() {
-		p.err = p.cmd.Wait()
-		close(p.done)
-	}()
-	t.Cleanup(func() {
-		p.kill()
-		if t.Failed() {
-			t.Logf("pgtrail capture output:\n%s", tail(p.out.String(), 60))
-		}
-	})
-	waitFor(t, 30*time.Second, "pgtrail capture to start", func() bool {
-		select {
-		case <-p.done:
-			t.Fatalf("pgtrail capture exited at start-up: %v\n%s", p.err, p.out.String())
-		default:
-		}
-		return strings.Contains(p.out.String(), "capturing")
-	})
-	return p
+	return launch(t, exec.Command(binary, "capture", "--config", config))
 }
 
 // published is one broker message.

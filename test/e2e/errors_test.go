@@ -111,16 +111,9 @@ func TestDatabaseURLAloneIsEnoughAndTeardownRemovesWhatSetupMade(t *testing.T) {
 	conn := connect(t, url)
 	exec1(t, conn, `CREATE TABLE t (id int PRIMARY KEY)`)
 	dir := t.TempDir() // no pgtrail.yaml here
-	p := &proc{t: t, out: &syncBuffer{}, done: make(chan struct{})}
-	p.cmd = exec.Command(binary, "run")
-	p.cmd.Dir, p.cmd.Env = dir, append(os.Environ(), "DATABASE_URL="+url)
-	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
-	if err := p.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { p.err = p.cmd.Wait(); close(p.done) }()
-	t.Cleanup(p.kill)
-	waitFor(t, 30*time.Second, "capture to start", func() bool { return strings.Contains(p.out.String(), "capturing") })
+	cmd := exec.Command(binary, "run")
+	cmd.Dir, cmd.Env = dir, append(os.Environ(), "DATABASE_URL="+url)
+	p := launch(t, cmd)
 	exec1(t, conn, `INSERT INTO t VALUES (1)`)
 	waitForChanges(t, conn, 1, 30*time.Second)
 	if err := p.stop(); err != nil {

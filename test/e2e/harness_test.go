@@ -108,8 +108,14 @@ func pgtrail(t testing.TB, config string, args ...string) (string, error) {
 // start launches `pgtrail run` with the config and waits until it streams.
 func start(t testing.TB, config string) *proc {
 	t.Helper()
-	p := &proc{t: t, out: &syncBuffer{}, done: make(chan struct{})}
-	p.cmd = exec.Command(binary, "run", "--config", config)
+	return launch(t, exec.Command(binary, "run", "--config", config))
+}
+
+// launch starts a pgtrail process that reads a source and waits until it
+// streams. It is killed at cleanup, and its output logged if the test failed.
+func launch(t testing.TB, cmd *exec.Cmd) *proc {
+	t.Helper()
+	p := &proc{t: t, cmd: cmd, out: &syncBuffer{}, done: make(chan struct{})}
 	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
 	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := p.cmd.Start(); err != nil {
@@ -119,16 +125,17 @@ func start(t testing.TB, config string) *proc {
 		p.err = p.cmd.Wait()
 		close(p.done)
 	}()
+	what := strings.Join(cmd.Args[:2], " ")
 	t.Cleanup(func() {
 		p.kill()
 		if t.Failed() {
-			t.Logf("pgtrail output:\n%s", tail(p.out.String(), 60))
+			t.Logf("%s output:\n%s", what, tail(p.out.String(), 60))
 		}
 	})
-	waitFor(t, 30*time.Second, "pgtrail to start capturing", func() bool {
+	waitFor(t, 30*time.Second, what+" to start capturing", func() bool {
 		select {
 		case <-p.done:
-			t.Fatalf("pgtrail exited at start-up: %v\n%s", p.err, p.out.String())
+			t.Fatalf("%s exited at start-up: %v\n%s", what, p.err, p.out.String())
 		default:
 		}
 		return strings.Contains(p.out.String(), "capturing")
