@@ -339,35 +339,21 @@ func TestCapturePublishesDebeziumEventsToKafkaKeyedByPrimaryKey(t *testing.T) {
 // the ids inserted.
 func killWorkload(t *testing.T, url, cfg string, p *proc) (map[int]bool, *proc) {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
 	var mu sync.Mutex
 	ids := map[int]bool{}
 	var n atomic.Int64
-	for w := 0; w < 2; w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			wc, err := pgx.Connect(context.Background(), url)
-			if err != nil {
-				t.Error(err)
-				return
-			}
-			defer wc.Close(context.Background())
-			for i := 0; ctx.Err() == nil; i++ {
-				id := w*1_000_000 + i
-				q := fmt.Sprintf(`INSERT INTO todos (id, task) VALUES (%d, 'w%d') /*Bemi {"writer":%d,"i":%d} Bemi*/`, id, w, w, i)
-				if _, err := wc.Exec(context.Background(), q); err != nil {
-					t.Error(err)
-					return
-				}
-				mu.Lock()
-				ids[id] = true
-				mu.Unlock()
-				n.Add(1)
-			}
-		}()
-	}
+	stop := writeLoad(t, url, 2, func(conn *pgx.Conn, w, i int) error {
+		id := w*1_000_000 + i
+		q := fmt.Sprintf(`INSERT INTO todos (id, task) VALUES (%d, 'w%d') /*Bemi {"writer":%d,"i":%d} Bemi*/`, id, w, w, i)
+		if _, err := conn.Exec(context.Background(), q); err != nil {
+			return err
+		}
+		mu.Lock()
+		ids[id] = true
+		mu.Unlock()
+		n.Add(1)
+		return nil
+	})
 	for range 3 {
 		time.Sleep(time.Duration(300+rand.IntN(700)) * time.Millisecond)
 		p.kill()
@@ -375,8 +361,7 @@ func killWorkload(t *testing.T, url, cfg string, p *proc) (map[int]bool, *proc) 
 		p = startCapture(t, cfg)
 	}
 	time.Sleep(300 * time.Millisecond)
-	cancel()
-	wg.Wait()
+	stop()
 	t.Logf("%d inserts under 3 kills", n.Load())
 	return ids, p
 }

@@ -7,7 +7,6 @@ import (
 	"os"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -65,51 +64,32 @@ func TestReplayAfterKill9StoresEachChangeExactlyOnce(t *testing.T) {
 	_, cfg, p := setupAndStart(t, url, "pipeline:\n  batch_size: 200\n", "")
 
 	// Writers log every change they make into `truth` in the same transaction.
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
 	var txns atomic.Int64
-	for w := 0; w < 4; w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			wc, err := pgx.Connect(context.Background(), url)
-			if err != nil {
-				t.Error(err)
-				return
+	stop := writeLoad(t, url, 4, func(conn *pgx.Conn, w, i int) error {
+		id := w*1_000_000 + i
+		who := fmt.Sprintf(`{"writer": %d, "i": %d}`, w, i)
+		err := pgx.BeginFunc(context.Background(), conn, func(tx pgx.Tx) error {
+			if _, err := tx.Exec(context.Background(), `SELECT pgtrail.set_context($1::jsonb)`, who); err != nil {
+				return err
 			}
-			defer wc.Close(context.Background())
-			for i := 0; ctx.Err() == nil; i++ {
-				id := w*1_000_000 + i
-				who := fmt.Sprintf(`{"writer": %d, "i": %d}`, w, i)
-				err := pgx.BeginFunc(context.Background(), wc, func(tx pgx.Tx) error {
-					for _, q := range []string{
-						`SELECT pgtrail.set_context($1::jsonb)`,
-					} {
-						if _, err := tx.Exec(context.Background(), q, who); err != nil {
-							return err
-						}
-					}
-					batch := &pgx.Batch{}
-					batch.Queue(`INSERT INTO accounts VALUES ($1, 100)`, id)
-					batch.Queue(`INSERT INTO bookkeeping.truth (op, id, balance, ctx) VALUES ('CREATE', $1, 100, $2)`, id, who)
-					if i%3 == 0 && i > 0 {
-						batch.Queue(`UPDATE accounts SET balance = balance + 1 WHERE id = $1`, id-1)
-						batch.Queue(`INSERT INTO bookkeeping.truth (op, id, balance, ctx) SELECT 'UPDATE', id, balance, $2 FROM accounts WHERE id = $1`, id-1, who)
-					}
-					if i%7 == 0 && i > 0 {
-						batch.Queue(`DELETE FROM accounts WHERE id = $1`, id-2)
-						batch.Queue(`INSERT INTO bookkeeping.truth (op, id, balance, ctx) VALUES ('DELETE', $1, NULL, $2)`, id-2, who)
-					}
-					return tx.SendBatch(context.Background(), batch).Close()
-				})
-				if err != nil {
-					t.Error(err)
-					return
-				}
-				txns.Add(1)
+			batch := &pgx.Batch{}
+			batch.Queue(`INSERT INTO accounts VALUES ($1, 100)`, id)
+			batch.Queue(`INSERT INTO bookkeeping.truth (op, id, balance, ctx) VALUES ('CREATE', $1, 100, $2)`, id, who)
+			if i%3 == 0 && i > 0 {
+				batch.Queue(`UPDATE accounts SET balance = balance + 1 WHERE id = $1`, id-1)
+				batch.Queue(`INSERT INTO bookkeeping.truth (op, id, balance, ctx) SELECT 'UPDATE', id, balance, $2 FROM accounts WHERE id = $1`, id-1, who)
 			}
-		}()
-	}
+			if i%7 == 0 && i > 0 {
+				batch.Queue(`DELETE FROM accounts WHERE id = $1`, id-2)
+				batch.Queue(`INSERT INTO bookkeeping.truth (op, id, balance, ctx) VALUES ('DELETE', $1, NULL, $2)`, id-2, who)
+			}
+			return tx.SendBatch(context.Background(), batch).Close()
+		})
+		if err == nil {
+			txns.Add(1)
+		}
+		return err
+	})
 
 	for kill := 0; kill < 5; kill++ {
 		time.Sleep(time.Duration(300+rand.IntN(900)) * time.Millisecond)
@@ -118,8 +98,7 @@ func TestReplayAfterKill9StoresEachChangeExactlyOnce(t *testing.T) {
 		p = start(t, cfg)
 	}
 	time.Sleep(500 * time.Millisecond)
-	cancel()
-	wg.Wait()
+	stop()
 	if t.Failed() {
 		return
 	}

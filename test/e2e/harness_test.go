@@ -249,6 +249,36 @@ func auditRows(t testing.TB, conn *pgx.Conn) []auditRow {
 	return out
 }
 
+// writeLoad runs n writers, each on its own connection, calling
+// write(conn, writer, i) for i = 0, 1, … until the returned stop is called;
+// stop waits for them. A failed write fails the test and ends its writer.
+func writeLoad(t testing.TB, url string, n int, write func(conn *pgx.Conn, w, i int) error) (stop func()) {
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	for w := 0; w < n; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			conn, err := pgx.Connect(context.Background(), url)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			defer conn.Close(context.Background())
+			for i := 0; ctx.Err() == nil; i++ {
+				if err := write(conn, w, i); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	return func() {
+		cancel()
+		wg.Wait()
+	}
+}
+
 func freePort(t testing.TB) int {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")

@@ -10,7 +10,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -92,28 +92,16 @@ func TestKilledSinkPluginsAreRestartedAndNothingIsLostOrDoubled(t *testing.T) {
 	sinks := fmt.Sprintf("sinks:\n  - name: audit\n    plugin: postgres\n    config: {url: %q}\n  - name: lines\n    plugin: %q\n    config: {path: %q, flush_interval: 300ms}\npipeline:\n  batch_size: 100\n", url, jsonlPlugin, lines)
 	_, _, p := setupAndStart(t, url, sinks, "")
 
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	var written int
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		wc, err := pgx.Connect(context.Background(), url)
-		if err != nil {
-			t.Error(err)
-			return
-		}
-		defer wc.Close(context.Background())
-		for i := 0; ctx.Err() == nil; i++ {
-			for _, q := range []string{`INSERT INTO orders VALUES ($1, 0)`, `UPDATE orders SET n = 1 WHERE id = $1`} {
-				if _, err := wc.Exec(context.Background(), q, i); err != nil {
-					t.Error(err)
-					return
-				}
+	var writes atomic.Int64
+	stop := writeLoad(t, url, 1, func(conn *pgx.Conn, _, i int) error {
+		for _, q := range []string{`INSERT INTO orders VALUES ($1, 0)`, `UPDATE orders SET n = 1 WHERE id = $1`} {
+			if _, err := conn.Exec(context.Background(), q, i); err != nil {
+				return err
 			}
-			written += 2
 		}
-	}()
+		writes.Add(2)
+		return nil
+	})
 
 	kills := 0
 	for round := 0; round < 6; round++ {
@@ -141,11 +129,11 @@ func TestKilledSinkPluginsAreRestartedAndNothingIsLostOrDoubled(t *testing.T) {
 			return len(now) == 2 && !alive(victim)
 		})
 	}
-	cancel()
-	wg.Wait()
+	stop()
 	if t.Failed() {
 		return
 	}
+	written := int(writes.Load())
 	waitForChanges(t, conn, written, 60*time.Second)
 	if n := count(t, conn, `SELECT count(*) FROM (SELECT DISTINCT primary_key, operation FROM pgtrail.changes) d`); n != written {
 		t.Fatalf("audit table holds %d distinct (key, operation), want %d", n, written)
