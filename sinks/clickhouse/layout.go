@@ -37,7 +37,7 @@ func layoutFor(version string) layout {
 // layoutOf tells the layout of an existing table from its columns.
 func layoutOf(cols map[string]string) (layout, error) {
 	for _, c := range []string{"id", "primary_key", "before", "after", "context", "database", "schema", "table",
-		"operation", "committed_at", "queued_at", "created_at", "transaction_id", "position", "commit_position", "seq", "unchanged_toast"} {
+		"operation", "committed_at", "queued_at", "created_at", "transaction_id", "position", "seq", "unchanged_toast"} {
 		if _, ok := cols[c]; !ok {
 			return 0, errors.New("it has no column " + c + ": it was not made by pgtrail; choose another config.table")
 		}
@@ -69,7 +69,6 @@ const tableDDL = `CREATE TABLE IF NOT EXISTS {target} (
 	"created_at" {time},{micros}
 	"transaction_id" UInt64,
 	"position" UInt64,
-	"commit_position" UInt64,
 	"seq" UInt32,
 	"unchanged_toast" Array(String)
 ) ENGINE = ReplacingMergeTree
@@ -113,8 +112,6 @@ func (l layout) appendRow(b []byte, c *sdk.Change, createdAt time.Time) []byte {
 	b = strconv.AppendUint(b, c.TransactionID, 10)
 	b = append(b, `,"position":`...)
 	b = strconv.AppendUint(b, c.LSN, 10)
-	b = append(b, `,"commit_position":`...)
-	b = strconv.AppendUint(b, c.CommitLSN, 10)
 	b = append(b, `,"seq":`...)
 	b = strconv.AppendUint(b, uint64(c.Seq), 10)
 	b = append(b, `,"unchanged_toast":[`...)

@@ -20,7 +20,7 @@ func TestNewTablesUseDateTime64FromClickHouse20(t *testing.T) {
 
 func TestAnExistingTableKeepsItsLayout(t *testing.T) {
 	cols := map[string]string{}
-	for _, c := range strings.Fields("id primary_key before after context database schema table operation queued_at created_at transaction_id position commit_position seq unchanged_toast") {
+	for _, c := range strings.Fields("id primary_key before after context database schema table operation queued_at created_at transaction_id position seq unchanged_toast") {
 		cols[c] = "String"
 	}
 	cols["committed_at"] = "DateTime('UTC')"

@@ -167,7 +167,6 @@ func (s *Sink) Setup(ctx context.Context) error {
 			created_at timestamptz NOT NULL DEFAULT now(),
 			transaction_id bigint NOT NULL,
 			position bigint NOT NULL,
-			commit_position bigint NOT NULL,
 			seq integer NOT NULL,
 			unchanged_toast text[],
 			PRIMARY KEY (id, committed_at)
@@ -230,7 +229,7 @@ func (s *Sink) ensurePartitions(ctx context.Context, times []time.Time) error {
 }
 
 var columns = []string{"id", "primary_key", "before", "after", "context", "database", "schema", "table",
-	"operation", "committed_at", "queued_at", "transaction_id", "position", "commit_position", "seq", "unchanged_toast"}
+	"operation", "committed_at", "queued_at", "transaction_id", "position", "seq", "unchanged_toast"}
 
 // Flush has nothing to do: every Write is durable when it returns.
 func (s *Sink) Flush(context.Context) error { return nil }
@@ -322,7 +321,7 @@ func rows(batch []*sdk.Change) pgx.CopyFromSource {
 		}
 		return []any{[16]byte(c.ID), key, jsonb(c.Before), jsonb(c.After), jsonb(c.Context),
 			c.Database, c.Schema, c.Table, string(c.Operation), c.CommittedAt, c.QueuedAt,
-			int64(c.TransactionID), int64(c.LSN), int64(c.CommitLSN), int32(c.Seq), toast}, nil
+			int64(c.TransactionID), int64(c.LSN), int32(c.Seq), toast}, nil
 	})
 }
 

@@ -14,8 +14,9 @@ import (
 	"github.com/pgtrail/pgtrail/plugins/sdk"
 )
 
-// Both formats carry the audit table's columns (design §5), plus
-// commit_position, seq and unchanged_toast as the PostgreSQL sink stores them.
+// Both formats carry the audit table's columns (design §5), plus seq and
+// unchanged_toast as the PostgreSQL sink stores them, and commit_position: the
+// stream-order key that object names are made of (see layout.go).
 
 // encoder turns a run of changes into an object body.
 type encoder interface {

@@ -94,7 +94,7 @@ func run(binary string) error {
 		time.Sleep(100 * time.Millisecond)
 	}
 	rows, err := conn.Query(ctx, `SELECT to_char(committed_at, 'HH24:MI:SS.MS'), operation, "table", coalesce(primary_key, ''),
-		before::text, after::text, context::text FROM pgtrail.changes ORDER BY commit_position, seq`)
+		before::text, after::text, context::text FROM pgtrail.changes ORDER BY committed_at, position, seq`)
 	if err != nil {
 		return err
 	}

@@ -463,8 +463,7 @@ func TestCaptureKill9KafkaPublishesEveryChangeAtLeastOnceWithIdenticalDuplicates
 // TestCaptureThenRunFromTheBrokerStoresTheNativeAuditTrail closes the loop:
 // `pgtrail capture` publishes to the broker, `pgtrail run` with that broker
 // as its source stores the events, and its audit table matches native
-// capture's for the same changes. commit_position is left out: broker events
-// carry the change's LSN, not its transaction's commit LSN.
+// capture's for the same changes.
 func TestCaptureThenRunFromTheBrokerStoresTheNativeAuditTrail(t *testing.T) {
 	for _, broker := range []string{"jetstream", "kafka"} {
 		t.Run(broker, func(t *testing.T) {

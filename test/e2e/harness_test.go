@@ -238,7 +238,7 @@ func (r auditRow) String() string {
 func auditRows(t testing.TB, conn *pgx.Conn) []auditRow {
 	t.Helper()
 	rows, err := conn.Query(context.Background(), `SELECT operation, "table", coalesce(primary_key, ''),
-		before::text, after::text, context::text FROM pgtrail.changes ORDER BY commit_position, seq`)
+		before::text, after::text, context::text FROM pgtrail.changes ORDER BY committed_at, position, seq`)
 	if err != nil {
 		t.Fatal(err)
 	}

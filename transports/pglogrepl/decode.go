@@ -208,11 +208,13 @@ func (d *decoder) row(ctx context.Context, lsn repl.LSN, relID uint32, op change
 	} else {
 		d.lastLSN, d.lastRel, d.occurrence = lsn, relID, 0
 	}
-	seq := d.seq
-	d.seq++
 	if !r.store {
 		return emit(pipeline.Event{Kind: pipeline.Row, XID: d.xid, Skip: true})
 	}
+	// seq counts stored changes only, as a Debezium connector that sends
+	// just these tables does, so both ingresses give the same numbers.
+	seq := d.seq
+	d.seq++
 	c := &change.Change{
 		ID:       change.MakeID(d.database, uint64(lsn), r.schema, r.table, d.occurrence),
 		Database: d.database, Schema: r.schema, Table: r.table, Operation: op,
