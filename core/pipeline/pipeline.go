@@ -58,13 +58,15 @@ type Source interface {
 	Close(ctx context.Context) error
 }
 
-// Sink stores batches, in order. Write reports whether every batch handed
-// over so far is durable; a sink that buffers says false until it writes, and
-// is asked to Flush once a batch has waited FlushInterval. Writing a change
-// again must not store it twice.
+// Sink stores batches, in order. Write hands a batch over and returns how
+// many of the batches handed over are not yet durable (the last ones): a sink
+// may still be writing, or buffer (then FlushInterval > 0, and it is asked to
+// Flush once a batch has waited that long). An error means the batch was not
+// taken, and it is handed over again. Writing a change again must not store
+// it twice.
 type Sink interface {
 	Name() string
-	Write(ctx context.Context, batch []*change.Change) (durable bool, err error)
+	Write(ctx context.Context, batch []*change.Change) (notDurable int, err error)
 	Flush(ctx context.Context) error
 	FlushInterval() time.Duration
 }
@@ -295,17 +297,25 @@ func (p *Pipeline) deliver(ctx context.Context, s Sink, queue <-chan batch, wm *
 		}
 		return err == nil
 	}
-	release := func() {
-		flushTimer.Stop()
-		for _, w := range waiting {
+	armed := false
+	release := func(notDurable int) {
+		n := len(waiting) - notDurable
+		for _, w := range waiting[:n] {
 			p.metrics.ChangesWritten.WithLabelValues(name).Add(float64(len(w.changes)))
 			wm.Done(w.ticket)
 		}
-		waiting = waiting[:0]
+		waiting = append(waiting[:0], waiting[n:]...)
+		if len(waiting) == 0 && armed {
+			flushTimer.Stop()
+			armed = false
+		} else if len(waiting) > 0 && !armed {
+			flushTimer.Reset(max(s.FlushInterval(), time.Millisecond))
+			armed = true
+		}
 	}
 	flush := func() {
 		if len(waiting) > 0 && ctx.Err() == nil && attempt("flush", 0, s.Flush) {
-			release()
+			release(0)
 		}
 	}
 
@@ -319,12 +329,12 @@ func (p *Pipeline) deliver(ctx context.Context, s Sink, queue <-chan batch, wm *
 			if ctx.Err() != nil {
 				continue // drain deadline passed: these are read again after restart
 			}
-			var durable bool
+			var notDurable int
 			ok = attempt("write", len(bt.changes), func(ctx context.Context) error {
 				start := time.Now()
-				d, err := s.Write(ctx, bt.changes)
+				n, err := s.Write(ctx, bt.changes)
 				if err == nil {
-					durable = d
+					notDurable = n
 					p.metrics.BatchSeconds.WithLabelValues(name).Observe(time.Since(start).Seconds())
 				}
 				return err
@@ -333,12 +343,17 @@ func (p *Pipeline) deliver(ctx context.Context, s Sink, queue <-chan batch, wm *
 				continue
 			}
 			waiting = append(waiting, bt)
-			if durable {
-				release()
-			} else if len(waiting) == 1 {
-				flushTimer.Reset(max(s.FlushInterval(), time.Millisecond))
-			}
+			release(notDurable)
 		case <-flushTimer.C:
+			armed = false
+			if s.FlushInterval() == 0 && len(queue) > 0 {
+				// A sink that writes through needs no flush, only time:
+				// the next Write collects its acknowledgements, and
+				// waiting for them now would leave it idle meanwhile.
+				flushTimer.Reset(time.Millisecond)
+				armed = true
+				continue
+			}
 			flush()
 		}
 	}

@@ -61,12 +61,13 @@ func (s *source) last() any {
 // sink records what it was given. A buffered sink reports nothing durable
 // until Flush; gate, when set, holds every Write until it is closed.
 type sink struct {
-	name     string
-	buffered bool
-	gate     chan struct{}
-	mu       sync.Mutex
-	rows     int
-	flushes  int
+	name      string
+	buffered  bool
+	gate      chan struct{}
+	mu        sync.Mutex
+	rows      int
+	flushes   int
+	unflushed int // batches written since the last flush, when buffered
 }
 
 func (s *sink) Name() string { return s.name }
@@ -77,24 +78,28 @@ func (s *sink) FlushInterval() time.Duration {
 	return 0
 }
 
-func (s *sink) Write(ctx context.Context, batch []*change.Change) (bool, error) {
+func (s *sink) Write(ctx context.Context, batch []*change.Change) (int, error) {
 	if s.gate != nil {
 		select {
 		case <-s.gate:
 		case <-ctx.Done():
-			return false, ctx.Err()
+			return 0, ctx.Err()
 		}
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.rows += len(batch)
-	return !s.buffered, nil
+	if s.buffered {
+		s.unflushed++
+	}
+	return s.unflushed, nil
 }
 
 func (s *sink) Flush(context.Context) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.flushes++
+	s.unflushed = 0
 	return nil
 }
 

@@ -48,7 +48,7 @@ type Options struct {
 }
 
 // backend is one way of reaching a sink: in this process or in a plugin
-// process. Write and Flush answer with the seq up to which batches are durable.
+// process. Batches are numbered from 1 for each backend.
 type backend interface {
 	Describe(ctx context.Context) (sdk.Description, error)
 	Configure(ctx context.Context, raw json.RawMessage) error
@@ -56,8 +56,15 @@ type backend interface {
 	Teardown(ctx context.Context) error
 	Open(ctx context.Context) error
 	Check(ctx context.Context) error
-	Write(ctx context.Context, seq uint64, batch []*change.Change) (uint64, error)
-	Flush(ctx context.Context) (uint64, error)
+	// Send hands batch seq over or, with flush, asks that every batch up to
+	// seq be made durable; it may return before the work is done. A batch
+	// sent again with a seq the backend already took is skipped.
+	Send(ctx context.Context, seq uint64, batch []*change.Change, flush bool) error
+	// Wait blocks until the backend took every batch up to taken and made
+	// every batch up to durable durable, or failed, and returns the seq up to
+	// which batches are durable. After a failure, the next Send starts
+	// afresh: batches must be sent again.
+	Wait(ctx context.Context, taken, durable uint64) (uint64, error)
 	Close(ctx context.Context) error
 	// Lost reports whether the error means the backend's process is gone,
 	// so that it must be started again; Exited, whether it is gone now.
@@ -84,9 +91,17 @@ type Sink struct {
 	desc   sdk.Description
 	opened bool
 	seq    uint64    // last batch handed to the current backend
-	unsafe []pending // handed over, not yet durable: re-delivered after a restart
+	unsafe []pending // handed over, not yet durable: re-delivered after a failure
+	// resend says the backend failed since it took the batches of unsafe:
+	// they must reach it again before anything new.
+	resend bool
 	stop   context.CancelFunc
 }
+
+// inFlight is how many batches may be on their way to a sink before it took
+// the first of them: the next batch crosses the process boundary while the
+// sink writes one.
+const inFlight = 2
 
 // HealthInterval is how often the host checks that a sink's process is alive.
 const HealthInterval = 500 * time.Millisecond
@@ -205,20 +220,34 @@ func (s *Sink) restart(ctx context.Context) error {
 			return fail("open", err)
 		}
 	}
+	// A new process has taken nothing: number what it gets again from 1.
 	s.b, s.seq = b, 0
-	redeliver := s.unsafe
-	s.unsafe = nil
-	for i, p := range redeliver {
-		if _, err := s.write(ctx, p.batch); err != nil {
-			// Start over next time: a new process gets every batch again.
-			s.unsafe = append(s.unsafe, redeliver[i:]...)
-			s.b.Kill()
-			s.b = nil
-			return s.wrap("re-deliver", err)
+	for i := range s.unsafe {
+		s.seq++
+		s.unsafe[i].seq = s.seq
+	}
+	s.resend = len(s.unsafe) > 0
+	if err := s.redeliver(ctx); err != nil {
+		s.b.Kill()
+		s.b = nil
+		return s.wrap("re-deliver", err)
+	}
+	return nil
+}
+
+// redeliver sends again, after a failure, the batches not yet durable.
+func (s *Sink) redeliver(ctx context.Context) error {
+	if !s.resend {
+		return nil
+	}
+	for _, p := range s.unsafe {
+		if err := s.b.Send(ctx, p.seq, p.batch, false); err != nil {
+			return err
 		}
 	}
-	if len(redeliver) > 0 {
-		s.opts.Log.Info("sink restarted; re-delivered batches not yet durable", "sink", s.name, "batches", len(redeliver))
+	s.resend = false
+	if len(s.unsafe) > 0 {
+		s.opts.Log.Info("re-delivered batches not yet durable", "sink", s.name, "batches", len(s.unsafe))
 	}
 	return nil
 }
@@ -233,7 +262,10 @@ func (s *Sink) call(ctx context.Context, op string, f func(backend) error) error
 		}
 		s.health(nil)
 	}
-	err := f(s.b)
+	err := s.redeliver(ctx)
+	if err == nil {
+		err = f(s.b)
+	}
 	if err != nil && s.b.Lost(err) {
 		s.opts.Log.Error("sink plugin process lost; it will be restarted", "sink", s.name, "err", err)
 		s.b.Kill()
@@ -295,35 +327,50 @@ func (s *Sink) Check(ctx context.Context) error {
 	return s.call(ctx, "check", func(b backend) error { return b.Check(ctx) })
 }
 
-// Write hands over a batch and reports whether every batch so far is durable.
-func (s *Sink) Write(ctx context.Context, batch []*change.Change) (bool, error) {
-	var durable bool
-	err := s.call(ctx, "write", func(backend) error {
-		var err error
-		durable, err = s.write(ctx, batch)
-		return err
+// Write hands over a batch and returns how many of the batches handed over
+// are not yet durable. It returns while the sink still writes the batch (and
+// the one before), so that the next one is on its way meanwhile. An error
+// means the batch was not taken; earlier batches stay the host's to deliver.
+func (s *Sink) Write(ctx context.Context, batch []*change.Change) (int, error) {
+	var notDurable int
+	err := s.call(ctx, "write", func(b backend) error {
+		seq := s.seq + 1
+		if err := b.Send(ctx, seq, batch, false); err != nil {
+			s.resend = true
+			return err
+		}
+		s.seq = seq
+		s.unsafe = append(s.unsafe, pending{seq, batch})
+		upTo, err := b.Wait(ctx, seq-min(seq, inFlight), 0)
+		s.release(upTo)
+		if n := len(s.unsafe); err != nil && n > 0 && s.unsafe[n-1].seq == seq {
+			// The sink failed at this batch or before it, so it did not
+			// take it: give it back. The pipeline hands it over again,
+			// after a backoff, and the batches before it are sent again
+			// first. (Under the same seq: a sink that did take it skips it.)
+			s.unsafe, s.seq, s.resend = s.unsafe[:n-1], seq-1, true
+			return err
+		}
+		notDurable = len(s.unsafe)
+		return nil
 	})
-	return durable, err
-}
-
-func (s *Sink) write(ctx context.Context, batch []*change.Change) (bool, error) {
-	seq := s.seq + 1
-	upTo, err := s.b.Write(ctx, seq, batch)
-	if err != nil {
-		return false, err
-	}
-	s.seq = seq
-	s.unsafe = append(s.unsafe, pending{seq, batch})
-	s.release(upTo)
-	return len(s.unsafe) == 0, nil
+	return notDurable, err
 }
 
 // Flush makes every batch handed over durable.
 func (s *Sink) Flush(ctx context.Context) error {
 	return s.call(ctx, "flush", func(b backend) error {
-		upTo, err := b.Flush(ctx)
+		if len(s.unsafe) == 0 {
+			return nil
+		}
+		err := b.Send(ctx, s.seq, nil, true)
 		if err == nil {
+			var upTo uint64
+			upTo, err = b.Wait(ctx, s.seq, s.seq)
 			s.release(upTo)
+		}
+		if err != nil {
+			s.resend = true
 		}
 		return err
 	})
@@ -354,10 +401,10 @@ func (s *Sink) Close(ctx context.Context) error {
 	return s.wrap("close", err)
 }
 
-// inProcess calls a sink in this process.
+// inProcess calls a sink in this process: Send returns once it is written.
 type inProcess struct {
 	impl       sdk.Sink
-	last, done uint64
+	last, done uint64 // the last batch taken, and the last durable
 }
 
 func (p *inProcess) Describe(context.Context) (sdk.Description, error) { return p.impl.Describe(), nil }
@@ -373,22 +420,24 @@ func (p *inProcess) Lost(error) bool                    { return false }
 func (p *inProcess) Exited() bool                       { return false }
 func (p *inProcess) Kill()                              {}
 
-func (p *inProcess) Write(ctx context.Context, seq uint64, batch []*change.Change) (uint64, error) {
-	durable, err := p.impl.Write(ctx, batch)
-	if err != nil {
-		return p.done, err
+func (p *inProcess) Send(ctx context.Context, seq uint64, batch []*change.Change, flush bool) error {
+	switch {
+	case flush:
+		if err := p.impl.Flush(ctx); err != nil {
+			return err
+		}
+		p.done = p.last
+	case seq > p.last:
+		durable, err := p.impl.Write(ctx, batch)
+		if err != nil {
+			return err
+		}
+		p.last = seq
+		if durable {
+			p.done = seq
+		}
 	}
-	p.last = seq
-	if durable {
-		p.done = seq
-	}
-	return p.done, nil
+	return nil
 }
 
-func (p *inProcess) Flush(ctx context.Context) (uint64, error) {
-	if err := p.impl.Flush(ctx); err != nil {
-		return p.done, err
-	}
-	p.done = p.last
-	return p.done, nil
-}
+func (p *inProcess) Wait(context.Context, uint64, uint64) (uint64, error) { return p.done, nil }

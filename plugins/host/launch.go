@@ -25,8 +25,12 @@ import (
 
 // remote is a sink in a plugin process.
 type remote struct {
-	client *plugin.Client
-	rpc    *sdk.Client
+	client interface {
+		Exited() bool
+		Kill()
+	} // the plugin process: a *plugin.Client
+	rpc *sdk.Client
+	st  *sdk.Stream // of batches: opened by the first Send, ended by a failure
 }
 
 // launch starts a plugin process and completes the handshake. Every failure
@@ -91,16 +95,48 @@ func (r *remote) Setup(ctx context.Context) error    { return plain(r.rpc.Setup(
 func (r *remote) Teardown(ctx context.Context) error { return plain(r.rpc.Teardown(ctx)) }
 func (r *remote) Open(ctx context.Context) error     { return plain(r.rpc.Open(ctx)) }
 func (r *remote) Check(ctx context.Context) error    { return plain(r.rpc.Check(ctx)) }
-func (r *remote) Close(ctx context.Context) error    { return plain(r.rpc.Close(ctx)) }
+func (r *remote) Close(ctx context.Context) error {
+	r.endStream()
+	return plain(r.rpc.Close(ctx))
+}
 
-func (r *remote) Write(ctx context.Context, seq uint64, batch []*change.Change) (uint64, error) {
-	upTo, err := r.rpc.Write(ctx, seq, batch)
+func (r *remote) Send(_ context.Context, seq uint64, batch []*change.Change, flush bool) error {
+	if r.st == nil {
+		// The stream outlives the calls that use it; Close or a failure ends it.
+		st, err := r.rpc.Deliver(context.Background())
+		if err != nil {
+			return plain(err)
+		}
+		r.st = st
+	}
+	var err error
+	if flush {
+		err = r.st.Flush(seq)
+	} else {
+		err = r.st.Send(seq, batch)
+	}
+	if err != nil {
+		r.endStream()
+	}
+	return plain(err)
+}
+
+func (r *remote) Wait(ctx context.Context, taken, durable uint64) (uint64, error) {
+	if r.st == nil {
+		return 0, errors.New("no batch stream is open")
+	}
+	upTo, err := r.st.Wait(ctx, taken, durable)
+	if err != nil && ctx.Err() == nil {
+		r.endStream()
+	}
 	return upTo, plain(err)
 }
 
-func (r *remote) Flush(ctx context.Context) (uint64, error) {
-	upTo, err := r.rpc.Flush(ctx)
-	return upTo, plain(err)
+func (r *remote) endStream() {
+	if r.st != nil {
+		r.st.Close()
+		r.st = nil
+	}
 }
 
 // Lost is true when the plugin process is gone or no longer answers, as

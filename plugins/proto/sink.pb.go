@@ -212,28 +212,31 @@ func (x *ConfigureRequest) GetConfigJson() []byte {
 	return nil
 }
 
-type WriteRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Seq           uint64                 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
-	Changes       []*Change              `protobuf:"bytes,2,rep,name=changes,proto3" json:"changes,omitempty"`
+type DeliverRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The batch's number; in a flush request, the last batch handed over.
+	Seq     uint64    `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
+	Changes []*Change `protobuf:"bytes,2,rep,name=changes,proto3" json:"changes,omitempty"`
+	// Make every batch handed over durable (a sink that buffers writes now).
+	Flush         bool `protobuf:"varint,3,opt,name=flush,proto3" json:"flush,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
-func (x *WriteRequest) Reset() {
-	*x = WriteRequest{}
+func (x *DeliverRequest) Reset() {
+	*x = DeliverRequest{}
 	mi := &file_sink_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
 
-func (x *WriteRequest) String() string {
+func (x *DeliverRequest) String() string {
 	return protoimpl.X.MessageStringOf(x)
 }
 
-func (*WriteRequest) ProtoMessage() {}
+func (*DeliverRequest) ProtoMessage() {}
 
-func (x *WriteRequest) ProtoReflect() protoreflect.Message {
+func (x *DeliverRequest) ProtoReflect() protoreflect.Message {
 	mi := &file_sink_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
@@ -245,47 +248,57 @@ func (x *WriteRequest) ProtoReflect() protoreflect.Message {
 	return mi.MessageOf(x)
 }
 
-// Deprecated: Use WriteRequest.ProtoReflect.Descriptor instead.
-func (*WriteRequest) Descriptor() ([]byte, []int) {
+// Deprecated: Use DeliverRequest.ProtoReflect.Descriptor instead.
+func (*DeliverRequest) Descriptor() ([]byte, []int) {
 	return file_sink_proto_rawDescGZIP(), []int{4}
 }
 
-func (x *WriteRequest) GetSeq() uint64 {
+func (x *DeliverRequest) GetSeq() uint64 {
 	if x != nil {
 		return x.Seq
 	}
 	return 0
 }
 
-func (x *WriteRequest) GetChanges() []*Change {
+func (x *DeliverRequest) GetChanges() []*Change {
 	if x != nil {
 		return x.Changes
 	}
 	return nil
 }
 
-type WriteResponse struct {
+func (x *DeliverRequest) GetFlush() bool {
+	if x != nil {
+		return x.Flush
+	}
+	return false
+}
+
+type Ack struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Every batch with seq <= durable_seq is durable; 0 when none is yet.
-	DurableSeq    uint64 `protobuf:"varint,1,opt,name=durable_seq,json=durableSeq,proto3" json:"durable_seq,omitempty"`
+	DurableSeq uint64 `protobuf:"varint,1,opt,name=durable_seq,json=durableSeq,proto3" json:"durable_seq,omitempty"`
+	// The sink took every batch with seq <= taken_seq (a sink that buffers
+	// takes a batch long before it is durable).
+	TakenSeq      uint64 `protobuf:"varint,2,opt,name=taken_seq,json=takenSeq,proto3" json:"taken_seq,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
-func (x *WriteResponse) Reset() {
-	*x = WriteResponse{}
+func (x *Ack) Reset() {
+	*x = Ack{}
 	mi := &file_sink_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
 
-func (x *WriteResponse) String() string {
+func (x *Ack) String() string {
 	return protoimpl.X.MessageStringOf(x)
 }
 
-func (*WriteResponse) ProtoMessage() {}
+func (*Ack) ProtoMessage() {}
 
-func (x *WriteResponse) ProtoReflect() protoreflect.Message {
+func (x *Ack) ProtoReflect() protoreflect.Message {
 	mi := &file_sink_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
@@ -297,14 +310,21 @@ func (x *WriteResponse) ProtoReflect() protoreflect.Message {
 	return mi.MessageOf(x)
 }
 
-// Deprecated: Use WriteResponse.ProtoReflect.Descriptor instead.
-func (*WriteResponse) Descriptor() ([]byte, []int) {
+// Deprecated: Use Ack.ProtoReflect.Descriptor instead.
+func (*Ack) Descriptor() ([]byte, []int) {
 	return file_sink_proto_rawDescGZIP(), []int{5}
 }
 
-func (x *WriteResponse) GetDurableSeq() uint64 {
+func (x *Ack) GetDurableSeq() uint64 {
 	if x != nil {
 		return x.DurableSeq
+	}
+	return 0
+}
+
+func (x *Ack) GetTakenSeq() uint64 {
+	if x != nil {
+		return x.TakenSeq
 	}
 	return 0
 }
@@ -490,13 +510,15 @@ const file_sink_proto_rawDesc = "" +
 	"\x11flush_interval_ms\x18\x04 \x01(\x03R\x0fflushIntervalMs\"3\n" +
 	"\x10ConfigureRequest\x12\x1f\n" +
 	"\vconfig_json\x18\x01 \x01(\fR\n" +
-	"configJson\"S\n" +
-	"\fWriteRequest\x12\x10\n" +
+	"configJson\"k\n" +
+	"\x0eDeliverRequest\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x121\n" +
-	"\achanges\x18\x02 \x03(\v2\x17.pgtrail.sink.v1.ChangeR\achanges\"0\n" +
-	"\rWriteResponse\x12\x1f\n" +
+	"\achanges\x18\x02 \x03(\v2\x17.pgtrail.sink.v1.ChangeR\achanges\x12\x14\n" +
+	"\x05flush\x18\x03 \x01(\bR\x05flush\"C\n" +
+	"\x03Ack\x12\x1f\n" +
 	"\vdurable_seq\x18\x01 \x01(\x04R\n" +
-	"durableSeq\"\xc6\x03\n" +
+	"durableSeq\x12\x1b\n" +
+	"\ttaken_seq\x18\x02 \x01(\x04R\btakenSeq\"\xc6\x03\n" +
 	"\x06Change\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\fR\x02id\x12\x1a\n" +
 	"\bdatabase\x18\x02 \x01(\tR\bdatabase\x12\x16\n" +
@@ -517,15 +539,14 @@ const file_sink_proto_rawDesc = "" +
 	"\x03lsn\x18\x0e \x01(\x04R\x03lsn\x12\x1d\n" +
 	"\n" +
 	"commit_lsn\x18\x0f \x01(\x04R\tcommitLsn\x12\x10\n" +
-	"\x03seq\x18\x10 \x01(\rR\x03seq2\xc7\x04\n" +
+	"\x03seq\x18\x10 \x01(\rR\x03seq2\x84\x04\n" +
 	"\x04Sink\x12O\n" +
 	"\bDescribe\x12 .pgtrail.sink.v1.DescribeRequest\x1a!.pgtrail.sink.v1.DescribeResponse\x12F\n" +
 	"\tConfigure\x12!.pgtrail.sink.v1.ConfigureRequest\x1a\x16.pgtrail.sink.v1.Empty\x127\n" +
 	"\x05Setup\x12\x16.pgtrail.sink.v1.Empty\x1a\x16.pgtrail.sink.v1.Empty\x12:\n" +
 	"\bTeardown\x12\x16.pgtrail.sink.v1.Empty\x1a\x16.pgtrail.sink.v1.Empty\x126\n" +
-	"\x04Open\x12\x16.pgtrail.sink.v1.Empty\x1a\x16.pgtrail.sink.v1.Empty\x12F\n" +
-	"\x05Write\x12\x1d.pgtrail.sink.v1.WriteRequest\x1a\x1e.pgtrail.sink.v1.WriteResponse\x12?\n" +
-	"\x05Flush\x12\x16.pgtrail.sink.v1.Empty\x1a\x1e.pgtrail.sink.v1.WriteResponse\x127\n" +
+	"\x04Open\x12\x16.pgtrail.sink.v1.Empty\x1a\x16.pgtrail.sink.v1.Empty\x12D\n" +
+	"\aDeliver\x12\x1f.pgtrail.sink.v1.DeliverRequest\x1a\x14.pgtrail.sink.v1.Ack(\x010\x01\x127\n" +
 	"\x05Check\x12\x16.pgtrail.sink.v1.Empty\x1a\x16.pgtrail.sink.v1.Empty\x127\n" +
 	"\x05Close\x12\x16.pgtrail.sink.v1.Empty\x1a\x16.pgtrail.sink.v1.EmptyB0Z.github.com/pgtrail/pgtrail/plugins/proto;protob\x06proto3"
 
@@ -547,35 +568,33 @@ var file_sink_proto_goTypes = []any{
 	(*DescribeRequest)(nil),  // 1: pgtrail.sink.v1.DescribeRequest
 	(*DescribeResponse)(nil), // 2: pgtrail.sink.v1.DescribeResponse
 	(*ConfigureRequest)(nil), // 3: pgtrail.sink.v1.ConfigureRequest
-	(*WriteRequest)(nil),     // 4: pgtrail.sink.v1.WriteRequest
-	(*WriteResponse)(nil),    // 5: pgtrail.sink.v1.WriteResponse
+	(*DeliverRequest)(nil),   // 4: pgtrail.sink.v1.DeliverRequest
+	(*Ack)(nil),              // 5: pgtrail.sink.v1.Ack
 	(*Change)(nil),           // 6: pgtrail.sink.v1.Change
 }
 var file_sink_proto_depIdxs = []int32{
-	6,  // 0: pgtrail.sink.v1.WriteRequest.changes:type_name -> pgtrail.sink.v1.Change
-	1,  // 1: pgtrail.sink.v1.Sink.Describe:input_type -> pgtrail.sink.v1.DescribeRequest
-	3,  // 2: pgtrail.sink.v1.Sink.Configure:input_type -> pgtrail.sink.v1.ConfigureRequest
-	0,  // 3: pgtrail.sink.v1.Sink.Setup:input_type -> pgtrail.sink.v1.Empty
-	0,  // 4: pgtrail.sink.v1.Sink.Teardown:input_type -> pgtrail.sink.v1.Empty
-	0,  // 5: pgtrail.sink.v1.Sink.Open:input_type -> pgtrail.sink.v1.Empty
-	4,  // 6: pgtrail.sink.v1.Sink.Write:input_type -> pgtrail.sink.v1.WriteRequest
-	0,  // 7: pgtrail.sink.v1.Sink.Flush:input_type -> pgtrail.sink.v1.Empty
-	0,  // 8: pgtrail.sink.v1.Sink.Check:input_type -> pgtrail.sink.v1.Empty
-	0,  // 9: pgtrail.sink.v1.Sink.Close:input_type -> pgtrail.sink.v1.Empty
-	2,  // 10: pgtrail.sink.v1.Sink.Describe:output_type -> pgtrail.sink.v1.DescribeResponse
-	0,  // 11: pgtrail.sink.v1.Sink.Configure:output_type -> pgtrail.sink.v1.Empty
-	0,  // 12: pgtrail.sink.v1.Sink.Setup:output_type -> pgtrail.sink.v1.Empty
-	0,  // 13: pgtrail.sink.v1.Sink.Teardown:output_type -> pgtrail.sink.v1.Empty
-	0,  // 14: pgtrail.sink.v1.Sink.Open:output_type -> pgtrail.sink.v1.Empty
-	5,  // 15: pgtrail.sink.v1.Sink.Write:output_type -> pgtrail.sink.v1.WriteResponse
-	5,  // 16: pgtrail.sink.v1.Sink.Flush:output_type -> pgtrail.sink.v1.WriteResponse
-	0,  // 17: pgtrail.sink.v1.Sink.Check:output_type -> pgtrail.sink.v1.Empty
-	0,  // 18: pgtrail.sink.v1.Sink.Close:output_type -> pgtrail.sink.v1.Empty
-	10, // [10:19] is the sub-list for method output_type
-	1,  // [1:10] is the sub-list for method input_type
-	1,  // [1:1] is the sub-list for extension type_name
-	1,  // [1:1] is the sub-list for extension extendee
-	0,  // [0:1] is the sub-list for field type_name
+	6, // 0: pgtrail.sink.v1.DeliverRequest.changes:type_name -> pgtrail.sink.v1.Change
+	1, // 1: pgtrail.sink.v1.Sink.Describe:input_type -> pgtrail.sink.v1.DescribeRequest
+	3, // 2: pgtrail.sink.v1.Sink.Configure:input_type -> pgtrail.sink.v1.ConfigureRequest
+	0, // 3: pgtrail.sink.v1.Sink.Setup:input_type -> pgtrail.sink.v1.Empty
+	0, // 4: pgtrail.sink.v1.Sink.Teardown:input_type -> pgtrail.sink.v1.Empty
+	0, // 5: pgtrail.sink.v1.Sink.Open:input_type -> pgtrail.sink.v1.Empty
+	4, // 6: pgtrail.sink.v1.Sink.Deliver:input_type -> pgtrail.sink.v1.DeliverRequest
+	0, // 7: pgtrail.sink.v1.Sink.Check:input_type -> pgtrail.sink.v1.Empty
+	0, // 8: pgtrail.sink.v1.Sink.Close:input_type -> pgtrail.sink.v1.Empty
+	2, // 9: pgtrail.sink.v1.Sink.Describe:output_type -> pgtrail.sink.v1.DescribeResponse
+	0, // 10: pgtrail.sink.v1.Sink.Configure:output_type -> pgtrail.sink.v1.Empty
+	0, // 11: pgtrail.sink.v1.Sink.Setup:output_type -> pgtrail.sink.v1.Empty
+	0, // 12: pgtrail.sink.v1.Sink.Teardown:output_type -> pgtrail.sink.v1.Empty
+	0, // 13: pgtrail.sink.v1.Sink.Open:output_type -> pgtrail.sink.v1.Empty
+	5, // 14: pgtrail.sink.v1.Sink.Deliver:output_type -> pgtrail.sink.v1.Ack
+	0, // 15: pgtrail.sink.v1.Sink.Check:output_type -> pgtrail.sink.v1.Empty
+	0, // 16: pgtrail.sink.v1.Sink.Close:output_type -> pgtrail.sink.v1.Empty
+	9, // [9:17] is the sub-list for method output_type
+	1, // [1:9] is the sub-list for method input_type
+	1, // [1:1] is the sub-list for extension type_name
+	1, // [1:1] is the sub-list for extension extendee
+	0, // [0:1] is the sub-list for field type_name
 }
 
 func init() { file_sink_proto_init() }

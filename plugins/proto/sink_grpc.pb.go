@@ -31,8 +31,7 @@ const (
 	Sink_Setup_FullMethodName     = "/pgtrail.sink.v1.Sink/Setup"
 	Sink_Teardown_FullMethodName  = "/pgtrail.sink.v1.Sink/Teardown"
 	Sink_Open_FullMethodName      = "/pgtrail.sink.v1.Sink/Open"
-	Sink_Write_FullMethodName     = "/pgtrail.sink.v1.Sink/Write"
-	Sink_Flush_FullMethodName     = "/pgtrail.sink.v1.Sink/Flush"
+	Sink_Deliver_FullMethodName   = "/pgtrail.sink.v1.Sink/Deliver"
 	Sink_Check_FullMethodName     = "/pgtrail.sink.v1.Sink/Check"
 	Sink_Close_FullMethodName     = "/pgtrail.sink.v1.Sink/Close"
 )
@@ -46,11 +45,14 @@ type SinkClient interface {
 	Setup(ctx context.Context, in *Empty, opts ...grpc.CallOption) (*Empty, error)
 	Teardown(ctx context.Context, in *Empty, opts ...grpc.CallOption) (*Empty, error)
 	Open(ctx context.Context, in *Empty, opts ...grpc.CallOption) (*Empty, error)
-	// Write hands over one batch; batches come in source order with
-	// increasing seq. The answer says up to which seq every batch is durable.
-	Write(ctx context.Context, in *WriteRequest, opts ...grpc.CallOption) (*WriteResponse, error)
-	// Flush makes every batch handed over durable.
-	Flush(ctx context.Context, in *Empty, opts ...grpc.CallOption) (*WriteResponse, error)
+	// Deliver streams batches in source order, numbered by seq from 1 for
+	// the plugin process, and flush requests among them. The plugin answers
+	// each with an Ack. Several batches may be in flight, so that the host
+	// prepares the next batch while the plugin writes one. A stream ends at
+	// the first failed write; the host then opens a new one and sends again
+	// every batch not yet durable, with the same seq: the plugin skips those
+	// it already took.
+	Deliver(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[DeliverRequest, Ack], error)
 	Check(ctx context.Context, in *Empty, opts ...grpc.CallOption) (*Empty, error)
 	Close(ctx context.Context, in *Empty, opts ...grpc.CallOption) (*Empty, error)
 }
@@ -113,25 +115,18 @@ func (c *sinkClient) Open(ctx context.Context, in *Empty, opts ...grpc.CallOptio
 	return out, nil
 }
 
-func (c *sinkClient) Write(ctx context.Context, in *WriteRequest, opts ...grpc.CallOption) (*WriteResponse, error) {
+func (c *sinkClient) Deliver(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[DeliverRequest, Ack], error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	out := new(WriteResponse)
-	err := c.cc.Invoke(ctx, Sink_Write_FullMethodName, in, out, cOpts...)
+	stream, err := c.cc.NewStream(ctx, &Sink_ServiceDesc.Streams[0], Sink_Deliver_FullMethodName, cOpts...)
 	if err != nil {
 		return nil, err
 	}
-	return out, nil
+	x := &grpc.GenericClientStream[DeliverRequest, Ack]{ClientStream: stream}
+	return x, nil
 }
 
-func (c *sinkClient) Flush(ctx context.Context, in *Empty, opts ...grpc.CallOption) (*WriteResponse, error) {
-	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	out := new(WriteResponse)
-	err := c.cc.Invoke(ctx, Sink_Flush_FullMethodName, in, out, cOpts...)
-	if err != nil {
-		return nil, err
-	}
-	return out, nil
-}
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Sink_DeliverClient = grpc.BidiStreamingClient[DeliverRequest, Ack]
 
 func (c *sinkClient) Check(ctx context.Context, in *Empty, opts ...grpc.CallOption) (*Empty, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
@@ -162,11 +157,14 @@ type SinkServer interface {
 	Setup(context.Context, *Empty) (*Empty, error)
 	Teardown(context.Context, *Empty) (*Empty, error)
 	Open(context.Context, *Empty) (*Empty, error)
-	// Write hands over one batch; batches come in source order with
-	// increasing seq. The answer says up to which seq every batch is durable.
-	Write(context.Context, *WriteRequest) (*WriteResponse, error)
-	// Flush makes every batch handed over durable.
-	Flush(context.Context, *Empty) (*WriteResponse, error)
+	// Deliver streams batches in source order, numbered by seq from 1 for
+	// the plugin process, and flush requests among them. The plugin answers
+	// each with an Ack. Several batches may be in flight, so that the host
+	// prepares the next batch while the plugin writes one. A stream ends at
+	// the first failed write; the host then opens a new one and sends again
+	// every batch not yet durable, with the same seq: the plugin skips those
+	// it already took.
+	Deliver(grpc.BidiStreamingServer[DeliverRequest, Ack]) error
 	Check(context.Context, *Empty) (*Empty, error)
 	Close(context.Context, *Empty) (*Empty, error)
 	mustEmbedUnimplementedSinkServer()
@@ -194,11 +192,8 @@ func (UnimplementedSinkServer) Teardown(context.Context, *Empty) (*Empty, error)
 func (UnimplementedSinkServer) Open(context.Context, *Empty) (*Empty, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method Open not implemented")
 }
-func (UnimplementedSinkServer) Write(context.Context, *WriteRequest) (*WriteResponse, error) {
-	return nil, status.Errorf(codes.Unimplemented, "method Write not implemented")
-}
-func (UnimplementedSinkServer) Flush(context.Context, *Empty) (*WriteResponse, error) {
-	return nil, status.Errorf(codes.Unimplemented, "method Flush not implemented")
+func (UnimplementedSinkServer) Deliver(grpc.BidiStreamingServer[DeliverRequest, Ack]) error {
+	return status.Errorf(codes.Unimplemented, "method Deliver not implemented")
 }
 func (UnimplementedSinkServer) Check(context.Context, *Empty) (*Empty, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method Check not implemented")
@@ -317,41 +312,12 @@ func _Sink_Open_Handler(srv interface{}, ctx context.Context, dec func(interface
 	return interceptor(ctx, in, info, handler)
 }
 
-func _Sink_Write_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
-	in := new(WriteRequest)
-	if err := dec(in); err != nil {
-		return nil, err
-	}
-	if interceptor == nil {
-		return srv.(SinkServer).Write(ctx, in)
-	}
-	info := &grpc.UnaryServerInfo{
-		Server:     srv,
-		FullMethod: Sink_Write_FullMethodName,
-	}
-	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
-		return srv.(SinkServer).Write(ctx, req.(*WriteRequest))
-	}
-	return interceptor(ctx, in, info, handler)
+func _Sink_Deliver_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(SinkServer).Deliver(&grpc.GenericServerStream[DeliverRequest, Ack]{ServerStream: stream})
 }
 
-func _Sink_Flush_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
-	in := new(Empty)
-	if err := dec(in); err != nil {
-		return nil, err
-	}
-	if interceptor == nil {
-		return srv.(SinkServer).Flush(ctx, in)
-	}
-	info := &grpc.UnaryServerInfo{
-		Server:     srv,
-		FullMethod: Sink_Flush_FullMethodName,
-	}
-	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
-		return srv.(SinkServer).Flush(ctx, req.(*Empty))
-	}
-	return interceptor(ctx, in, info, handler)
-}
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Sink_DeliverServer = grpc.BidiStreamingServer[DeliverRequest, Ack]
 
 func _Sink_Check_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(Empty)
@@ -417,14 +383,6 @@ var Sink_ServiceDesc = grpc.ServiceDesc{
 			Handler:    _Sink_Open_Handler,
 		},
 		{
-			MethodName: "Write",
-			Handler:    _Sink_Write_Handler,
-		},
-		{
-			MethodName: "Flush",
-			Handler:    _Sink_Flush_Handler,
-		},
-		{
 			MethodName: "Check",
 			Handler:    _Sink_Check_Handler,
 		},
@@ -433,6 +391,13 @@ var Sink_ServiceDesc = grpc.ServiceDesc{
 			Handler:    _Sink_Close_Handler,
 		},
 	},
-	Streams:  []grpc.StreamDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "Deliver",
+			Handler:       _Sink_Deliver_Handler,
+			ServerStreams: true,
+			ClientStreams: true,
+		},
+	},
 	Metadata: "sink.proto",
 }

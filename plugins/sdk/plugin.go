@@ -3,8 +3,10 @@ package sdk
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"log/slog"
+	"math"
 	"os"
 	"sync"
 	"time"
@@ -113,9 +115,9 @@ type server struct {
 	pb.UnimplementedSinkServer
 	impl Sink
 
-	mu      sync.Mutex
-	durable uint64 // every batch up to here is durable
-	last    uint64 // the last batch handed over
+	mu      sync.Mutex // one Deliver stream at a time
+	durable uint64     // every batch up to here is durable
+	last    uint64     // the last batch handed to impl
 }
 
 var empty = &pb.Empty{}
@@ -149,32 +151,65 @@ func (s *server) Close(ctx context.Context, _ *pb.Empty) (*pb.Empty, error) {
 	return empty, s.impl.Close(ctx)
 }
 
-func (s *server) Write(ctx context.Context, r *pb.WriteRequest) (*pb.WriteResponse, error) {
+// Deliver takes batches from the host in order. A reader receives and
+// decodes the next batch while the sink writes the current one. Batches up to
+// s.last were taken on an earlier stream and are skipped: after a broken
+// stream the host sends again everything it has no ack for.
+func (s *server) Deliver(st pb.Sink_DeliverServer) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	batch := make([]*Change, len(r.Changes))
-	for i, c := range r.Changes {
-		batch[i] = fromProto(c)
+	ctx := st.Context()
+	type item struct {
+		req   *pb.DeliverRequest
+		batch []*Change
 	}
-	durable, err := s.impl.Write(ctx, batch)
-	if err != nil {
-		return nil, err
+	next := make(chan item, 1)
+	recvErr := make(chan error, 1)
+	go func() {
+		defer close(next)
+		for {
+			r, err := st.Recv()
+			if err != nil {
+				recvErr <- err
+				return
+			}
+			it := item{req: r}
+			if !r.Flush {
+				it.batch = fromProtoBatch(r.Changes)
+			}
+			select {
+			case next <- it:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	for it := range next {
+		r := it.req
+		switch {
+		case r.Flush:
+			if err := s.impl.Flush(ctx); err != nil {
+				return err
+			}
+			s.durable = s.last
+		case r.Seq > s.last:
+			durable, err := s.impl.Write(ctx, it.batch)
+			if err != nil {
+				return err
+			}
+			s.last = r.Seq
+			if durable {
+				s.durable = r.Seq
+			}
+		}
+		if err := st.Send(&pb.Ack{DurableSeq: s.durable, TakenSeq: s.last}); err != nil {
+			return err
+		}
 	}
-	s.last = r.Seq
-	if durable {
-		s.durable = r.Seq
+	if err := <-recvErr; err != io.EOF {
+		return err
 	}
-	return &pb.WriteResponse{DurableSeq: s.durable}, nil
-}
-
-func (s *server) Flush(ctx context.Context, _ *pb.Empty) (*pb.WriteResponse, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if err := s.impl.Flush(ctx); err != nil {
-		return nil, err
-	}
-	s.durable = s.last
-	return &pb.WriteResponse{DurableSeq: s.durable}, nil
+	return nil
 }
 
 // Client is a Sink in a plugin process, seen from the host. Its Write and
@@ -217,26 +252,99 @@ func (c *Client) Check(ctx context.Context) error { _, err := c.rpc.Check(ctx, e
 // Close asks the plugin to disconnect.
 func (c *Client) Close(ctx context.Context) error { _, err := c.rpc.Close(ctx, empty); return err }
 
-// Write hands over batch seq and returns the seq up to which batches are durable.
-func (c *Client) Write(ctx context.Context, seq uint64, batch []*Change) (uint64, error) {
-	req := &pb.WriteRequest{Seq: seq, Changes: make([]*pb.Change, len(batch))}
+// Deliver opens a stream of batches to the plugin; see Stream.
+func (c *Client) Deliver(ctx context.Context) (*Stream, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	st, err := c.rpc.Deliver(ctx)
+	if err != nil {
+		cancel()
+		return nil, err
+	}
+	s := &Stream{st: st, cancel: cancel, changed: make(chan struct{})}
+	go s.receive()
+	return s, nil
+}
+
+// Stream carries batches to a plugin, several in flight, and its
+// acknowledgements back. Send is called from one goroutine at a time.
+type Stream struct {
+	st     pb.Sink_DeliverClient
+	cancel context.CancelFunc
+
+	mu      sync.Mutex
+	taken   uint64        // every batch up to here reached the sink
+	durable uint64        // every batch up to here is durable
+	err     error         // why the stream ended
+	changed chan struct{} // closed, and replaced, at each ack and at the end
+}
+
+func (s *Stream) receive() {
+	for {
+		ack, err := s.st.Recv()
+		s.mu.Lock()
+		if err != nil {
+			if err == io.EOF {
+				err = errors.New("the plugin closed the batch stream")
+			}
+			s.err = err
+		} else {
+			s.taken, s.durable = ack.TakenSeq, ack.DurableSeq
+		}
+		close(s.changed)
+		s.changed = make(chan struct{})
+		s.mu.Unlock()
+		if err != nil {
+			return
+		}
+	}
+}
+
+// Send hands over batch seq; it returns once the batch is on its way.
+func (s *Stream) Send(seq uint64, batch []*Change) error {
+	req := &pb.DeliverRequest{Seq: seq, Changes: make([]*pb.Change, len(batch))}
 	for i, ch := range batch {
 		req.Changes[i] = toProto(ch)
 	}
-	r, err := c.rpc.Write(ctx, req)
-	if err != nil {
-		return 0, err
-	}
-	return r.DurableSeq, nil
+	return s.send(req)
 }
 
-// Flush makes every batch handed over durable and returns the last seq.
-func (c *Client) Flush(ctx context.Context) (uint64, error) {
-	r, err := c.rpc.Flush(ctx, empty)
-	if err != nil {
-		return 0, err
+// Flush asks the plugin to make every batch up to seq durable.
+func (s *Stream) Flush(seq uint64) error { return s.send(&pb.DeliverRequest{Seq: seq, Flush: true}) }
+
+func (s *Stream) send(req *pb.DeliverRequest) error {
+	if err := s.st.Send(req); err != nil {
+		if err == io.EOF {
+			// The stream ended; its reason comes from the receiving side.
+			_, err = s.Wait(context.Background(), math.MaxUint64, 0)
+		}
+		return err
 	}
-	return r.DurableSeq, nil
+	return nil
+}
+
+// Wait blocks until the sink took every batch up to taken and made every
+// batch up to durable durable, or the stream or ctx ended. It returns the seq
+// up to which batches are durable.
+func (s *Stream) Wait(ctx context.Context, taken, durable uint64) (uint64, error) {
+	for {
+		s.mu.Lock()
+		t, d, err, changed := s.taken, s.durable, s.err, s.changed
+		s.mu.Unlock()
+		if (t >= taken && d >= durable) || err != nil {
+			return d, err
+		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return d, ctx.Err()
+		}
+	}
+}
+
+// Close ends the stream.
+func (s *Stream) Close() {
+	_ = s.st.CloseSend()
+	s.cancel()
 }
 
 func toProto(c *Change) *pb.Change {
@@ -247,6 +355,14 @@ func toProto(c *Change) *pb.Change {
 		TransactionId: c.TransactionID, CommittedAtUs: c.CommittedAt.UnixMicro(), QueuedAtUs: c.QueuedAt.UnixMicro(),
 		Lsn: c.LSN, CommitLsn: c.CommitLSN, Seq: c.Seq,
 	}
+}
+
+func fromProtoBatch(p []*pb.Change) []*Change {
+	batch := make([]*Change, len(p))
+	for i, c := range p {
+		batch[i] = fromProto(c)
+	}
+	return batch
 }
 
 func fromProto(p *pb.Change) *Change {

@@ -248,6 +248,11 @@ func (h *hosted) Configure(ctx context.Context, raw json.RawMessage) error {
 	return err
 }
 
+func (h *hosted) Write(ctx context.Context, batch []*sdk.Change) (bool, error) {
+	notDurable, err := h.Sink.Write(ctx, batch)
+	return notDurable == 0, err
+}
+
 func (h *hosted) Close(ctx context.Context) error {
 	if h.Sink == nil {
 		return nil

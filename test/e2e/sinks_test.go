@@ -244,7 +244,7 @@ func TestSinksClickHouseOutageHoldsBackConfirmation(t *testing.T) {
 	}
 	waitForChanges(t, conn, 150, 30*time.Second) // the audit table has them
 	waitFor(t, 30*time.Second, "the failure in the log", func() bool {
-		return regexp.MustCompile(`sink write failed; retrying.*sink=analytics.*does not exist: run .pgtrail setup.`).MatchString(p.out.String())
+		return regexp.MustCompile(`sink (write|flush) failed; retrying.*sink=analytics.*does not exist: run .pgtrail setup.`).MatchString(p.out.String())
 	})
 	time.Sleep(1500 * time.Millisecond) // several status intervals
 	var confirmed bool

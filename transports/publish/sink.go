@@ -68,19 +68,16 @@ func (s *Sink) Name() string { return "publish-" + s.name }
 // of it. A failed batch is retried whole by the pipeline: JetStream drops
 // what it already has by message id; Kafka may then hold duplicates, with
 // identical content.
-func (s *Sink) Write(ctx context.Context, batch []*change.Change) (bool, error) {
+func (s *Sink) Write(ctx context.Context, batch []*change.Change) (notDurable int, err error) {
 	events := make([]Event, 0, len(batch)+8)
 	for _, c := range batch {
 		evs, err := s.enc.Encode(ctx, c)
 		if err != nil {
-			return false, err
+			return 0, err
 		}
 		events = append(events, evs...)
 	}
-	if err := s.b.publish(ctx, events); err != nil {
-		return false, err
-	}
-	return true, nil
+	return 0, s.b.publish(ctx, events)
 }
 
 // Flush has nothing to do: Write returns only once the batch is acknowledged.
