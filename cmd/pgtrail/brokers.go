@@ -7,6 +7,7 @@ import (
 
 	"github.com/pgtrail/pgtrail/core/metrics"
 	"github.com/pgtrail/pgtrail/core/pipeline"
+	"github.com/pgtrail/pgtrail/transports/debezium"
 	"github.com/pgtrail/pgtrail/transports/jetstream"
 	"github.com/pgtrail/pgtrail/transports/kafka"
 	"github.com/pgtrail/pgtrail/transports/pglogrepl"
@@ -15,6 +16,12 @@ import (
 // openSource opens the ingress that source.type names.
 func (a *app) openSource(ctx context.Context, m *metrics.Metrics) (pipeline.Source, error) {
 	src := a.cfg.Source
+	if src.Type != "postgres" && src.Debezium.Catalog != "" {
+		// The decoders read it on their own; fail at start, not at the first event.
+		if err := debezium.CheckCatalog(ctx, src.Debezium.Catalog); err != nil {
+			return nil, err
+		}
+	}
 	switch src.Type {
 	case "jetstream":
 		return jetstream.Open(ctx, src.JetStream, src.Debezium, a.log, m)

@@ -79,6 +79,10 @@ type Debezium struct {
 	// KeyColumns form the primary key of a row whose message has no key
 	// (Debezium Server's NATS sink publishes values only).
 	KeyColumns []string `yaml:"key_columns"`
+	// Catalog is a PostgreSQL URL of the source database. When set, each
+	// table's definition is read from it: the types of values of events
+	// without the schema envelope, the primary key, the replica identity.
+	Catalog string `yaml:"catalog"`
 }
 
 // Sink is one destination. Config is passed to the plugin as written.

@@ -284,6 +284,8 @@ func TestValidationErrorsNameKey(t *testing.T) {
 			"source.jetstream.dlq_subject: \"bemi\" is the subject read from; dead letters need another (e.g. bemi.dlq)\nsource.jetstream.ack_wait: must be positive (e.g. 30m)"},
 		{"source: {type: kafka, debezium: {binary_handling_mode: raw, unavailable_value_placeholder: \"\"}}",
 			"source.debezium.unavailable_value_placeholder: required\nsource.debezium.binary_handling_mode: \"raw\" is not one of bytes, base64, base64-url-safe, hex"},
+		{"source: {type: kafka, debezium: {catalog: \"mysql://u:secret@db/app\"}}",
+			"source.debezium.catalog: not a PostgreSQL URL (e.g. postgres://user:password@host:5432/database, or \"${DATABASE_URL}\")"},
 		{"sinks: [{name: a}]", "sinks[0].plugin: required (a built-in sink such as postgres, or the path of a plugin binary)"},
 		{"sinks: [{plugin: postgres}, {name: b, plugin: s3}]", "sinks[0].name: required when there is more than one sink"},
 		{"sinks: [{name: a, plugin: postgres}, {name: a, plugin: s3}]", `sinks[1].name: "a" is already used by sinks[0] (names must be unique)`},
@@ -450,5 +452,38 @@ func TestEmptyFileIsDefaults(t *testing.T) {
 	cfg := mustLoad(t, "# nothing but a comment\n")
 	if cfg.Source.Postgres.URL != "postgres://src" || len(cfg.Sinks) != 1 || cfg.Sinks[0].Name != "audit" {
 		t.Errorf("cfg = %+v", cfg)
+	}
+}
+
+func TestDebeziumCatalogIsExpandedAndValidated(t *testing.T) {
+	t.Setenv("DATABASE_URL", "postgres://u:p@127.0.0.1:5432/app")
+	cfg := mustLoad(t, "source: {type: kafka, debezium: {catalog: \"${DATABASE_URL}\"}}\nsinks: [{plugin: postgres}]")
+	if got := cfg.Source.Debezium.Catalog; got != "postgres://u:p@127.0.0.1:5432/app" {
+		t.Fatalf("catalog %q", got)
+	}
+	for _, ok := range []string{"postgresql://db/app", "host=db dbname=app user=u"} {
+		mustLoad(t, "source: {type: jetstream, debezium: {catalog: \""+ok+"\"}}\nsinks: [{plugin: postgres}]")
+	}
+	// Optional: no catalog by default.
+	if got := mustLoad(t, "source: {type: kafka}\nsinks: [{plugin: postgres}]").Source.Debezium.Catalog; got != "" {
+		t.Fatalf("default catalog %q, want none", got)
+	}
+	// The URL is not echoed: it may hold a password.
+	if msg := loadErr(t, "source: {type: kafka, debezium: {catalog: \"mysql://u:secret@db/app\"}}\nsinks: [{plugin: postgres}]"); strings.Contains(msg, "secret") {
+		t.Fatalf("error shows the password: %s", msg)
+	}
+}
+
+func TestDebeziumExampleConfigsLoad(t *testing.T) {
+	t.Setenv("DATABASE_URL", "postgres://u:p@127.0.0.1:5432/app")
+	t.Setenv("DESTINATION_URL", "postgres://u:p@127.0.0.1:5432/audit")
+	for _, name := range []string{"debezium-jetstream.yaml", "debezium-kafka.yaml"} {
+		cfg, err := Load(filepath.Join("..", "..", "configs", name), true)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if cfg.Source.Debezium.Catalog != "postgres://u:p@127.0.0.1:5432/app" {
+			t.Errorf("%s: catalog %q", name, cfg.Source.Debezium.Catalog)
+		}
 	}
 }

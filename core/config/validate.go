@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/url"
 	"regexp"
 	"slices"
 	"strings"
@@ -60,6 +61,10 @@ func (c *Config) validate() error {
 		required("source.debezium.unavailable_value_placeholder", dz.UnavailableValuePlaceholder)
 		if !slices.Contains([]string{"bytes", "base64", "base64-url-safe", "hex"}, dz.BinaryHandlingMode) {
 			bad("source.debezium.binary_handling_mode", "%q is not one of bytes, base64, base64-url-safe, hex (as the connector's binary.handling.mode)", dz.BinaryHandlingMode)
+		}
+		if dz.Catalog != "" && !postgresURL(dz.Catalog) {
+			// Not echoed: it may hold a password.
+			bad("source.debezium.catalog", "not a PostgreSQL URL (e.g. postgres://user:password@host:5432/database, or \"${DATABASE_URL}\")")
 		}
 	}
 	// Checked whatever the source type: capture reads them too, and a typo in
@@ -170,4 +175,14 @@ func glob(pattern, name string) bool {
 		name = name[i+len(mid):]
 	}
 	return strings.HasSuffix(name, parts[len(parts)-1])
+}
+
+// postgresURL reports whether s looks like what pgx connects with: a
+// postgres:// or postgresql:// URL, or a keyword=value connection string.
+func postgresURL(s string) bool {
+	if u, err := url.Parse(s); err == nil && (u.Scheme == "postgres" || u.Scheme == "postgresql") {
+		return true
+	}
+	k, _, ok := strings.Cut(strings.TrimSpace(s), "=")
+	return ok && k != "" && !strings.ContainsAny(k, " /:@")
 }

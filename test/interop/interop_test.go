@@ -18,8 +18,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"slices"
-
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -91,11 +90,13 @@ func bed(m *testing.M) int {
 // configures it (Debezium Server's application.properties, in Kafka Connect
 // terms): pgoutput, no snapshot, public schema, topic prefix bemi, every
 // topic rerouted into one by ByLogicalTableRouter, JSON without schemas.
-// Debezium 3 renamed snapshot.mode=never to no_data. Two settings differ
+// Debezium 3 renamed snapshot.mode=never to no_data. Three settings differ
 // from Bemi's: skipped.operations=none (Debezium skips TRUNCATE by
-// default; pgtrail stores it), and, for the typed connector, schemas on;
-// and the publication is made by the bed (Debezium would make the same one,
-// FOR ALL TABLES, but two connectors race for it).
+// default; pgtrail stores it), interval.handling.mode=string (Bemi leaves
+// the default MicroDuration, which counts a month as 30.4375 days: intervals
+// with months cannot come back exact), and, for the typed connector, schemas
+// on; and the publication is made by the bed (Debezium would make the same
+// one, FOR ALL TABLES, but two connectors race for it).
 func connector(name, slot, prefix, url string, schemas bool) string {
 	c, _ := pgx.ParseConfig(url)
 	s := fmt.Sprintf(`name=%s
@@ -114,6 +115,7 @@ database.password=%s
 schema.include.list=public
 topic.prefix=%s
 skipped.operations=none
+interval.handling.mode=string
 transforms=Reroute
 transforms.Reroute.type=io.debezium.transforms.ByLogicalTableRouter
 transforms.Reroute.topic.regex=%s\\..*
@@ -248,10 +250,11 @@ func TestDebeziumAndNativeCaptureAgree(t *testing.T) {
 
 	t.Run("CaptureEventsEqualDebeziums", func(t *testing.T) { compareEvents(t, dbz, native) })
 
-	// Debezium's events through `pgtrail run` into audit tables of their own.
+	// Debezium's events through `pgtrail run` into audit tables of their own,
+	// with the source database as the catalog of table definitions.
 	for _, src := range []struct{ topic, schema string }{{"typed", "dbz_typed"}, {"bemi", "dbz_bemi"}} {
-		startPgtrail(t, src.topic, fmt.Sprintf("source:\n  type: kafka\n  kafka: {brokers: [%q], topics: [%s], group: %s}\n",
-			broker.addr, src.topic, src.topic)+sink(src.schema)+common, "level=INFO", "run")
+		startPgtrail(t, src.topic, fmt.Sprintf("source:\n  type: kafka\n  kafka: {brokers: [%q], topics: [%s], group: %s}\n  debezium: {catalog: %q}\n",
+			broker.addr, src.topic, src.topic, url)+sink(src.schema)+common, "level=INFO", "run")
 	}
 	want := countStable(t, conn, "native")
 	waitFor(t, 2*time.Minute, "the Debezium audit tables to fill", func() bool {
@@ -259,10 +262,10 @@ func TestDebeziumAndNativeCaptureAgree(t *testing.T) {
 	})
 	time.Sleep(time.Second)
 	t.Run("AuditFromDebeziumWithSchemasEqualsNative", func(t *testing.T) {
-		compareAudit(t, conn, "native", "dbz_typed", want, noCommitLSN, keyOnlyBefore, intervalMonths)
+		compareAudit(t, conn, "native", "dbz_typed", want)
 	})
 	t.Run("AuditFromBemiStackEventsEqualsNative", func(t *testing.T) {
-		compareAudit(t, conn, "native", "dbz_bemi", want, noCommitLSN, keyOnlyBefore, schemaless)
+		compareAudit(t, conn, "native", "dbz_bemi", want)
 	})
 }
 
@@ -358,7 +361,16 @@ func normalizeEvent(v []byte, prefix string) string {
 // compareEvents checks that `pgtrail capture` published, record by record,
 // what Debezium published for the same changes.
 func compareEvents(t *testing.T, dbz, native []record) {
+	// Under REPLICA IDENTITY USING INDEX Debezium keys an old image by the
+	// primary key it lacks (0) and so splits a change of the identity into a
+	// delete and a create; `pgtrail capture` (transports/publish) does not
+	// imitate that. The table is compared in the audit tables only.
+	var skipped int
+	dbz, skipped = withoutTable(dbz, "ident")
+	native, _ = withoutTable(native, "ident")
+	t.Logf("%d records of table ident (REPLICA IDENTITY USING INDEX) not compared: Debezium keys its old images by a primary key of 0", skipped)
 	var diffs []string
+	intervals := 0
 	n := max(len(dbz), len(native))
 	for i := range n {
 		var d, p record
@@ -370,12 +382,22 @@ func compareEvents(t *testing.T, dbz, native []record) {
 		}
 		dk, pk := normalizeEvent(d.key, "bemi"), normalizeEvent(p.key, "native")
 		dv, pv := normalizeEvent(d.value, "bemi"), normalizeEvent(p.value, "native")
-		if dk == pk && dv != pv && strings.ReplaceAll(dv, `:"null"`, `:null`) == pv {
-			// A json or jsonb column holding the JSON literal null: pgtrail's
-			// change record keeps json as the embedded value (design §6), so
-			// it is the same null as SQL NULL there.
-			t.Logf("record %d: expected difference: a json value `null` is published as SQL NULL", i)
-			continue
+		if dk == pk && dv != pv {
+			// The bed's connectors write intervals as ISO 8601 strings
+			// (interval.handling.mode=string); `pgtrail capture` publishes
+			// Debezium's default MicroDuration: the same interval, when
+			// Debezium's own arithmetic turns the one into the other.
+			if iv := asMicroDuration(dv); iv != dv {
+				intervals++
+				dv = iv
+			}
+			if dv != pv && strings.ReplaceAll(dv, `:"null"`, `:null`) == pv {
+				// A json or jsonb column holding the JSON literal null: pgtrail's
+				// change record keeps json as the embedded value (design §6), so
+				// it is the same null as SQL NULL there.
+				t.Logf("record %d: expected difference: a json value `null` is published as SQL NULL", i)
+				continue
+			}
 		}
 		if dk != pk || dv != pv {
 			diffs = append(diffs, fmt.Sprintf("record %d:\n  debezium key %s\n  pgtrail  key %s\n  debezium %s\n  pgtrail  %s", i, dk, pk, dv, pv))
@@ -384,82 +406,55 @@ func compareEvents(t *testing.T, dbz, native []record) {
 	if len(diffs) > 0 {
 		t.Fatalf("%d of %d records differ (after the documented ts_* and sequence[0]):\n%s", len(diffs), n, strings.Join(diffs, "\n"))
 	}
-	t.Logf("%d records: keys and values identical but for the envelope's ts_* and sequence[0]", n)
+	t.Logf("%d records: keys and values identical but for the envelope's ts_* and sequence[0] (%d with intervals as MicroDuration, as pgtrail capture writes them)", n, intervals)
+}
+
+// withoutTable drops the records of a table (tombstones included), and says
+// how many.
+func withoutTable(recs []record, table string) ([]record, int) {
+	var out []record
+	for _, r := range recs {
+		if strings.Contains(string(r.key), ".public."+table+`"`) || strings.Contains(string(r.value), `"table":"`+table+`"`) {
+			continue
+		}
+		out = append(out, r)
+	}
+	return out, len(recs) - len(out)
+}
+
+// isoIntervalValue is an interval as Debezium writes it with
+// interval.handling.mode=string (io.debezium.time.Interval.toIsoString).
+var isoIntervalValue = regexp.MustCompile(`"P(-?\d+)Y(-?\d+)M(-?\d+)DT(-?\d+)H(-?\d+)M(-?\d+(?:\.\d+)?)S"`)
+
+// asMicroDuration rewrites such intervals as Debezium's default
+// MicroDuration: MicroDuration.durationMicros, a month 365.25/12 days, in
+// Java's double arithmetic.
+func asMicroDuration(s string) string {
+	return isoIntervalValue.ReplaceAllStringFunc(s, func(v string) string {
+		var p [6]float64
+		for i, part := range isoIntervalValue.FindStringSubmatch(v)[1:] {
+			p[i], _ = strconv.ParseFloat(part, 64)
+		}
+		days := (p[0]*12+p[1])*(365.25/12.0) + p[2]
+		seconds := ((days*24+p[3])*60+p[4])*60 + p[5]
+		return strconv.FormatInt(int64(seconds*1e6), 10)
+	})
 }
 
 // The audit columns compared: everything but queued_at and created_at (when
 // pgtrail read and wrote the change).
 var auditColumns = []string{"id", "primary_key", "before", "after", "context", "database", "schema", "table",
-	"operation", "committed_at", "transaction_id", "position", "commit_position", "seq", "unchanged_toast"}
+	"operation", "committed_at", "transaction_id", "position", "seq", "unchanged_toast"}
 
 // expected says whether a difference between the native audit row and the
-// Debezium one is one that the Debezium path cannot avoid, and why.
+// Debezium one is one that the Debezium path cannot avoid, and why. None is
+// left: with source.debezium.catalog and interval.handling.mode=string both
+// paths store the same rows.
 type expected func(col, table, native, other string) (why string, ok bool)
 
-// Differences the Debezium path has by nature, whatever the converter:
-var (
-	// Debezium events carry the change's LSN, not its transaction's commit LSN.
-	noCommitLSN expected = func(col, _, _, _ string) (string, bool) {
-		return "commit_position: Debezium events carry no commit LSN", col == "commit_position"
-	}
-	// A key-only old image (REPLICA IDENTITY DEFAULT) holds the key; Debezium
-	// sends every column, the others null or their NOT NULL default.
-	keyOnlyBefore expected = func(col, _, native, other string) (string, bool) {
-		if col != "before" {
-			return "", false
-		}
-		n, o := object(native), object(other)
-		if len(n) == 0 || len(o) <= len(n) {
-			return "", false
-		}
-		for k, v := range n {
-			if fmt.Sprint(o[k]) != fmt.Sprint(v) {
-				return "", false
-			}
-		}
-		return "before: the unsent columns of a key-only old image, filled by Debezium (null, or the NOT NULL default)", true
-	}
-	// MicroDuration counts a month as 30.4375 days: an interval with months
-	// does not come back.
-	intervalMonths expected = func(col, _, native, other string) (string, bool) {
-		return "interval with months: Debezium's MicroDuration makes a month 30.4375 days", onlyKeys(native, other, "iv")
-	}
-	// Without schemas the events do not say a value's type: numeric, dates,
-	// times, timestamps, json and intervals stay as Debezium encodes them
-	// (what the Bemi worker stores too).
-	schemaless expected = func(col, table, native, other string) (string, bool) {
-		return "typed values without schemas: kept as Debezium encodes them",
-			table == "typed" && onlyKeys(native, other, "price", "amount", "m", "due", "day", "at", "ts3", "tm", "meta", "iv")
-	}
-)
-
-func object(s string) map[string]any {
-	var m map[string]any
-	_ = json.Unmarshal([]byte(s), &m)
-	return m
-}
-
-// onlyKeys reports whether two JSON objects differ in the given keys only.
-func onlyKeys(a, b string, keys ...string) bool {
-	x, y := object(a), object(b)
-	if x == nil || y == nil {
-		return false
-	}
-	for k := range x {
-		if _, ok := y[k]; !ok {
-			return false
-		}
-	}
-	for k, v := range y {
-		if w, ok := x[k]; !ok || (fmt.Sprint(v) != fmt.Sprint(w) && !slices.Contains(keys, k)) {
-			return false
-		}
-	}
-	return true
-}
-
-// compareAudit compares two audit tables column by column. Every difference
-// is reported; those not explained by allowed fail the test.
+// compareAudit compares two audit tables column by column, as text (jsonb
+// equality would take 1.5 for 1.50). Every difference is reported; those not
+// explained by allowed fail the test.
 func compareAudit(t *testing.T, conn *pgx.Conn, native, other string, want int, allowed ...expected) {
 	if n := count(t, conn, other); n != want {
 		t.Errorf("%s.changes holds %d changes, %s.changes %d", other, n, native, want)
@@ -469,7 +464,7 @@ func compareAudit(t *testing.T, conn *pgx.Conn, native, other string, want int, 
 	for _, col := range auditColumns {
 		q := fmt.Sprintf(`SELECT coalesce(n.id, o.id)::text, coalesce(n."table", o."table"), coalesce(n.%[1]s::text, 'NULL'), coalesce(o.%[1]s::text, 'NULL')
 			FROM %[2]s.changes n FULL JOIN %[3]s.changes o ON o.id = n.id
-			WHERE n.%[1]s IS DISTINCT FROM o.%[1]s ORDER BY n.commit_position, n.seq`, pgx.Identifier{col}.Sanitize(), native, other)
+			WHERE n.%[1]s::text IS DISTINCT FROM o.%[1]s::text ORDER BY n.position, n.seq`, pgx.Identifier{col}.Sanitize(), native, other)
 		rows, err := conn.Query(context.Background(), q)
 		if err != nil {
 			t.Fatal(err)
@@ -503,14 +498,8 @@ func compareAudit(t *testing.T, conn *pgx.Conn, native, other string, want int, 
 		t.Errorf("%s differs from %s in %d values:\n%s", other, native, len(unexplained), strings.Join(unexplained, "\n"))
 		return
 	}
-	t.Logf("%s and %s: %d changes; compared %s: no other difference", native, other, want, strings.Join(auditColumns, ", "))
-}
-
-func deref(s *string) string {
-	if s == nil {
-		return "(no row)"
-	}
-	return *s
+	t.Logf("%s and %s: %d changes; compared %s as text: %d expected differences, no other", native, other, want,
+		strings.Join(auditColumns, ", "), len(explained))
 }
 
 // countStable waits until schema's audit table stops growing and returns

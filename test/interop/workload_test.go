@@ -71,8 +71,25 @@ var scenarios = []scenario{
 			'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', 9007199254740993, '-1234.5', '03:04:05.25+02', '2024-01-02 03:04:05.123456') /*Bemi {"userId":3} Bemi*/`,
 		`INSERT INTO typed VALUES (2, -0.05, 12345678901234567890.123, '1999-12-31 23:59:59+00', '1970-01-01', '2000-01-01 00:00:00',
 			'00:00:00', 'null', '{}', '\x', 1e20, -2.5, '-1 mon', NULL, -1, 0, '23:59:59-01', '1970-01-01')`,
-		`UPDATE typed SET price = 99999999.99, meta = '[1, "two"]' WHERE id = 1`,
+		`UPDATE typed SET price = 99999999.99, meta = '[1, "two"]', iv = '1 year 2 mons 3 days 04:05:06.78' WHERE id = 1`,
 		`DELETE FROM typed WHERE id = 2`,
+	)},
+	{"catalog", statements(
+		// REPLICA IDENTITY USING INDEX: the old image and the key are the
+		// index's columns, not the primary key.
+		`CREATE TABLE ident (id int PRIMARY KEY, code text NOT NULL UNIQUE, v int)`,
+		`ALTER TABLE ident REPLICA IDENTITY USING INDEX ident_code_key`,
+		`INSERT INTO ident VALUES (1, 'a', 1), (2, 'b', 2)`,
+		`UPDATE ident SET v = 10 WHERE id = 1`,
+		`UPDATE ident SET code = 'c' WHERE id = 2`,
+		`DELETE FROM ident WHERE id = 1`,
+		// Types whose encoding depends on the declared precision or scale.
+		`CREATE TABLE precise (id int PRIMARY KEY, born date, at0 timestamp(0), t0 time(0), tz2 timestamptz(2),
+			nums numeric[], days date[])`,
+		`INSERT INTO precise VALUES (1, '1990-05-06', '2024-01-02 03:04:05', '03:04:05', '2024-01-02 03:04:05.12+00',
+			'{1.5,-2,NULL}', '{2024-01-02,NULL}')`,
+		`UPDATE precise SET born = NULL, nums = '{}' WHERE id = 1`,
+		`DELETE FROM precise WHERE id = 1`,
 	)},
 	{"toast", statements(
 		`INSERT INTO docs SELECT 1, string_agg(md5(i::text), ''), 0 FROM generate_series(1, 400) i`,

@@ -9,6 +9,7 @@ package debezium
 
 import (
 	"bytes"
+	"context"
 	"crypto/md5"
 	"encoding/base64"
 	"encoding/hex"
@@ -38,8 +39,13 @@ type Config struct {
 	BinaryHandling string
 	// KeyColumns form the primary key of a row whose message has no key, when
 	// the row has all of them: Debezium Server's NATS sink publishes values
-	// only. The Bemi worker's rule is ["id"].
+	// only. The Bemi worker's rule is ["id"]. A Catalog's key wins.
 	KeyColumns []string
+	// Catalog, when set, gives each table's definition: the types of the
+	// values of events without the schema envelope, the key native capture
+	// stores, and the replica identity that says which columns an old image
+	// really holds.
+	Catalog Catalog
 	// OccurrenceBase is added to the occurrence of every change. Changes that
 	// share a WAL position are told apart by their order, which only one
 	// stream sees whole: a source that spreads a table over several streams
@@ -48,9 +54,20 @@ type Config struct {
 	OccurrenceBase uint32
 }
 
-// ConfigFrom maps the config file's source.debezium section.
+// Catalog reads a table's definition from the source database; a nil
+// *Table when there is no such table. PostgresCatalog is the one pgtrail uses.
+type Catalog interface {
+	Table(ctx context.Context, schema, name string) (*Table, error)
+}
+
+// ConfigFrom maps the config file's source.debezium section. The catalog
+// connects on first use (CheckCatalog tries it at start-up).
 func ConfigFrom(c config.Debezium) Config {
-	return Config{Placeholder: c.UnavailableValuePlaceholder, BinaryHandling: c.BinaryHandlingMode, KeyColumns: c.KeyColumns}
+	cfg := Config{Placeholder: c.UnavailableValuePlaceholder, BinaryHandling: c.BinaryHandlingMode, KeyColumns: c.KeyColumns}
+	if c.Catalog != "" {
+		cfg.Catalog = NewPostgresCatalog(c.Catalog)
+	}
+	return cfg
 }
 
 // Kind says what an Event carries.
@@ -102,6 +119,7 @@ type Decoder struct {
 	cfg          Config
 	placeholders map[string]bool // every JSON form Debezium gives the placeholder
 	schemas      map[string]*rowSchemas
+	tables       map[[2]string]*catalogTable // schema, table
 
 	// The transaction being read, as native capture counts it.
 	inTxn      bool
@@ -132,7 +150,8 @@ func NewDecoder(cfg Config) *Decoder {
 	if cfg.BinaryHandling == "" {
 		cfg.BinaryHandling = "bytes"
 	}
-	return &Decoder{cfg: cfg, placeholders: placeholderForms(cfg.Placeholder), schemas: map[string]*rowSchemas{}}
+	return &Decoder{cfg: cfg, placeholders: placeholderForms(cfg.Placeholder), schemas: map[string]*rowSchemas{},
+		tables: map[[2]string]*catalogTable{}}
 }
 
 // placeholderForms lists the JSON of every value Debezium writes for an
@@ -217,7 +236,9 @@ type source struct {
 // (or Flush) shows whether it is the first half of a primary key change,
 // which Debezium splits into a delete and a create and native capture sees
 // as one update. A malformed message returns a *Malformed error and leaves
-// the stream's state as it was.
+// the stream's state as it was; so does any other error (the catalog could
+// not be read, or lacks the event's table or column), after which the
+// message must be read again, not skipped.
 func (d *Decoder) Decode(key, value []byte) ([]Event, error) {
 	value = bytes.TrimSpace(value)
 	if len(value) == 0 || string(value) == "null" {

@@ -3,6 +3,7 @@ package debezium
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"slices"
 	"time"
@@ -93,34 +94,78 @@ func (d *Decoder) row(op string, p *payload, rs *rowSchemas, key []byte) (decode
 	if err != nil {
 		return r, malformed(ReasonBadValue, "after: %v", err)
 	}
+	var ct *catalogTable
+	if d.cfg.Catalog != nil {
+		if ct, err = d.table(src, c.CommittedAt, op, before, after, rs != nil, false); err != nil {
+			return r, err
+		}
+	}
+	err = d.images(c, before, after, rs, key, ct)
+	var bad *Malformed
+	if ct != nil && rs == nil && errors.As(err, &bad) && ct.stale(c.CommittedAt) {
+		// A value the catalog's type does not convert: the column's type may
+		// have changed since the catalog was read.
+		if ct, err = d.table(src, c.CommittedAt, op, before, after, false, true); err != nil {
+			return r, err
+		}
+		err = d.images(c, before, after, rs, key, ct)
+	}
+	return r, err
+}
+
+// images fills a change's before, after and primary key from the event's row
+// images, typed by rs (the envelope's schemas) or the catalog's table.
+func (d *Decoder) images(c *change.Change, before, after []column, rs *rowSchemas, key []byte, ct *catalogTable) error {
 	image := after
 	if image == nil {
 		image = before
 	}
-	keyCols, keySchemas, err := d.keyColumns(key, image)
-	if err != nil {
-		return r, err
-	}
-	if rs == nil && keySchemas != nil {
-		rs = keySchemas
-	}
-	if before != nil {
-		if keyOnly(before, keyCols) {
-			before = slices.DeleteFunc(before, func(col column) bool { return !hasColumn(keyCols, col.name) })
+	var keyCols []column
+	if ct != nil && ct.t != nil {
+		// The catalog says what native capture stores: its key, and of an
+		// old image under REPLICA IDENTITY DEFAULT, USING INDEX or NOTHING
+		// only the identity's columns, which Debezium pads with the others.
+		keyCols = ct.keyColumns(image)
+		if rs == nil {
+			rs = ct.rs
 		}
+		if before != nil && ct.t.ReplicaIdentity != 'f' {
+			before = onlyColumns(before, ct.t.Identity)
+		}
+	} else {
+		var keySchemas *rowSchemas
+		var err error
+		if keyCols, keySchemas, err = d.keyColumns(key, image); err != nil {
+			return err
+		}
+		if rs == nil && keySchemas != nil {
+			rs = keySchemas
+		}
+		if before != nil && keyOnly(before, keyCols) {
+			before = onlyColumns(before, names(keyCols))
+		}
+	}
+	var err error
+	if before != nil {
 		if c.Before, _, err = d.image(before, nil, rs); err != nil {
-			return r, err
+			return err
 		}
 	}
 	if after != nil {
 		if c.After, c.UnchangedToast, err = d.image(after, before, rs); err != nil {
-			return r, err
+			return err
 		}
 	}
-	if c.PrimaryKey, err = d.keyText(keyCols, rs); err != nil {
-		return r, err
+	c.PrimaryKey, err = d.keyText(keyCols, rs)
+	return err
+}
+
+func names(cols []column) []string {
+	out := make([]string, len(cols))
+	for i, c := range cols {
+		out[i] = c.name
 	}
-	return r, nil
+	return out
 }
 
 func hasColumn(cols []column, name string) bool {
@@ -281,6 +326,9 @@ type schema struct {
 	Fields     []*schema         `json:"fields"`
 	Items      *schema           `json:"items"`
 	Field      string            `json:"field"`
+	// shaped marks a schema taken from the catalog whose encoding depends on
+	// the connector's mode, which the value's JSON shows (byShape).
+	shaped bool
 }
 
 // rowSchemas returns the column schemas of an envelope's schema, cached:

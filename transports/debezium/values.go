@@ -64,6 +64,9 @@ func (d *Decoder) appendValue(dst []byte, s *schema, raw json.RawMessage) ([]byt
 	if s == nil {
 		return appendUntyped(dst, raw)
 	}
+	if s.shaped {
+		s = byShape(s, raw)
+	}
 	switch s.Name {
 	case connectDecimal:
 		if raw[0] != '"' { // JsonConverter decimal.format=NUMERIC
@@ -218,12 +221,12 @@ func (d *Decoder) appendValue(dst []byte, s *schema, raw json.RawMessage) ([]byt
 			}
 		}
 		return appendUntyped(dst, raw)
-	case "float32", "float64":
+	case "float", "double", "float32", "float64": // JsonConverter writes Connect's FLOAT32 and FLOAT64 as float and double
 		if raw[0] == '"' {
 			return appendUntyped(dst, raw) // NaN, Infinity
 		}
 		bits := 64
-		if s.Type == "float32" {
+		if s.Type == "float" || s.Type == "float32" {
 			bits = 32
 		}
 		f, err := strconv.ParseFloat(string(raw), bits)
@@ -458,7 +461,7 @@ func abs(v int64) int64 {
 // declared length; a varbit's leading zeros are not in the bytes.
 func appendBits(dst, b []byte, length string) []byte {
 	n, err := strconv.Atoi(length)
-	if err != nil || n <= 0 {
+	if err != nil || n <= 0 || n == math.MaxInt32 { // a varbit without a length: pgjdbc's unknown length
 		n = 8 * len(b)
 	}
 	dst = append(dst, '"')

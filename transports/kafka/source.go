@@ -261,13 +261,20 @@ func (s *Source) read(ctx, gctx context.Context, out chan<- pipeline.Event, topi
 		}
 		evs, err := st.dec.Decode(m.Key, m.Value)
 		var bad *debezium.Malformed
-		if errors.As(err, &bad) {
+		for err != nil && !errors.As(err, &bad) {
+			// Not the message's fault (the type catalog is unreachable):
+			// the partition waits for it rather than skip the message.
+			s.log.Error("decode failed; retrying", "topic", topic, "partition", p.ID, "offset", m.Offset, "err", err)
+			if b.Wait(rctx) != nil {
+				return
+			}
+			evs, err = st.dec.Decode(m.Key, m.Value)
+		}
+		b.Reset()
+		if bad != nil {
 			if s.deadLetter(rctx, m, bad) != nil {
 				return
 			}
-		} else if err != nil {
-			s.log.Error("decode", "topic", topic, "partition", p.ID, "offset", m.Offset, "err", err)
-			return
 		}
 		if s.emit(rctx, out, st, evs, m.Offset) != nil {
 			return
