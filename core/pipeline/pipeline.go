@@ -49,11 +49,14 @@ type Event struct {
 	Position any
 }
 
-// Source reads changes. Run emits events until ctx ends or the source fails;
-// Confirm is told, in order, each position whose changes are durable; Close
-// reports the last confirmed position upstream and releases the source.
+// Source reads changes. Run emits events in source order until ctx ends or
+// the source fails, in chunks of what it has at hand (a transaction, a
+// message): a channel operation for each event would cost more than
+// decoding it. Confirm is told, in order, each position whose changes are
+// durable; Close reports the last confirmed position upstream and releases
+// the source.
 type Source interface {
-	Run(ctx context.Context, out chan<- Event) error
+	Run(ctx context.Context, out chan<- []Event) error
 	Confirm(pos any)
 	Close(ctx context.Context) error
 }
@@ -155,7 +158,7 @@ type batch struct {
 // what was already read into the sinks, confirms what they made durable, and
 // closes the source. It returns the source's error, or nil after ctx ended.
 func (p *Pipeline) Run(ctx context.Context) error {
-	events := make(chan Event, 4096)
+	events := make(chan []Event, 16) // up to 16 chunks of at most a few hundred events
 	srcErr := make(chan error, 1)
 	go func() {
 		srcErr <- p.src.Run(ctx, events)
@@ -203,7 +206,7 @@ func (p *Pipeline) Run(ctx context.Context) error {
 }
 
 // assemble stitches events into batches and hands them to every sink.
-func (p *Pipeline) assemble(events <-chan Event, queues []chan batch, wm *checkpoint.Watermark) {
+func (p *Pipeline) assemble(events <-chan []Event, queues []chan batch, wm *checkpoint.Watermark) {
 	var (
 		cur   []*change.Change
 		size  int
@@ -241,31 +244,33 @@ func (p *Pipeline) assemble(events <-chan Event, queues []chan batch, wm *checkp
 
 	for {
 		select {
-		case ev, ok := <-events:
+		case evs, ok := <-events:
 			if !ok {
 				cut()
 				return
 			}
-			switch ev.Kind {
-			case Begin:
-				p.stitch.Begin(ev.XID)
-			case Message:
-				p.stitch.Message(ev.XID, ev.Prefix, ev.Content)
-				if p.opts.PassMessages {
-					add(MessageItem(ev))
-				}
-			case Row:
-				ctxJSON := p.stitch.Next(ev.XID)
-				if ev.Skip {
-					continue
-				}
-				ev.Change.Context = ctxJSON
-				p.metrics.ChangesRead.Inc()
-				add(ev.Change)
-			case Commit, Progress:
-				pos = ev.Position
-				if len(cur) == 0 {
-					cut()
+			for _, ev := range evs {
+				switch ev.Kind {
+				case Begin:
+					p.stitch.Begin(ev.XID)
+				case Message:
+					p.stitch.Message(ev.XID, ev.Prefix, ev.Content)
+					if p.opts.PassMessages {
+						add(MessageItem(ev))
+					}
+				case Row:
+					ctxJSON := p.stitch.Next(ev.XID)
+					if ev.Skip {
+						continue
+					}
+					ev.Change.Context = ctxJSON
+					p.metrics.ChangesRead.Inc()
+					add(ev.Change)
+				case Commit, Progress:
+					pos = ev.Position
+					if len(cur) == 0 {
+						cut()
+					}
 				}
 			}
 		case <-timer.C:

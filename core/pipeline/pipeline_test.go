@@ -22,18 +22,16 @@ type source struct {
 	closed    bool
 }
 
-func (s *source) Run(ctx context.Context, out chan<- Event) error {
+func (s *source) Run(ctx context.Context, out chan<- []Event) error {
 	for i := 1; i <= s.n; i++ {
-		for _, ev := range []Event{
+		select {
+		case out <- []Event{
 			{Kind: Begin, XID: uint64(i)},
 			{Kind: Row, XID: uint64(i), Change: &change.Change{LSN: uint64(i)}},
 			{Kind: Commit, XID: uint64(i), Position: i},
-		} {
-			select {
-			case out <- ev:
-			case <-ctx.Done():
-				return ctx.Err()
-			}
+		}:
+		case <-ctx.Done():
+			return ctx.Err()
 		}
 		s.emitted.Add(1)
 	}

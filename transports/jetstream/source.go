@@ -169,7 +169,7 @@ func (s *Source) consumer(ctx context.Context, stream jetstream.Stream) (jetstre
 
 // Run reads messages until ctx ends and emits their events in order, with a
 // Commit after each message carrying the position it makes confirmable.
-func (s *Source) Run(ctx context.Context, out chan<- pipeline.Event) error {
+func (s *Source) Run(ctx context.Context, out chan<- []pipeline.Event) error {
 	s.log.Info("capturing", "stream", s.cfg.Stream, "subject", s.cfg.Subject, "durable", s.cfg.Durable)
 	r := reader{s: s, ctx: ctx, out: out, dec: debezium.NewDecoder(s.dcfg)}
 	for ctx.Err() == nil {
@@ -204,7 +204,10 @@ func (s *Source) fetch(r *reader) error {
 	}
 	if n == 0 {
 		// Idle: a held delete is not the first half of a key change.
-		return r.emitAll(r.dec.Flush(), 0)
+		if err := r.emitAll(r.dec.Flush(), 0); err != nil {
+			return err
+		}
+		return r.send()
 	}
 	return nil
 }
@@ -213,7 +216,8 @@ func (s *Source) fetch(r *reader) error {
 type reader struct {
 	s    *Source
 	ctx  context.Context
-	out  chan<- pipeline.Event
+	out  chan<- []pipeline.Event
+	evs  []pipeline.Event // the current message's, sent together
 	dec  *debezium.Decoder
 	last uint64        // highest stream sequence handled
 	prev jetstream.Msg // the message handled before the current one
@@ -248,7 +252,10 @@ func (r *reader) handle(msg jetstream.Msg) error {
 		r.mark(seq, msg) // no transaction yet: nothing to read again
 	}
 	r.last, r.prev = seq, msg
-	return r.emit(pipeline.Event{Kind: pipeline.Commit, XID: r.xid, Position: r.safe})
+	if err := r.emit(pipeline.Event{Kind: pipeline.Commit, XID: r.xid, Position: r.safe}); err != nil {
+		return err
+	}
+	return r.send()
 }
 
 // emitAll emits decoded events; the first event of a new transaction makes
@@ -291,8 +298,18 @@ func (r *reader) mark(seq uint64, msg jetstream.Msg) {
 }
 
 func (r *reader) emit(ev pipeline.Event) error {
+	r.evs = append(r.evs, ev)
+	return nil
+}
+
+// send hands the events emitted since the last send to the pipeline.
+func (r *reader) send() error {
+	if len(r.evs) == 0 {
+		return nil
+	}
 	select {
-	case r.out <- ev:
+	case r.out <- r.evs:
+		r.evs = nil
 		return nil
 	case <-r.ctx.Done():
 		return r.ctx.Err()

@@ -133,7 +133,7 @@ func dial(ctx context.Context, brokers []string) (*kafkago.Conn, error) {
 
 // Run takes part in the group until ctx ends, reading every partition it is
 // assigned.
-func (s *Source) Run(ctx context.Context, out chan<- pipeline.Event) error {
+func (s *Source) Run(ctx context.Context, out chan<- []pipeline.Event) error {
 	s.log.Info("capturing", "topics", s.cfg.Topics, "group", s.cfg.Group)
 	for {
 		gen, err := s.group.Next(ctx)
@@ -213,7 +213,7 @@ type stream struct {
 	sticky, pending *pipeline.Event
 }
 
-func (s *Source) read(ctx, gctx context.Context, out chan<- pipeline.Event, topic string, p kafkago.PartitionAssignment) {
+func (s *Source) read(ctx, gctx context.Context, out chan<- []pipeline.Event, topic string, p kafkago.PartitionAssignment) {
 	rctx, cancel := context.WithCancel(gctx)
 	defer cancel()
 	stop := context.AfterFunc(ctx, cancel)
@@ -285,25 +285,32 @@ func (s *Source) read(ctx, gctx context.Context, out chan<- pipeline.Event, topi
 // emit hands one message's events to the pipeline, then the position that
 // makes its partition confirmable up to the start of the open transaction.
 // offset is the message's, -1 for events flushed while idle.
-func (s *Source) emit(ctx context.Context, out chan<- pipeline.Event, st *stream, evs []debezium.Event, offset int64) error {
+func (s *Source) emit(ctx context.Context, out chan<- []pipeline.Event, st *stream, evs []debezium.Event, offset int64) error {
 	s.emitMu.Lock()
 	defer s.emitMu.Unlock()
-	send := func(ev pipeline.Event) error {
-		select {
-		case out <- ev:
-			return nil
-		case <-ctx.Done():
-			return ctx.Err()
-		}
+	chunk := s.events(st, evs, offset)
+	if len(chunk) == 0 {
+		return nil
 	}
+	select {
+	case out <- chunk:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// events turns one message's decoded events into the pipeline's, with the
+// position that follows them.
+func (s *Source) events(st *stream, evs []debezium.Event, offset int64) []pipeline.Event {
+	var chunk []pipeline.Event
+	send := func(ev pipeline.Event) { chunk = append(chunk, ev) }
 	if s.last != st && st.open && len(evs) > 0 {
 		// Another partition's events reset the stitcher: give this
 		// transaction's context back before its next events.
 		for _, ev := range []*pipeline.Event{{Kind: pipeline.Begin, XID: st.xid}, st.sticky, st.pending} {
 			if ev != nil {
-				if err := send(*ev); err != nil {
-					return err
-				}
+				send(*ev)
 			}
 		}
 	}
@@ -316,9 +323,7 @@ func (s *Source) emit(ctx context.Context, out chan<- pipeline.Event, st *stream
 				st.safe = offset
 			}
 			st.open, st.xid, st.sticky, st.pending = true, e.XID, nil, nil
-			if err := send(pipeline.Event{Kind: pipeline.Begin, XID: e.XID}); err != nil {
-				return err
-			}
+			send(pipeline.Event{Kind: pipeline.Begin, XID: e.XID})
 		}
 		ev := pipeline.Event{Kind: pipeline.Row, XID: e.XID, Change: e.Change}
 		if e.Kind == debezium.Message {
@@ -332,12 +337,10 @@ func (s *Source) emit(ctx context.Context, out chan<- pipeline.Event, st *stream
 		} else {
 			st.pending = nil
 		}
-		if err := send(ev); err != nil {
-			return err
-		}
+		send(ev)
 	}
 	if offset < 0 {
-		return nil
+		return chunk
 	}
 	if !st.open {
 		st.safe = offset + 1
@@ -347,7 +350,8 @@ func (s *Source) emit(ctx context.Context, out chan<- pipeline.Event, st *stream
 	n := s.next
 	s.entries = append(s.entries, entry{n, st.tp, st.safe})
 	s.mu.Unlock()
-	return send(pipeline.Event{Kind: pipeline.Commit, XID: st.xid, Position: n})
+	send(pipeline.Event{Kind: pipeline.Commit, XID: st.xid, Position: n})
+	return chunk
 }
 
 // deadLetter writes a malformed message, with the reason in its headers, to

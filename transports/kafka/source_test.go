@@ -134,7 +134,7 @@ func TestLeaderDyingBetweenJoinAndSyncHandsThePartitionToTheSurvivor(t *testing.
 	if err != nil {
 		t.Fatal(err)
 	}
-	out := make(chan pipeline.Event, 16)
+	out := make(chan []pipeline.Event, 16)
 	var runErr error
 	done := make(chan struct{})
 	rctx, stop := context.WithCancel(ctx)
@@ -161,12 +161,14 @@ func TestLeaderDyingBetweenJoinAndSyncHandsThePartitionToTheSurvivor(t *testing.
 
 	for {
 		select {
-		case ev := <-out:
-			if ev.Kind == pipeline.Row {
-				if ev.XID != 7 || ev.Change.Table != "accounts" {
-					t.Fatalf("read %+v", ev.Change)
+		case evs := <-out:
+			for _, ev := range evs {
+				if ev.Kind == pipeline.Row {
+					if ev.XID != 7 || ev.Change.Table != "accounts" {
+						t.Fatalf("read %+v", ev.Change)
+					}
+					return
 				}
-				return
 			}
 		case <-done:
 			t.Fatalf("Run ended: %v", runErr)

@@ -94,8 +94,12 @@ func Open(ctx context.Context, cfg config.Postgres, log *slog.Logger, m *metrics
 	return s, nil
 }
 
+// chunkSize bounds the events of an open transaction held before they go
+// out together.
+const chunkSize = 256
+
 // Run streams changes from the slot's confirmed position until ctx ends.
-func (s *Source) Run(ctx context.Context, out chan<- pipeline.Event) error {
+func (s *Source) Run(ctx context.Context, out chan<- []pipeline.Event) error {
 	err := repl.StartReplication(ctx, s.repl, s.cfg.Slot, s.start, repl.StartReplicationOptions{
 		PluginArgs: []string{"proto_version '2'", fmt.Sprintf("publication_names '%s'", s.cfg.Publication), "messages 'true'"},
 	})
@@ -107,16 +111,25 @@ func (s *Source) Run(ctx context.Context, out chan<- pipeline.Event) error {
 	held := time.NewTimer(time.Hour)
 	held.Stop()
 	defer held.Stop()
+	// Events go out in chunks: a transaction's, or chunkSize of a large one,
+	// and every position on its own, so that nothing waits for more WAL.
+	var chunk []pipeline.Event
 	emit := func(ev pipeline.Event) error {
+		chunk = append(chunk, ev)
+		if ev.Kind != pipeline.Commit && ev.Kind != pipeline.Progress && len(chunk) < chunkSize {
+			return nil
+		}
+		evs := chunk
+		chunk = nil
 		select {
-		case out <- ev:
+		case out <- evs:
 			return nil
 		default:
 		}
 		for {
 			held.Reset(time.Until(s.nextStatus))
 			select {
-			case out <- ev:
+			case out <- evs:
 				held.Stop()
 				return nil
 			case <-ctx.Done():
