@@ -37,7 +37,7 @@ var builtins = host.Builtins{
 // memoryLimit is the soft heap limit when GOMEMLIMIT is not set: batches are
 // short-lived, so without it the heap grows to twice what is live between
 // collections.
-const memoryLimit = 96 << 20
+const memoryLimit = 64 << 20
 
 func main() {
 	if os.Getenv("GOMEMLIMIT") == "" {

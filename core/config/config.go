@@ -197,7 +197,7 @@ func defaults() Config {
 			Debezium: Debezium{UnavailableValuePlaceholder: "__debezium_unavailable_value", BinaryHandlingMode: "bytes",
 				KeyColumns: []string{"id"}},
 		},
-		Pipeline: Pipeline{BatchSize: 5000, FlushInterval: Duration(50 * time.Millisecond), MaxInFlight: 4},
+		Pipeline: Pipeline{BatchSize: 5000, FlushInterval: Duration(50 * time.Millisecond), MaxInFlight: 2},
 		HTTP:     HTTP{Listen: "127.0.0.1:9187"},
 		Log:      Log{Level: "info", Format: "text"},
 		Publish:  defaultPublish(),

@@ -76,7 +76,7 @@ func TestDefaultsFromDatabaseURLOnly(t *testing.T) {
 				KeyColumns: []string{"id"}},
 		},
 		Sinks:    []Sink{{Name: "audit", Plugin: "postgres", Config: map[string]any{"url": "postgres://u:p@127.0.0.1:5432/app"}}},
-		Pipeline: Pipeline{BatchSize: 5000, FlushInterval: Duration(50 * time.Millisecond), MaxInFlight: 4},
+		Pipeline: Pipeline{BatchSize: 5000, FlushInterval: Duration(50 * time.Millisecond), MaxInFlight: 2},
 		HTTP:     HTTP{Listen: "127.0.0.1:9187"},
 		Log:      Log{Level: "info", Format: "text"},
 		Publish:  defaultPublish(),

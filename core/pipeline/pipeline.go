@@ -123,7 +123,7 @@ func (o *Options) defaults() {
 		o.FlushInterval = 50 * time.Millisecond
 	}
 	if o.MaxInFlight <= 0 {
-		o.MaxInFlight = 4
+		o.MaxInFlight = 2
 	}
 	if o.DrainTimeout <= 0 {
 		o.DrainTimeout = 30 * time.Second
