@@ -45,6 +45,57 @@ func TestSinkPassesTheSDKTestKit(t *testing.T) {
 	})
 }
 
+// TestSetupMakesTheAuditTableWithItsKeyAndIndexes checks the layout the
+// common questions rely on: who changed a row (table, primary_key), what
+// happened when (the key, time first) and who did what (GIN on the JSON).
+func TestSetupMakesTheAuditTableWithItsKeyAndIndexes(t *testing.T) {
+	url := cluster.NewDatabase(t)
+	cfg, _ := json.Marshal(map[string]string{"url": url, "schema": "audit", "table": "trail"})
+	s := New()
+	ctx := context.Background()
+	if err := s.Configure(ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 { // idempotent
+		if err := s.Setup(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Cleanup(func() { _ = s.Close(ctx) })
+	conn, err := pgx.Connect(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	rows, err := conn.Query(ctx, `SELECT regexp_replace(pg_get_indexdef(indexrelid), '^.* USING ', '')
+		FROM pg_index WHERE indrelid = 'audit.trail'::regclass ORDER BY 1`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{
+		"btree (\"table\", primary_key)",
+		"btree (committed_at, id)",
+		"gin (after jsonb_path_ops)",
+		"gin (before jsonb_path_ops)",
+		"gin (context jsonb_path_ops)",
+	}
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Fatalf("indexes:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	var pk string
+	if err := conn.QueryRow(ctx, `SELECT pg_get_constraintdef(oid) FROM pg_constraint
+		WHERE conrelid = 'audit.trail'::regclass AND contype = 'p'`).Scan(&pk); err != nil {
+		t.Fatal(err)
+	}
+	if pk != "PRIMARY KEY (committed_at, id)" {
+		t.Fatalf("primary key: %s", pk)
+	}
+}
+
 func TestConfigErrorsNameTheKey(t *testing.T) {
 	for raw, want := range map[string]string{
 		`{}`:                                 "config.url: required",
