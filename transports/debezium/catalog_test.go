@@ -40,7 +40,7 @@ func mod(c Column, typmod int32) Column {
 // numericMod is numeric(p,s)'s typmod.
 func numericMod(p, s int32) int32 { return p<<16 | s + 4 }
 
-// bedTables are the interop bed's tables (test/interop/workload_test.go) as
+// bedTables are the interop bed's tables (testdata/recorded/schema.sql) as
 // the catalog reads them after its workload; TestPostgresCatalog checks
 // that the real catalog reads exactly these.
 func bedTables() map[string]*Table {
