@@ -609,12 +609,16 @@ func (b *bench) bigTxn(ctx context.Context) error {
 // TPS of the same transaction from the same clients for the same time.
 
 type appVariant struct {
-	name     string
-	install  string // SQL run first
-	prelude  string // the transaction's first statement
-	comment  string // appended to every statement
-	pgtrail  bool
-	describe string
+	name    string
+	install string // SQL run first
+	prelude string // the transaction's first statement
+	comment string // appended to every statement
+	pgtrail bool
+	sink    string // pgtrail's sink plugin: postgres when empty
+	// recvlogical runs pg_recvlogical on a slot instead of pgtrail: what
+	// logical decoding costs whatever reads it.
+	recvlogical bool
+	describe    string
 }
 
 var appVariants = []appVariant{
@@ -623,6 +627,12 @@ var appVariants = []appVariant{
 		describe: "pgtrail running; Bemi trigger, statements with /*Bemi ... Bemi*/ comments"},
 	{name: "app-pgtrail-context", prelude: "SELECT pgtrail.set_context('" + appContext + "')", pgtrail: true,
 		describe: "pgtrail running; pgtrail.set_context once per transaction"},
+	// Where pgtrail's cost comes from: decoding and capture alone (the null
+	// sink), and the server's decoding alone (pg_recvlogical).
+	{name: "app-pgtrail-null-sink", prelude: "SELECT pgtrail.set_context('" + appContext + "')", pgtrail: true, sink: "null",
+		describe: "pgtrail running with the null sink (no audit table writes); pgtrail.set_context once per transaction"},
+	{name: "app-pg-recvlogical", prelude: "SELECT pg_logical_emit_message(true, 'pgtrail', '" + appContext + "')", recvlogical: true,
+		describe: "pg_recvlogical (pgoutput, to /dev/null) reading a slot: the server's logical decoding alone"},
 	{name: "app-trigger-audit", install: triggerAudit, prelude: "SET LOCAL app.context = '" + appContext + "'",
 		describe: "AFTER trigger writing one JSONB row per change (context from SET LOCAL)"},
 }
@@ -717,6 +727,9 @@ func (b *bench) appOnce(ctx context.Context, c *pgtest.Cluster, v appVariant, ro
 	var p *pgtrail
 	if v.pgtrail {
 		t := trail{url: url, slot: "bench_app", sinkName: "audit", plugin: "postgres", sinkConfig: map[string]string{"url": url}}
+		if v.sink != "" {
+			t.plugin, t.sinkConfig = v.sink, nil
+		}
 		cfg, port, err := t.write(b.tmp)
 		if err != nil {
 			return r, err
@@ -728,6 +741,21 @@ func (b *bench) appOnce(ctx context.Context, c *pgtest.Cluster, v appVariant, ro
 			return r, err
 		}
 		defer p.stop(30 * time.Second)
+	}
+	if v.recvlogical {
+		if err := execSQL(ctx, url, "CREATE PUBLICATION bench FOR TABLES IN SCHEMA public",
+			"SELECT pg_create_logical_replication_slot('bench_app', 'pgoutput')"); err != nil {
+			return r, err
+		}
+		rl, err := startProc("starting log streaming", pgBin("pg_recvlogical"), "-d", url, "-S", "bench_app", "--start",
+			"-f", "/dev/null", "-v", "-o", "proto_version=2", "-o", "publication_names=bench", "-o", "messages=true")
+		if err != nil {
+			return r, err
+		}
+		defer rl.stop(time.Second)
+		if _, err := rl.waitSeen(time.Minute); err != nil {
+			return r, err
+		}
 	}
 	if err := execSQL(ctx, url, "VACUUM ANALYZE", "CHECKPOINT"); err != nil {
 		return r, err
