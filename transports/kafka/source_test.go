@@ -6,6 +6,8 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -16,6 +18,7 @@ import (
 	"github.com/pgtrail/pgtrail/core/config"
 	"github.com/pgtrail/pgtrail/core/metrics"
 	"github.com/pgtrail/pgtrail/core/pipeline"
+	"github.com/pgtrail/pgtrail/test/pgtest"
 )
 
 // member speaks the classic group protocol over its own connection, so that
@@ -174,6 +177,106 @@ func TestLeaderDyingBetweenJoinAndSyncHandsThePartitionToTheSurvivor(t *testing.
 			t.Fatalf("Run ended: %v", runErr)
 		case <-ctx.Done():
 			t.Fatalf("the source never read the partition: %v", c.GroupInfo("pgtrail"))
+		}
+	}
+}
+
+// syncBuffer is a log a test reads while the source writes it.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// A catalog that cannot answer (here: its database does not exist yet) is
+// not the message's fault: the partition retries the message until the
+// catalog answers, and then delivers it typed, rather than skip it, stop,
+// or dead-letter it.
+func TestAPartitionWaitsForTheCatalogRatherThanSkipAMessage(t *testing.T) {
+	pg, err := pgtest.Start(pgtest.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pg.Stop()
+	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(1, "bemi", "bemi.dlq"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	addr := c.ListenAddrs()[0]
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	w := &kafkago.Writer{Addr: kafkago.TCP(addr), Topic: "bemi", RequiredAcks: kafkago.RequireAll}
+	defer w.Close()
+	// Without the schema envelope: the amount is numeric's unscaled value
+	// (1230), base64, in Debezium's default precise mode.
+	err = w.WriteMessages(ctx, kafkago.Message{Value: []byte(`{"op": "c", "ts_ms": 1, "before": null, "after": {"id": 1, "amount": "BM4="},
+		"source": {"connector": "postgresql", "db": "late", "schema": "public", "table": "accounts", "txId": 7, "lsn": 100, "ts_ms": 1}}`)})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	var logs syncBuffer
+	s, err := Open(ctx, config.Kafka{Brokers: []string{addr}, Topics: []string{"bemi"}, Group: "pgtrail", DLQSuffix: ".dlq"},
+		config.Debezium{Catalog: pg.URL("late")}, slog.New(slog.NewTextHandler(&logs, nil)), metrics.New())
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := make(chan []pipeline.Event, 16)
+	rctx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- s.Run(rctx, out) }()
+	defer func() {
+		stop()
+		<-done
+		s.Close(context.Background())
+	}()
+
+	for !strings.Contains(logs.String(), "decode failed; retrying") {
+		select {
+		case evs := <-out:
+			t.Fatalf("events before the catalog could type them: %+v", evs)
+		case err := <-done:
+			t.Fatalf("Run ended: %v", err)
+		case <-ctx.Done():
+			t.Fatalf("no retry logged:\n%s", logs.String())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	if !strings.Contains(logs.String(), "source.debezium.catalog") {
+		t.Fatalf("the error does not name source.debezium.catalog:\n%s", logs.String())
+	}
+	pg.Exec(t, "postgres", "CREATE DATABASE late")
+	pg.Exec(t, "late", "CREATE TABLE accounts (id int PRIMARY KEY, amount numeric(10,2))")
+	for {
+		select {
+		case evs := <-out:
+			for _, ev := range evs {
+				if ev.Kind == pipeline.Row {
+					if got := string(ev.Change.After); got != `{"id":1,"amount":12.30}` {
+						t.Fatalf("after = %s, want the amount typed by the catalog", got)
+					}
+					if ev.Change.PrimaryKey != "1" {
+						t.Fatalf("primary key %q, want the catalog's key: 1", ev.Change.PrimaryKey)
+					}
+					return
+				}
+			}
+		case err := <-done:
+			t.Fatalf("Run ended: %v", err)
+		case <-ctx.Done():
+			t.Fatalf("the message never came once the catalog answered:\n%s", logs.String())
 		}
 	}
 }
