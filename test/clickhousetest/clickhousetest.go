@@ -17,11 +17,12 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/pgtrail/pgtrail/test/testbed"
 )
 
 // The server's user and password: the package's default user, given a password.
@@ -39,12 +40,9 @@ const (
 
 // Server is a running clickhouse-server. Stop it to remove everything it wrote.
 type Server struct {
-	dir      string // temp root: config, data, logs
+	proc     testbed.Process // clickhouse-server; its Dir is the temp root: config, data, logs
 	httpPort int
 	tcpPort  int
-	cmd      *exec.Cmd
-	exited   chan struct{}
-	stop     sync.Once
 	version  string
 }
 
@@ -112,7 +110,7 @@ func Start() (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("create temp dir: %w", err)
 	}
-	s := &Server{dir: dir}
+	s := &Server{proc: testbed.Process{Dir: dir}}
 	// A free port can be taken between closing our probe and the server binding it.
 	for attempt := 0; ; attempt++ {
 		err = s.start(bin)
@@ -128,8 +126,10 @@ func Start() (*Server, error) {
 	}
 }
 
-func (s *Server) logFile() string { return filepath.Join(s.dir, "log", "clickhouse-server.log") }
-func (s *Server) errFile() string { return filepath.Join(s.dir, "log", "clickhouse-server.err.log") }
+func (s *Server) logFile() string { return filepath.Join(s.proc.Dir, "log", "clickhouse-server.log") }
+func (s *Server) errFile() string {
+	return filepath.Join(s.proc.Dir, "log", "clickhouse-server.err.log")
+}
 
 // Ports the package's config may name; each one present gets a free port.
 var portTag = regexp.MustCompile(`<(http_port|tcp_port|https_port|tcp_port_secure|interserver_http_port|interserver_https_port|mysql_port|postgresql_port|grpc_port|prometheus_port)>\d+</`)
@@ -143,8 +143,8 @@ func (s *Server) writeConfig() error {
 		return fmt.Errorf("read the package's config: %w", err)
 	}
 	cfg := string(raw)
-	cfg = strings.ReplaceAll(cfg, "/var/lib/clickhouse/", filepath.Join(s.dir, "data")+"/")
-	cfg = strings.ReplaceAll(cfg, "/var/log/clickhouse-server/", filepath.Join(s.dir, "log")+"/")
+	cfg = strings.ReplaceAll(cfg, "/var/lib/clickhouse/", filepath.Join(s.proc.Dir, "data")+"/")
+	cfg = strings.ReplaceAll(cfg, "/var/log/clickhouse-server/", filepath.Join(s.proc.Dir, "log")+"/")
 	var perr error
 	cfg = portTag.ReplaceAllStringFunc(cfg, func(m string) string {
 		tag := portTag.FindStringSubmatch(m)[1]
@@ -171,7 +171,7 @@ func (s *Server) writeConfig() error {
 	}
 	cfg = cfg[:loc[1]] + "\n    <listen_host>127.0.0.1</listen_host>\n    <timezone>UTC</timezone>\n" + cfg[loc[1]:]
 	cfg = regexp.MustCompile(`(?s)<level>\w+</level>`).ReplaceAllString(cfg, "<level>warning</level>")
-	if err := os.WriteFile(filepath.Join(s.dir, "config.xml"), []byte(cfg), 0o600); err != nil {
+	if err := os.WriteFile(filepath.Join(s.proc.Dir, "config.xml"), []byte(cfg), 0o600); err != nil {
 		return fmt.Errorf("write config: %w", err)
 	}
 	users, err := os.ReadFile(filepath.Join(configDir, "users.xml"))
@@ -180,7 +180,7 @@ func (s *Server) writeConfig() error {
 	}
 	// The first <password></password> is the default user's.
 	u := strings.Replace(string(users), "<password></password>", "<password>"+Password+"</password>", 1)
-	if err := os.WriteFile(filepath.Join(s.dir, "users.xml"), []byte(u), 0o600); err != nil {
+	if err := os.WriteFile(filepath.Join(s.proc.Dir, "users.xml"), []byte(u), 0o600); err != nil {
 		return fmt.Errorf("write users: %w", err)
 	}
 	return nil
@@ -199,24 +199,22 @@ func (s *Server) start(bin string) error {
 	if err := s.writeConfig(); err != nil {
 		return err
 	}
-	if err := os.MkdirAll(filepath.Join(s.dir, "log"), 0o700); err != nil {
+	if err := os.MkdirAll(filepath.Join(s.proc.Dir, "log"), 0o700); err != nil {
 		return err
 	}
-	out, err := os.Create(filepath.Join(s.dir, "log", "stdout.log"))
+	out, err := os.Create(filepath.Join(s.proc.Dir, "log", "stdout.log"))
 	if err != nil {
 		return err
 	}
 	defer out.Close() // the server holds its own copy
-	cmd := exec.Command(bin, "--config-file="+filepath.Join(s.dir, "config.xml"))
-	cmd.Dir = s.dir
+	cmd := exec.Command(bin, "--config-file="+filepath.Join(s.proc.Dir, "config.xml"))
+	cmd.Dir = s.proc.Dir
 	cmd.Stdout, cmd.Stderr = out, out
 	// Pdeathsig kills the server if the test binary dies, so no orphan keeps the ports.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
+	if err := s.proc.Start(cmd); err != nil {
 		return fmt.Errorf("start clickhouse-server: %w", err)
 	}
-	s.cmd, s.exited = cmd, make(chan struct{})
-	go func() { _ = cmd.Wait(); close(s.exited) }()
 	return s.waitReady()
 }
 
@@ -230,8 +228,8 @@ func (s *Server) waitReady() error {
 			return nil
 		}
 		select {
-		case <-s.exited:
-			return fmt.Errorf("clickhouse-server on port %d exited during start-up: %s", s.httpPort, s.cmd.ProcessState)
+		case <-s.proc.Exited():
+			return fmt.Errorf("clickhouse-server on port %d exited during start-up: %s", s.httpPort, s.proc.State())
 		case <-deadline:
 			return fmt.Errorf("clickhouse-server on port %d not ready after %s: %w", s.httpPort, startTimeout, err)
 		case <-time.After(100 * time.Millisecond):
@@ -302,52 +300,16 @@ func (s *Server) URLWithUser() string {
 // Stop kills the server at once (its data is thrown away, so a clean
 // shutdown, seconds long, buys nothing), waits for it, and removes the temp
 // dir. It is safe to call more than once.
-func (s *Server) Stop() {
-	s.stop.Do(func() {
-		if s.cmd != nil && s.cmd.Process != nil {
-			_ = s.cmd.Process.Kill()
-			select {
-			case <-s.exited:
-			case <-time.After(stopTimeout):
-			}
-		}
-		_ = os.RemoveAll(s.dir)
-	})
-}
+func (s *Server) Stop() { s.proc.Stop(syscall.SIGKILL, stopTimeout) }
 
 // LogTail returns the last n lines of the server's error log (or its
 // output, when it wrote no log), for failure messages.
 func (s *Server) LogTail(n int) string {
-	var b []byte
-	for _, f := range []string{s.errFile(), filepath.Join(s.dir, "log", "stdout.log"), s.logFile()} {
-		if data, err := os.ReadFile(f); err == nil && len(data) > 0 {
-			b = data
-			break
-		}
-	}
-	if len(b) == 0 {
-		return "(no server log)"
-	}
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
+	return testbed.Tail(n, s.errFile(), filepath.Join(s.proc.Dir, "log", "stdout.log"), s.logFile())
 }
 
 // Main is for TestMain: one server per test binary, stopped before exit.
 // set receives the server before any test runs.
 func Main(m *testing.M, set func(*Server)) {
-	s, err := Start()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "clickhousetest:", err)
-		os.Exit(1)
-	}
-	set(s)
-	code := m.Run()
-	if code != 0 {
-		fmt.Fprintf(os.Stderr, "clickhousetest: server log tail:\n%s\n", s.LogTail(30))
-	}
-	s.Stop()
-	os.Exit(code)
+	testbed.Main(m, "clickhousetest", Start, set)
 }

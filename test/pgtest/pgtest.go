@@ -15,13 +15,14 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/pgtrail/pgtrail/test/testbed"
 )
 
 const (
@@ -40,13 +41,10 @@ type Options struct {
 
 // Cluster is a running private server. Stop it to remove everything it wrote.
 type Cluster struct {
-	bin    string              // server binaries
-	cred   *syscall.Credential // nil: run the server as ourselves
-	dir    string              // temp root: data dir, log, password file
-	port   int
-	cmd    *exec.Cmd
-	exited chan struct{} // closed when the postmaster has been reaped
-	stop   sync.Once
+	bin  string              // server binaries
+	cred *syscall.Credential // nil: run the server as ourselves
+	proc testbed.Process     // the postmaster; its Dir is the temp root: data dir, log, password file
+	port int
 }
 
 var dbSeq atomic.Int64
@@ -66,7 +64,7 @@ func Start(opts Options) (*Cluster, error) {
 	if err != nil {
 		return nil, fmt.Errorf("create temp dir: %w", err)
 	}
-	c := &Cluster{bin: bin, cred: cred, dir: dir}
+	c := &Cluster{bin: bin, cred: cred, proc: testbed.Process{Dir: dir}}
 	if err := c.initdb(); err != nil {
 		c.Stop()
 		return nil, err
@@ -117,12 +115,12 @@ func credential() (*syscall.Credential, error) {
 	return &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}, nil
 }
 
-func (c *Cluster) dataDir() string { return filepath.Join(c.dir, "data") }
-func (c *Cluster) logFile() string { return filepath.Join(c.dir, "server.log") }
+func (c *Cluster) dataDir() string { return filepath.Join(c.proc.Dir, "data") }
+func (c *Cluster) logFile() string { return filepath.Join(c.proc.Dir, "server.log") }
 
 func (c *Cluster) command(name string, args ...string) *exec.Cmd {
 	cmd := exec.Command(filepath.Join(c.bin, name), args...)
-	cmd.Dir = c.dir // the postgres user may not be able to enter our working dir
+	cmd.Dir = c.proc.Dir // the postgres user may not be able to enter our working dir
 	// Pdeathsig kills the server if the test binary dies, so no orphan keeps the port.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: c.cred, Pdeathsig: syscall.SIGKILL}
 	return cmd
@@ -132,12 +130,12 @@ func (c *Cluster) command(name string, args ...string) *exec.Cmd {
 // 127.0.0.1 connections, replication included, with passwords.
 func (c *Cluster) initdb() error {
 	if c.cred != nil {
-		if err := os.Chown(c.dir, int(c.cred.Uid), int(c.cred.Gid)); err != nil {
-			return fmt.Errorf("chown %s: %w", c.dir, err)
+		if err := os.Chown(c.proc.Dir, int(c.cred.Uid), int(c.cred.Gid)); err != nil {
+			return fmt.Errorf("chown %s: %w", c.proc.Dir, err)
 		}
 	}
 	// World-readable is fine: the password is fixed and the dir is private.
-	pwfile := filepath.Join(c.dir, "pwfile")
+	pwfile := filepath.Join(c.proc.Dir, "pwfile")
 	if err := os.WriteFile(pwfile, []byte(password+"\n"), 0o644); err != nil {
 		return fmt.Errorf("write %s: %w", pwfile, err)
 	}
@@ -183,11 +181,9 @@ func (c *Cluster) start(opts Options) error {
 	defer logf.Close() // the server holds its own copy of the descriptor
 	cmd := c.command("postgres", args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
-	if err := cmd.Start(); err != nil {
+	if err := c.proc.Start(cmd); err != nil {
 		return fmt.Errorf("start postgres %s: %w", c.dataDir(), err)
 	}
-	c.cmd, c.exited = cmd, make(chan struct{})
-	go func() { _ = cmd.Wait(); close(c.exited) }()
 	return c.waitReady()
 }
 
@@ -202,8 +198,8 @@ func (c *Cluster) waitReady() error {
 			return conn.Close(context.Background())
 		}
 		select {
-		case <-c.exited:
-			return fmt.Errorf("postgres on port %d exited during start-up: %s", c.port, c.cmd.ProcessState)
+		case <-c.proc.Exited():
+			return fmt.Errorf("postgres on port %d exited during start-up: %s", c.port, c.proc.State())
 		case <-deadline:
 			return fmt.Errorf("postgres on port %d not ready after %s: %w", c.port, startTimeout, err)
 		case <-time.After(50 * time.Millisecond):
@@ -261,47 +257,13 @@ func (c *Cluster) Exec(t testing.TB, database, sql string, args ...any) {
 
 // Stop shuts the server down immediately (SIGQUIT), waits for it, and removes the
 // temp dir. It is safe to call more than once.
-func (c *Cluster) Stop() {
-	c.stop.Do(func() {
-		if c.cmd != nil && c.cmd.Process != nil {
-			_ = c.cmd.Process.Signal(syscall.SIGQUIT)
-			select {
-			case <-c.exited:
-			case <-time.After(stopTimeout):
-				_ = c.cmd.Process.Kill()
-				<-c.exited
-			}
-		}
-		_ = os.RemoveAll(c.dir)
-	})
-}
+func (c *Cluster) Stop() { c.proc.Stop(syscall.SIGQUIT, stopTimeout) }
 
 // LogTail returns the last n lines of the server log, for failure messages.
-func (c *Cluster) LogTail(n int) string {
-	b, err := os.ReadFile(c.logFile())
-	if err != nil {
-		return fmt.Sprintf("(no server log: %v)", err)
-	}
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
-}
+func (c *Cluster) LogTail(n int) string { return testbed.Tail(n, c.logFile()) }
 
 // Main is for TestMain: one cluster per test binary, stopped before exit.
 // set receives the cluster before any test runs.
 func Main(m *testing.M, opts Options, set func(*Cluster)) {
-	c, err := Start(opts)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "pgtest:", err)
-		os.Exit(1)
-	}
-	set(c)
-	code := m.Run()
-	if code != 0 {
-		fmt.Fprintf(os.Stderr, "pgtest: server log tail:\n%s\n", c.LogTail(30))
-	}
-	c.Stop()
-	os.Exit(code)
+	testbed.Main(m, "pgtest", func() (*Cluster, error) { return Start(opts) }, set)
 }

@@ -15,7 +15,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -25,6 +24,8 @@ import (
 	"github.com/aws/aws-sdk-go-v2/credentials"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/aws/aws-sdk-go-v2/service/s3/types"
+
+	"github.com/pgtrail/pgtrail/test/testbed"
 )
 
 // The server's root credentials and region.
@@ -44,11 +45,8 @@ const (
 
 // Server is a running versitygw. Stop it to remove everything it stored.
 type Server struct {
-	dir    string // temp root: data dir and log
-	port   int
-	cmd    *exec.Cmd
-	exited chan struct{}
-	stop   sync.Once
+	proc testbed.Process // versitygw; its Dir is the temp root: data dir and log
+	port int
 }
 
 var bucketSeq atomic.Int64
@@ -103,7 +101,7 @@ func Start() (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("create temp dir: %w", err)
 	}
-	s := &Server{dir: dir}
+	s := &Server{proc: testbed.Process{Dir: dir}}
 	if err := os.Mkdir(s.dataDir(), 0o700); err != nil {
 		s.Stop()
 		return nil, fmt.Errorf("create data dir: %w", err)
@@ -123,8 +121,8 @@ func Start() (*Server, error) {
 	}
 }
 
-func (s *Server) dataDir() string { return filepath.Join(s.dir, "data") }
-func (s *Server) logFile() string { return filepath.Join(s.dir, "server.log") }
+func (s *Server) dataDir() string { return filepath.Join(s.proc.Dir, "data") }
+func (s *Server) logFile() string { return filepath.Join(s.proc.Dir, "server.log") }
 
 func (s *Server) start(bin string) error {
 	port, err := freePort()
@@ -139,15 +137,13 @@ func (s *Server) start(bin string) error {
 	defer logf.Close() // the server holds its own copy
 	cmd := exec.Command(bin, "--access", AccessKey, "--secret", SecretKey, "--region", Region,
 		"--port", fmt.Sprintf("127.0.0.1:%d", port), "--quiet", "posix", s.dataDir())
-	cmd.Dir = s.dir
+	cmd.Dir = s.proc.Dir
 	cmd.Stdout, cmd.Stderr = logf, logf
 	// Pdeathsig kills the server if the test binary dies, so no orphan keeps the port.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
+	if err := s.proc.Start(cmd); err != nil {
 		return fmt.Errorf("start versitygw: %w", err)
 	}
-	s.cmd, s.exited = cmd, make(chan struct{})
-	go func() { _ = cmd.Wait(); close(s.exited) }()
 	return s.waitReady()
 }
 
@@ -172,8 +168,8 @@ func (s *Server) waitReady() error {
 			return nil
 		}
 		select {
-		case <-s.exited:
-			return fmt.Errorf("versitygw on port %d exited during start-up: %s", s.port, s.cmd.ProcessState)
+		case <-s.proc.Exited():
+			return fmt.Errorf("versitygw on port %d exited during start-up: %s", s.port, s.proc.State())
 		case <-deadline:
 			return fmt.Errorf("versitygw on port %d not ready after %s: %w", s.port, startTimeout, err)
 		case <-time.After(50 * time.Millisecond):
@@ -278,47 +274,13 @@ func (s *Server) Put(t testing.TB, bucket, key string, body []byte) {
 
 // Stop ends the server (SIGTERM, then SIGKILL after a grace period) and
 // removes its data. It is safe to call more than once.
-func (s *Server) Stop() {
-	s.stop.Do(func() {
-		if s.cmd != nil && s.cmd.Process != nil {
-			_ = s.cmd.Process.Signal(syscall.SIGTERM)
-			select {
-			case <-s.exited:
-			case <-time.After(stopTimeout):
-				_ = s.cmd.Process.Kill()
-				<-s.exited
-			}
-		}
-		_ = os.RemoveAll(s.dir)
-	})
-}
+func (s *Server) Stop() { s.proc.Stop(syscall.SIGTERM, stopTimeout) }
 
 // LogTail returns the last n lines of the server log, for failure messages.
-func (s *Server) LogTail(n int) string {
-	b, err := os.ReadFile(s.logFile())
-	if err != nil {
-		return fmt.Sprintf("(no server log: %v)", err)
-	}
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
-}
+func (s *Server) LogTail(n int) string { return testbed.Tail(n, s.logFile()) }
 
 // Main is for TestMain: one server per test binary, stopped before exit.
 // set receives the server before any test runs.
 func Main(m *testing.M, set func(*Server)) {
-	s, err := Start()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "s3test:", err)
-		os.Exit(1)
-	}
-	set(s)
-	code := m.Run()
-	if code != 0 {
-		fmt.Fprintf(os.Stderr, "s3test: server log tail:\n%s\n", s.LogTail(30))
-	}
-	s.Stop()
-	os.Exit(code)
+	testbed.Main(m, "s3test", Start, set)
 }

@@ -1,0 +1,93 @@
+// Package testbed is what the server test beds (test/pgtest, test/s3test,
+// test/clickhousetest) share: a server process in a temp dir, stopped and
+// removed once, its log's tail for failure messages, and one server per
+// test binary.
+package testbed
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// Process is a server process and the temp dir it works in.
+type Process struct {
+	Dir    string
+	cmd    *exec.Cmd
+	exited chan struct{}
+	stop   sync.Once
+}
+
+// Start starts cmd and watches for its end.
+func (p *Process) Start(cmd *exec.Cmd) error {
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	p.cmd, p.exited = cmd, make(chan struct{})
+	go func() { _ = cmd.Wait(); close(p.exited) }()
+	return nil
+}
+
+// Exited is closed when the process has ended.
+func (p *Process) Exited() <-chan struct{} { return p.exited }
+
+// State describes how the process ended, once Exited is closed.
+func (p *Process) State() *os.ProcessState { return p.cmd.ProcessState }
+
+// Stop sends sig to the process, kills it if it has not ended after grace,
+// waits for it, and removes Dir. It is safe to call more than once.
+func (p *Process) Stop(sig os.Signal, grace time.Duration) {
+	p.stop.Do(func() {
+		if p.cmd != nil && p.cmd.Process != nil {
+			_ = p.cmd.Process.Signal(sig)
+			select {
+			case <-p.exited:
+			case <-time.After(grace):
+				_ = p.cmd.Process.Kill()
+				<-p.exited
+			}
+		}
+		_ = os.RemoveAll(p.Dir)
+	})
+}
+
+// Tail returns the last n lines of the first of files that is not empty.
+func Tail(n int, files ...string) string {
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil || len(b) == 0 {
+			continue
+		}
+		lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+		return strings.Join(lines[max(0, len(lines)-n):], "\n")
+	}
+	return "(no server log in " + strings.Join(files, ", ") + ")"
+}
+
+// Server is what Main runs for a test binary.
+type Server interface {
+	Stop()
+	LogTail(n int) string
+}
+
+// Main is for TestMain: one server from start per test binary, handed to
+// set before any test runs, its log's tail printed when a test failed, and
+// stopped before exit. name prefixes its messages.
+func Main[S Server](m *testing.M, name string, start func() (S, error), set func(S)) {
+	s, err := start()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, name+":", err)
+		os.Exit(1)
+	}
+	set(s)
+	code := m.Run()
+	if code != 0 {
+		fmt.Fprintf(os.Stderr, "%s: server log tail:\n%s\n", name, s.LogTail(30))
+	}
+	s.Stop()
+	os.Exit(code)
+}
