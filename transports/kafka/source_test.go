@@ -107,26 +107,33 @@ func (m *member) lead(group string, gen int32, topic string, partitions ...int32
 	}
 }
 
+// seeded starts a kfake cluster whose topic bemi holds one message, value.
+func seeded(t *testing.T, ctx context.Context, value string, opts ...kfake.Opt) (*kfake.Cluster, string) {
+	t.Helper()
+	c, err := kfake.NewCluster(append([]kfake.Opt{kfake.NumBrokers(1), kfake.SeedTopics(1, "bemi", "bemi.dlq")}, opts...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	addr := c.ListenAddrs()[0]
+	w := &kafkago.Writer{Addr: kafkago.TCP(addr), Topic: "bemi", RequiredAcks: kafkago.RequireAll}
+	defer w.Close()
+	if err := w.WriteMessages(ctx, kafkago.Message{Value: []byte(value)}); err != nil {
+		t.Fatal(err)
+	}
+	return c, addr
+}
+
 // A member elected leader that dies before its SyncGroup makes the
 // coordinator fail the others' SyncGroup with RebalanceInProgress once its
 // session expires (Kafka and kfake alike): the source joins again, gets the
 // partition and reads it, rather than giving up.
 func TestLeaderDyingBetweenJoinAndSyncHandsThePartitionToTheSurvivor(t *testing.T) {
-	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(1, "bemi"), kfake.GroupMinSessionTimeout(time.Second))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	addr := c.ListenAddrs()[0]
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	w := &kafkago.Writer{Addr: kafkago.TCP(addr), Topic: "bemi", RequiredAcks: kafkago.RequireAll}
-	defer w.Close()
-	err = w.WriteMessages(ctx, kafkago.Message{Value: []byte(`{"op": "c", "ts_ms": 1, "before": null, "after": {"id": 1},
-		"source": {"connector": "postgresql", "db": "app", "schema": "public", "table": "accounts", "txId": 7, "lsn": 100, "ts_ms": 1}}`)})
-	if err != nil {
-		t.Fatal(err)
-	}
+	c, addr := seeded(t, ctx, `{"op": "c", "ts_ms": 1, "before": null, "after": {"id": 1},
+		"source": {"connector": "postgresql", "db": "app", "schema": "public", "table": "accounts", "txId": 7, "lsn": 100, "ts_ms": 1}}`,
+		kfake.GroupMinSessionTimeout(time.Second))
 
 	// Another member leads the group and owns the partition.
 	x := dialMember(t, addr)
@@ -209,23 +216,12 @@ func TestAPartitionWaitsForTheCatalogRatherThanSkipAMessage(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer pg.Stop()
-	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(1, "bemi", "bemi.dlq"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	addr := c.ListenAddrs()[0]
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	w := &kafkago.Writer{Addr: kafkago.TCP(addr), Topic: "bemi", RequiredAcks: kafkago.RequireAll}
-	defer w.Close()
 	// Without the schema envelope: the amount is numeric's unscaled value
 	// (1230), base64, in Debezium's default precise mode.
-	err = w.WriteMessages(ctx, kafkago.Message{Value: []byte(`{"op": "c", "ts_ms": 1, "before": null, "after": {"id": 1, "amount": "BM4="},
-		"source": {"connector": "postgresql", "db": "late", "schema": "public", "table": "accounts", "txId": 7, "lsn": 100, "ts_ms": 1}}`)})
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, addr := seeded(t, ctx, `{"op": "c", "ts_ms": 1, "before": null, "after": {"id": 1, "amount": "BM4="},
+		"source": {"connector": "postgresql", "db": "late", "schema": "public", "table": "accounts", "txId": 7, "lsn": 100, "ts_ms": 1}}`)
 
 	var logs syncBuffer
 	s, err := Open(ctx, config.Kafka{Brokers: []string{addr}, Topics: []string{"bemi"}, Group: "pgtrail", DLQSuffix: ".dlq"},
