@@ -35,6 +35,7 @@ type Sink struct {
 	cfg    Config
 	target string // quoted schema.table
 	pool   *pgxpool.Pool
+	gin    cleaner
 
 	mu    sync.Mutex
 	parts map[string]bool // partitions known to exist
@@ -135,6 +136,7 @@ func (s *Sink) Check(ctx context.Context) error {
 
 // Close releases the connections.
 func (s *Sink) Close(context.Context) error {
+	s.gin.wait()
 	if s.pool != nil {
 		s.pool.Close()
 		s.pool = nil
@@ -238,7 +240,11 @@ func (s *Sink) Flush(context.Context) error { return nil }
 
 // Write stores a batch in one transaction, so it is all there or not at all.
 func (s *Sink) Write(ctx context.Context, batch []*sdk.Change) (bool, error) {
-	return true, s.write(ctx, batch)
+	if err := s.write(ctx, batch); err != nil {
+		return false, err
+	}
+	s.gin.wrote(len(batch), s.pool, s.target)
+	return true, nil
 }
 
 func (s *Sink) write(ctx context.Context, batch []*sdk.Change) error {

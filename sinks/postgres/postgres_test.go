@@ -3,8 +3,10 @@ package postgres
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
@@ -106,5 +108,67 @@ func TestConfigErrorsNameTheKey(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("Configure(%s) = %v, want an error containing %q", raw, err, want)
 		}
+	}
+}
+
+// TestSinkMergesTheGINPendingListsBesideItsWrites: at moderate rates the
+// sink merges the GIN indexes' pending lists itself, so that no insert finds
+// one full and stalls while PostgreSQL merges it.
+func TestSinkMergesTheGINPendingListsBesideItsWrites(t *testing.T) {
+	url := cluster.NewDatabase(t)
+	cfg, _ := json.Marshal(map[string]string{"url": url, "schema": "audit", "table": "trail"})
+	s := New()
+	ctx := context.Background()
+	if err := s.Configure(ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Setup(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Open(ctx); err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close(ctx)
+	batch := func(from int) []*sdk.Change {
+		var b []*sdk.Change
+		for i := from; i < from+1200; i++ {
+			b = append(b, &sdk.Change{ID: uuid.New(), Database: "app", Schema: "public", Table: "orders", Operation: "CREATE",
+				PrimaryKey: fmt.Sprint(i), Before: json.RawMessage(`{}`), Context: json.RawMessage(fmt.Sprintf(`{"user":%d}`, i%50)),
+				After:       json.RawMessage(fmt.Sprintf(`{"id":%d,"status":"new","note":"order %d","amount":%d.5}`, i, i, i)),
+				CommittedAt: time.Now(), QueuedAt: time.Now(), LSN: uint64(i)})
+		}
+		return b
+	}
+	conn, err := pgx.Connect(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	// pending merges the pending list of the partitions' GIN index on col
+	// and returns how many pages it held.
+	pending := func(col string) int64 {
+		var pages int64
+		err := conn.QueryRow(ctx, `SELECT coalesce(sum(gin_clean_pending_list(i.indexrelid::regclass)), 0)
+			FROM pg_inherits h JOIN pg_index i ON i.indrelid = h.inhrelid
+			WHERE h.inhparent = 'audit.trail'::regclass AND pg_get_indexdef(i.indexrelid) LIKE '%gin (' || $1 || ' %'`, col).Scan(&pages)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return pages
+	}
+
+	if _, err := s.Write(ctx, batch(0)); err != nil { // the first write starts a merge
+		t.Fatal(err)
+	}
+	s.gin.wait()
+	if p := pending("after"); p != 0 {
+		t.Fatalf("%d pages still pending after the sink's merge", p)
+	}
+	if _, err := s.Write(ctx, batch(1200)); err != nil { // too soon for another merge
+		t.Fatal(err)
+	}
+	s.gin.wait()
+	if p := pending("after"); p == 0 {
+		t.Fatal("nothing pending without the sink's merge: the test proves nothing")
 	}
 }
