@@ -37,14 +37,7 @@ type cleaner struct {
 func (c *cleaner) wrote(n int, pool *pgxpool.Pool, target string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.rows += n
-	since := time.Since(c.last)
-	if c.running || c.rows < cleanAfterRows || since < cleanAtMost {
-		return
-	}
-	rate := float64(c.rows) / since.Seconds()
-	c.rows, c.last = 0, time.Now()
-	if rate > cleanUpToRate {
+	if !c.due(n, time.Now()) {
 		return
 	}
 	c.running = true
@@ -57,6 +50,20 @@ func (c *cleaner) wrote(n int, pool *pgxpool.Pool, target string) {
 		c.running = false
 		c.mu.Unlock()
 	}()
+}
+
+// due counts n more stored changes at now and says whether a merge should
+// start: enough changes since the last, not too soon, not too fast, and
+// none running.
+func (c *cleaner) due(n int, now time.Time) bool {
+	c.rows += n
+	since := now.Sub(c.last)
+	if c.running || c.rows < cleanAfterRows || since < cleanAtMost {
+		return false
+	}
+	rate := float64(c.rows) / since.Seconds()
+	c.rows, c.last = 0, now
+	return rate <= cleanUpToRate
 }
 
 // wait returns once no merge runs.

@@ -172,3 +172,26 @@ func TestSinkMergesTheGINPendingListsBesideItsWrites(t *testing.T) {
 		t.Fatal("nothing pending without the sink's merge: the test proves nothing")
 	}
 }
+
+func TestGINMergesAreDueAtModerateRatesOnly(t *testing.T) {
+	var c cleaner
+	t0 := time.Now()
+	steps := []struct {
+		rows  int
+		after time.Duration // since t0
+		want  bool
+	}{
+		{1000, 0, true},                        // the first 1,000 changes
+		{999, time.Second, false},              // not enough changes
+		{1, 1100 * time.Millisecond, true},     // 1,000 in 1.1 s
+		{1000, 1300 * time.Millisecond, false}, // too soon after the last
+		{4000, 2100 * time.Millisecond, false}, // 5,000 in 1 s: too fast, left to PostgreSQL
+		{1500, 2700 * time.Millisecond, true},  // 1,500 in 0.6 s
+		{1000, 10 * time.Second, true},         // slow again
+	}
+	for i, s := range steps {
+		if got := c.due(s.rows, t0.Add(s.after)); got != s.want {
+			t.Fatalf("step %d (%d changes at %s): due = %v, want %v", i, s.rows, s.after, got, s.want)
+		}
+	}
+}
