@@ -500,7 +500,7 @@ var File_sink_proto protoreflect.FileDescriptor
 const file_sink_proto_rawDesc = "" +
 	"\n" +
 	"\n" +
-	"sink.proto\x12\x0fpgtrail.sink.v1\"\a\n" +
+	"sink.proto\x12\x0fpgtrail.sink.v2\"\a\n" +
 	"\x05Empty\"\x11\n" +
 	"\x0fDescribeRequest\"\x86\x01\n" +
 	"\x10DescribeResponse\x12\x12\n" +
@@ -513,7 +513,7 @@ const file_sink_proto_rawDesc = "" +
 	"configJson\"k\n" +
 	"\x0eDeliverRequest\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x121\n" +
-	"\achanges\x18\x02 \x03(\v2\x17.pgtrail.sink.v1.ChangeR\achanges\x12\x14\n" +
+	"\achanges\x18\x02 \x03(\v2\x17.pgtrail.sink.v2.ChangeR\achanges\x12\x14\n" +
 	"\x05flush\x18\x03 \x01(\bR\x05flush\"C\n" +
 	"\x03Ack\x12\x1f\n" +
 	"\vdurable_seq\x18\x01 \x01(\x04R\n" +
@@ -541,14 +541,14 @@ const file_sink_proto_rawDesc = "" +
 	"commit_lsn\x18\x0f \x01(\x04R\tcommitLsn\x12\x10\n" +
 	"\x03seq\x18\x10 \x01(\rR\x03seq2\x84\x04\n" +
 	"\x04Sink\x12O\n" +
-	"\bDescribe\x12 .pgtrail.sink.v1.DescribeRequest\x1a!.pgtrail.sink.v1.DescribeResponse\x12F\n" +
-	"\tConfigure\x12!.pgtrail.sink.v1.ConfigureRequest\x1a\x16.pgtrail.sink.v1.Empty\x127\n" +
-	"\x05Setup\x12\x16.pgtrail.sink.v1.Empty\x1a\x16.pgtrail.sink.v1.Empty\x12:\n" +
-	"\bTeardown\x12\x16.pgtrail.sink.v1.Empty\x1a\x16.pgtrail.sink.v1.Empty\x126\n" +
-	"\x04Open\x12\x16.pgtrail.sink.v1.Empty\x1a\x16.pgtrail.sink.v1.Empty\x12D\n" +
-	"\aDeliver\x12\x1f.pgtrail.sink.v1.DeliverRequest\x1a\x14.pgtrail.sink.v1.Ack(\x010\x01\x127\n" +
-	"\x05Check\x12\x16.pgtrail.sink.v1.Empty\x1a\x16.pgtrail.sink.v1.Empty\x127\n" +
-	"\x05Close\x12\x16.pgtrail.sink.v1.Empty\x1a\x16.pgtrail.sink.v1.EmptyB0Z.github.com/pgtrail/pgtrail/plugins/proto;protob\x06proto3"
+	"\bDescribe\x12 .pgtrail.sink.v2.DescribeRequest\x1a!.pgtrail.sink.v2.DescribeResponse\x12F\n" +
+	"\tConfigure\x12!.pgtrail.sink.v2.ConfigureRequest\x1a\x16.pgtrail.sink.v2.Empty\x127\n" +
+	"\x05Setup\x12\x16.pgtrail.sink.v2.Empty\x1a\x16.pgtrail.sink.v2.Empty\x12:\n" +
+	"\bTeardown\x12\x16.pgtrail.sink.v2.Empty\x1a\x16.pgtrail.sink.v2.Empty\x126\n" +
+	"\x04Open\x12\x16.pgtrail.sink.v2.Empty\x1a\x16.pgtrail.sink.v2.Empty\x12D\n" +
+	"\aDeliver\x12\x1f.pgtrail.sink.v2.DeliverRequest\x1a\x14.pgtrail.sink.v2.Ack(\x010\x01\x127\n" +
+	"\x05Check\x12\x16.pgtrail.sink.v2.Empty\x1a\x16.pgtrail.sink.v2.Empty\x127\n" +
+	"\x05Close\x12\x16.pgtrail.sink.v2.Empty\x1a\x16.pgtrail.sink.v2.EmptyB0Z.github.com/pgtrail/pgtrail/plugins/proto;protob\x06proto3"
 
 var (
 	file_sink_proto_rawDescOnce sync.Once
@@ -564,32 +564,32 @@ func file_sink_proto_rawDescGZIP() []byte {
 
 var file_sink_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
 var file_sink_proto_goTypes = []any{
-	(*Empty)(nil),            // 0: pgtrail.sink.v1.Empty
-	(*DescribeRequest)(nil),  // 1: pgtrail.sink.v1.DescribeRequest
-	(*DescribeResponse)(nil), // 2: pgtrail.sink.v1.DescribeResponse
-	(*ConfigureRequest)(nil), // 3: pgtrail.sink.v1.ConfigureRequest
-	(*DeliverRequest)(nil),   // 4: pgtrail.sink.v1.DeliverRequest
-	(*Ack)(nil),              // 5: pgtrail.sink.v1.Ack
-	(*Change)(nil),           // 6: pgtrail.sink.v1.Change
+	(*Empty)(nil),            // 0: pgtrail.sink.v2.Empty
+	(*DescribeRequest)(nil),  // 1: pgtrail.sink.v2.DescribeRequest
+	(*DescribeResponse)(nil), // 2: pgtrail.sink.v2.DescribeResponse
+	(*ConfigureRequest)(nil), // 3: pgtrail.sink.v2.ConfigureRequest
+	(*DeliverRequest)(nil),   // 4: pgtrail.sink.v2.DeliverRequest
+	(*Ack)(nil),              // 5: pgtrail.sink.v2.Ack
+	(*Change)(nil),           // 6: pgtrail.sink.v2.Change
 }
 var file_sink_proto_depIdxs = []int32{
-	6, // 0: pgtrail.sink.v1.DeliverRequest.changes:type_name -> pgtrail.sink.v1.Change
-	1, // 1: pgtrail.sink.v1.Sink.Describe:input_type -> pgtrail.sink.v1.DescribeRequest
-	3, // 2: pgtrail.sink.v1.Sink.Configure:input_type -> pgtrail.sink.v1.ConfigureRequest
-	0, // 3: pgtrail.sink.v1.Sink.Setup:input_type -> pgtrail.sink.v1.Empty
-	0, // 4: pgtrail.sink.v1.Sink.Teardown:input_type -> pgtrail.sink.v1.Empty
-	0, // 5: pgtrail.sink.v1.Sink.Open:input_type -> pgtrail.sink.v1.Empty
-	4, // 6: pgtrail.sink.v1.Sink.Deliver:input_type -> pgtrail.sink.v1.DeliverRequest
-	0, // 7: pgtrail.sink.v1.Sink.Check:input_type -> pgtrail.sink.v1.Empty
-	0, // 8: pgtrail.sink.v1.Sink.Close:input_type -> pgtrail.sink.v1.Empty
-	2, // 9: pgtrail.sink.v1.Sink.Describe:output_type -> pgtrail.sink.v1.DescribeResponse
-	0, // 10: pgtrail.sink.v1.Sink.Configure:output_type -> pgtrail.sink.v1.Empty
-	0, // 11: pgtrail.sink.v1.Sink.Setup:output_type -> pgtrail.sink.v1.Empty
-	0, // 12: pgtrail.sink.v1.Sink.Teardown:output_type -> pgtrail.sink.v1.Empty
-	0, // 13: pgtrail.sink.v1.Sink.Open:output_type -> pgtrail.sink.v1.Empty
-	5, // 14: pgtrail.sink.v1.Sink.Deliver:output_type -> pgtrail.sink.v1.Ack
-	0, // 15: pgtrail.sink.v1.Sink.Check:output_type -> pgtrail.sink.v1.Empty
-	0, // 16: pgtrail.sink.v1.Sink.Close:output_type -> pgtrail.sink.v1.Empty
+	6, // 0: pgtrail.sink.v2.DeliverRequest.changes:type_name -> pgtrail.sink.v2.Change
+	1, // 1: pgtrail.sink.v2.Sink.Describe:input_type -> pgtrail.sink.v2.DescribeRequest
+	3, // 2: pgtrail.sink.v2.Sink.Configure:input_type -> pgtrail.sink.v2.ConfigureRequest
+	0, // 3: pgtrail.sink.v2.Sink.Setup:input_type -> pgtrail.sink.v2.Empty
+	0, // 4: pgtrail.sink.v2.Sink.Teardown:input_type -> pgtrail.sink.v2.Empty
+	0, // 5: pgtrail.sink.v2.Sink.Open:input_type -> pgtrail.sink.v2.Empty
+	4, // 6: pgtrail.sink.v2.Sink.Deliver:input_type -> pgtrail.sink.v2.DeliverRequest
+	0, // 7: pgtrail.sink.v2.Sink.Check:input_type -> pgtrail.sink.v2.Empty
+	0, // 8: pgtrail.sink.v2.Sink.Close:input_type -> pgtrail.sink.v2.Empty
+	2, // 9: pgtrail.sink.v2.Sink.Describe:output_type -> pgtrail.sink.v2.DescribeResponse
+	0, // 10: pgtrail.sink.v2.Sink.Configure:output_type -> pgtrail.sink.v2.Empty
+	0, // 11: pgtrail.sink.v2.Sink.Setup:output_type -> pgtrail.sink.v2.Empty
+	0, // 12: pgtrail.sink.v2.Sink.Teardown:output_type -> pgtrail.sink.v2.Empty
+	0, // 13: pgtrail.sink.v2.Sink.Open:output_type -> pgtrail.sink.v2.Empty
+	5, // 14: pgtrail.sink.v2.Sink.Deliver:output_type -> pgtrail.sink.v2.Ack
+	0, // 15: pgtrail.sink.v2.Sink.Check:output_type -> pgtrail.sink.v2.Empty
+	0, // 16: pgtrail.sink.v2.Sink.Close:output_type -> pgtrail.sink.v2.Empty
 	9, // [9:17] is the sub-list for method output_type
 	1, // [1:9] is the sub-list for method input_type
 	1, // [1:1] is the sub-list for extension type_name

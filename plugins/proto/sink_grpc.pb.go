@@ -26,14 +26,14 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	Sink_Describe_FullMethodName  = "/pgtrail.sink.v1.Sink/Describe"
-	Sink_Configure_FullMethodName = "/pgtrail.sink.v1.Sink/Configure"
-	Sink_Setup_FullMethodName     = "/pgtrail.sink.v1.Sink/Setup"
-	Sink_Teardown_FullMethodName  = "/pgtrail.sink.v1.Sink/Teardown"
-	Sink_Open_FullMethodName      = "/pgtrail.sink.v1.Sink/Open"
-	Sink_Deliver_FullMethodName   = "/pgtrail.sink.v1.Sink/Deliver"
-	Sink_Check_FullMethodName     = "/pgtrail.sink.v1.Sink/Check"
-	Sink_Close_FullMethodName     = "/pgtrail.sink.v1.Sink/Close"
+	Sink_Describe_FullMethodName  = "/pgtrail.sink.v2.Sink/Describe"
+	Sink_Configure_FullMethodName = "/pgtrail.sink.v2.Sink/Configure"
+	Sink_Setup_FullMethodName     = "/pgtrail.sink.v2.Sink/Setup"
+	Sink_Teardown_FullMethodName  = "/pgtrail.sink.v2.Sink/Teardown"
+	Sink_Open_FullMethodName      = "/pgtrail.sink.v2.Sink/Open"
+	Sink_Deliver_FullMethodName   = "/pgtrail.sink.v2.Sink/Deliver"
+	Sink_Check_FullMethodName     = "/pgtrail.sink.v2.Sink/Check"
+	Sink_Close_FullMethodName     = "/pgtrail.sink.v2.Sink/Close"
 )
 
 // SinkClient is the client API for Sink service.
@@ -359,7 +359,7 @@ func _Sink_Close_Handler(srv interface{}, ctx context.Context, dec func(interfac
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
 var Sink_ServiceDesc = grpc.ServiceDesc{
-	ServiceName: "pgtrail.sink.v1.Sink",
+	ServiceName: "pgtrail.sink.v2.Sink",
 	HandlerType: (*SinkServer)(nil),
 	Methods: []grpc.MethodDesc{
 		{

@@ -23,7 +23,10 @@ import (
 // ProtocolVersion is the sink protocol this SDK speaks. Host and plugin
 // agree on it in the handshake; a plugin built for another version is
 // refused with a message that names it.
-const ProtocolVersion = 1
+//
+// 2: batches stream on Deliver, acknowledged as taken and as durable (1 had
+// one unary Write per batch).
+const ProtocolVersion = 2
 
 // Handshake is what host and plugin check before they talk. The cookie only
 // keeps a plugin from being run by hand by mistake; it is not a secret.

@@ -201,7 +201,7 @@ func TestNoSinkPluginOutlivesPgtrail(t *testing.T) {
 func TestBadPluginsGetAClearMessage(t *testing.T) {
 	url := cluster.NewDatabase(t)
 	for _, c := range []struct{ name, plugin, want string }{
-		{"another protocol version", wrongVersionPlugin, `sink "odd": plugin ` + wrongVersionPlugin + " speaks another sink protocol version than this pgtrail (1): rebuild the plugin"},
+		{"another protocol version", wrongVersionPlugin, `sink "odd": plugin ` + wrongVersionPlugin + " speaks another sink protocol version than this pgtrail (2): rebuild the plugin"},
 		{"not a plugin", "/bin/true", `sink "odd": /bin/true is not a pgtrail sink plugin: it did not answer the plugin handshake`},
 		{"no such file", "/nonexistent/sink", `sink "odd": cannot run plugin /nonexistent/sink`},
 		{"unknown built-in", "postgress", `sink "odd": unknown plugin "postgress": built-in plugins are [`},
