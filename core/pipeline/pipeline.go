@@ -304,7 +304,7 @@ func (p *Pipeline) deliver(ctx context.Context, s Sink, queue <-chan batch, wm *
 	}
 	armed := false
 	release := func(notDurable int) {
-		n := len(waiting) - notDurable
+		n := max(0, len(waiting)-notDurable) // a sink never counts more than it was handed; if one did, release nothing
 		for _, w := range waiting[:n] {
 			p.metrics.ChangesWritten.WithLabelValues(name).Add(float64(len(w.changes)))
 			wm.Done(w.ticket)
