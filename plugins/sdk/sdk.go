@@ -56,3 +56,7 @@ type Sink interface {
 	Check(ctx context.Context) error
 	Close(ctx context.Context) error
 }
+
+// AppendJSONString appends s as a JSON string, escaped as encoding/json
+// escapes it (HTML escaping off), for sinks that write JSON by hand.
+func AppendJSONString(dst []byte, s string) []byte { return change.AppendJSONString(dst, s) }

@@ -6,7 +6,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/pgtrail/pgtrail/core/values"
 	"github.com/pgtrail/pgtrail/plugins/sdk"
 )
 
@@ -90,21 +89,21 @@ func (l layout) appendRow(b []byte, c *sdk.Change, createdAt time.Time) []byte {
 	b = append(b, `{"id":"`...)
 	b = append(b, c.ID.String()...)
 	b = append(b, `","primary_key":`...)
-	b = values.AppendString(b, c.PrimaryKey)
+	b = sdk.AppendJSONString(b, c.PrimaryKey)
 	b = append(b, `,"before":`...)
-	b = values.AppendString(b, jsonText(c.Before))
+	b = sdk.AppendJSONString(b, jsonText(c.Before))
 	b = append(b, `,"after":`...)
-	b = values.AppendString(b, jsonText(c.After))
+	b = sdk.AppendJSONString(b, jsonText(c.After))
 	b = append(b, `,"context":`...)
-	b = values.AppendString(b, jsonText(c.Context))
+	b = sdk.AppendJSONString(b, jsonText(c.Context))
 	b = append(b, `,"database":`...)
-	b = values.AppendString(b, c.Database)
+	b = sdk.AppendJSONString(b, c.Database)
 	b = append(b, `,"schema":`...)
-	b = values.AppendString(b, c.Schema)
+	b = sdk.AppendJSONString(b, c.Schema)
 	b = append(b, `,"table":`...)
-	b = values.AppendString(b, c.Table)
+	b = sdk.AppendJSONString(b, c.Table)
 	b = append(b, `,"operation":`...)
-	b = values.AppendString(b, string(c.Operation))
+	b = sdk.AppendJSONString(b, string(c.Operation))
 	b = l.appendTime(b, "committed_at", c.CommittedAt, true)
 	b = l.appendTime(b, "queued_at", c.QueuedAt, true)
 	b = l.appendTime(b, "created_at", createdAt, false)
@@ -119,7 +118,7 @@ func (l layout) appendRow(b []byte, c *sdk.Change, createdAt time.Time) []byte {
 		if i > 0 {
 			b = append(b, ',')
 		}
-		b = values.AppendString(b, col)
+		b = sdk.AppendJSONString(b, col)
 	}
 	return append(b, "]}\n"...)
 }

@@ -10,7 +10,6 @@ import (
 
 	"github.com/parquet-go/parquet-go"
 
-	"github.com/pgtrail/pgtrail/core/values"
 	"github.com/pgtrail/pgtrail/plugins/sdk"
 )
 
@@ -57,12 +56,12 @@ func (jsonlEncoder) encode(run []*sdk.Change, createdAt time.Time) ([]byte, erro
 
 func appendLine(b []byte, c *sdk.Change, createdAt time.Time) []byte {
 	b = append(b, `{"id":`...)
-	b = values.AppendString(b, c.ID.String())
+	b = sdk.AppendJSONString(b, c.ID.String())
 	b = append(b, `,"primary_key":`...)
 	if c.PrimaryKey == "" {
 		b = append(b, "null"...)
 	} else {
-		b = values.AppendString(b, c.PrimaryKey)
+		b = sdk.AppendJSONString(b, c.PrimaryKey)
 	}
 	b = append(b, `,"before":`...)
 	b = appendJSON(b, c.Before)
@@ -71,19 +70,19 @@ func appendLine(b []byte, c *sdk.Change, createdAt time.Time) []byte {
 	b = append(b, `,"context":`...)
 	b = appendJSON(b, c.Context)
 	b = append(b, `,"database":`...)
-	b = values.AppendString(b, c.Database)
+	b = sdk.AppendJSONString(b, c.Database)
 	b = append(b, `,"schema":`...)
-	b = values.AppendString(b, c.Schema)
+	b = sdk.AppendJSONString(b, c.Schema)
 	b = append(b, `,"table":`...)
-	b = values.AppendString(b, c.Table)
+	b = sdk.AppendJSONString(b, c.Table)
 	b = append(b, `,"operation":`...)
-	b = values.AppendString(b, string(c.Operation))
+	b = sdk.AppendJSONString(b, string(c.Operation))
 	b = append(b, `,"committed_at":`...)
-	b = values.AppendTimestamp(b, c.CommittedAt, true)
+	b = appendUTC(b, c.CommittedAt)
 	b = append(b, `,"queued_at":`...)
-	b = values.AppendTimestamp(b, c.QueuedAt, true)
+	b = appendUTC(b, c.QueuedAt)
 	b = append(b, `,"created_at":`...)
-	b = values.AppendTimestamp(b, createdAt, true)
+	b = appendUTC(b, createdAt)
 	b = append(b, `,"transaction_id":`...)
 	b = strconv.AppendUint(b, c.TransactionID, 10)
 	b = append(b, `,"position":`...)
@@ -98,11 +97,17 @@ func appendLine(b []byte, c *sdk.Change, createdAt time.Time) []byte {
 	} else {
 		for i, col := range c.UnchangedToast {
 			b = append(b, "[,"[min(i, 1)])
-			b = values.AppendString(b, col)
+			b = sdk.AppendJSONString(b, col)
 		}
 		b = append(b, ']')
 	}
 	return append(b, "}\n"...)
+}
+
+// appendUTC appends t as an ISO 8601 JSON string in UTC, microseconds kept
+// and trailing zeros trimmed, as the change record's timestamps are.
+func appendUTC(b []byte, t time.Time) []byte {
+	return t.UTC().AppendFormat(b, `"2006-01-02T15:04:05.999999Z"`)
 }
 
 // appendJSON appends raw JSON on one line ({} when absent). JSON that does not
@@ -113,7 +118,7 @@ func appendJSON(b []byte, raw json.RawMessage) []byte {
 	}
 	buf := bytes.NewBuffer(b)
 	if err := json.Compact(buf, raw); err != nil {
-		return values.AppendString(b, string(raw))
+		return sdk.AppendJSONString(b, string(raw))
 	}
 	return buf.Bytes()
 }
