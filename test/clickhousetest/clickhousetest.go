@@ -220,21 +220,12 @@ func (s *Server) start(bin string) error {
 
 // waitReady polls with real queries rather than sleeping.
 func (s *Server) waitReady() error {
-	deadline := time.After(startTimeout)
-	for {
+	what := fmt.Sprintf("clickhouse-server on port %d", s.httpPort)
+	return s.proc.WaitReady(what, startTimeout, 100*time.Millisecond, func() error {
 		v, err := s.query("SELECT version()")
-		if err == nil {
-			s.version = strings.TrimSpace(v)
-			return nil
-		}
-		select {
-		case <-s.proc.Exited():
-			return fmt.Errorf("clickhouse-server on port %d exited during start-up: %s", s.httpPort, s.proc.State())
-		case <-deadline:
-			return fmt.Errorf("clickhouse-server on port %d not ready after %s: %w", s.httpPort, startTimeout, err)
-		case <-time.After(100 * time.Millisecond):
-		}
-	}
+		s.version = strings.TrimSpace(v)
+		return err
+	})
 }
 
 // URL is the HTTP interface, http://127.0.0.1:PORT, without credentials.

@@ -189,22 +189,15 @@ func (c *Cluster) start(opts Options) error {
 
 // waitReady polls with real connections rather than sleeping, up to startTimeout.
 func (c *Cluster) waitReady() error {
-	deadline := time.After(startTimeout)
-	for {
+	return c.proc.WaitReady(fmt.Sprintf("postgres on port %d", c.port), startTimeout, 50*time.Millisecond, func() error {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
 		conn, err := pgx.Connect(ctx, c.URL("postgres"))
-		cancel()
-		if err == nil {
-			return conn.Close(context.Background())
+		if err != nil {
+			return err
 		}
-		select {
-		case <-c.proc.Exited():
-			return fmt.Errorf("postgres on port %d exited during start-up: %s", c.port, c.proc.State())
-		case <-deadline:
-			return fmt.Errorf("postgres on port %d not ready after %s: %w", c.port, startTimeout, err)
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
+		return conn.Close(context.Background())
+	})
 }
 
 // URL returns a connection URL for database as the superuser.

@@ -158,23 +158,13 @@ func freePort() (int, error) {
 
 // waitReady polls with real S3 requests (ListBuckets) rather than sleeping.
 func (s *Server) waitReady() error {
-	deadline := time.After(startTimeout)
 	client := s.Client()
-	for {
+	return s.proc.WaitReady(fmt.Sprintf("versitygw on port %d", s.port), startTimeout, 50*time.Millisecond, func() error {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
 		_, err := client.ListBuckets(ctx, &s3.ListBucketsInput{})
-		cancel()
-		if err == nil {
-			return nil
-		}
-		select {
-		case <-s.proc.Exited():
-			return fmt.Errorf("versitygw on port %d exited during start-up: %s", s.port, s.proc.State())
-		case <-deadline:
-			return fmt.Errorf("versitygw on port %d not ready after %s: %w", s.port, startTimeout, err)
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
+		return err
+	})
 }
 
 // URL is the server's endpoint, http://127.0.0.1:PORT.

@@ -32,11 +32,24 @@ func (p *Process) Start(cmd *exec.Cmd) error {
 	return nil
 }
 
-// Exited is closed when the process has ended.
-func (p *Process) Exited() <-chan struct{} { return p.exited }
-
-// State describes how the process ended, once Exited is closed.
-func (p *Process) State() *os.ProcessState { return p.cmd.ProcessState }
+// WaitReady calls ready every interval until it succeeds, the process ends,
+// or timeout passes; what names the server in the error.
+func (p *Process) WaitReady(what string, timeout, interval time.Duration, ready func() error) error {
+	deadline := time.After(timeout)
+	for {
+		err := ready()
+		if err == nil {
+			return nil
+		}
+		select {
+		case <-p.exited:
+			return fmt.Errorf("%s exited during start-up: %s", what, p.cmd.ProcessState)
+		case <-deadline:
+			return fmt.Errorf("%s not ready after %s: %w", what, timeout, err)
+		case <-time.After(interval):
+		}
+	}
+}
 
 // Stop sends sig to the process, kills it if it has not ended after grace,
 // waits for it, and removes Dir. It is safe to call more than once.
