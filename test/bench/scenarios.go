@@ -416,14 +416,7 @@ func (b *bench) latency(ctx context.Context) error {
 		return err
 	}
 	t := trail{url: url, slot: "bench_latency", sinkName: "audit", plugin: "postgres", sinkConfig: map[string]string{"url": url}}
-	cfg, port, err := t.write(b.tmp)
-	if err != nil {
-		return err
-	}
-	if err := runPgtrail(ctx, b.bin, cfg, "setup"); err != nil {
-		return err
-	}
-	p, err := startPgtrail(b.bin, cfg, port, "audit", b.profile != "")
+	p, err := b.setupAndStart(ctx, t, b.profile != "")
 	if err != nil {
 		return err
 	}
@@ -566,14 +559,7 @@ func (b *bench) bigTxn(ctx context.Context) error {
 		return err
 	}
 	t := trail{url: url, slot: "bench_big", sinkName: "audit", plugin: "postgres", sinkConfig: map[string]string{"url": url}}
-	cfg, port, err := t.write(b.tmp)
-	if err != nil {
-		return err
-	}
-	if err := runPgtrail(ctx, b.bin, cfg, "setup"); err != nil {
-		return err
-	}
-	p, err := startPgtrail(b.bin, cfg, port, "audit", b.profile != "")
+	p, err := b.setupAndStart(ctx, t, b.profile != "")
 	if err != nil {
 		return err
 	}
@@ -730,14 +716,8 @@ func (b *bench) appOnce(ctx context.Context, c *pgtest.Cluster, v appVariant, ro
 		if v.sink != "" {
 			t.plugin, t.sinkConfig = v.sink, nil
 		}
-		cfg, port, err := t.write(b.tmp)
-		if err != nil {
-			return r, err
-		}
-		if err := runPgtrail(ctx, b.bin, cfg, "setup"); err != nil {
-			return r, err
-		}
-		if p, err = startPgtrail(b.bin, cfg, port, "audit", false); err != nil {
+		var err error
+		if p, err = b.setupAndStart(ctx, t, false); err != nil {
 			return r, err
 		}
 		defer p.stop(30 * time.Second)
@@ -786,6 +766,19 @@ func (b *bench) appOnce(ctx context.Context, c *pgtest.Cluster, v appVariant, ro
 		r.rss = *rss
 	}
 	return r, nil
+}
+
+// setupAndStart writes t's config, runs `pgtrail setup` and starts `pgtrail
+// run` with it, profiled when asked.
+func (b *bench) setupAndStart(ctx context.Context, t trail, profile bool) (*pgtrail, error) {
+	cfg, port, err := t.write(b.tmp)
+	if err != nil {
+		return nil, err
+	}
+	if err := runPgtrail(ctx, b.bin, cfg, "setup"); err != nil {
+		return nil, err
+	}
+	return startPgtrail(b.bin, cfg, port, t.sinkName, profile)
 }
 
 // table renders the results as a Markdown table, for the terminal and the
