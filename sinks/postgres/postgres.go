@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 	"unicode/utf8"
@@ -16,6 +17,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/pgtrail/pgtrail/plugins/sdk"
 )
@@ -28,7 +30,15 @@ type Config struct {
 	URL    string `json:"url"`
 	Schema string `json:"schema"`
 	Table  string `json:"table"`
+	// Writers is how many connections COPY one batch side by side. One
+	// backend inserting into three GIN indexes is the slowest step of the
+	// whole trail; two use a second core where there is one.
+	Writers int `json:"writers"`
 }
+
+// minPerWriter keeps small batches (a quiet database's) on one connection,
+// where splitting would cost more round trips than it saves.
+const minPerWriter = 1000
 
 // Sink writes changes to the audit table.
 type Sink struct {
@@ -55,12 +65,12 @@ func (s *Sink) Describe() sdk.Description {
 
 // Configure reads the config block.
 func (s *Sink) Configure(_ context.Context, raw json.RawMessage) error {
-	cfg := Config{Schema: "pgtrail", Table: "changes"}
+	cfg := Config{Schema: "pgtrail", Table: "changes", Writers: 2}
 	dec := json.NewDecoder(bytes.NewReader(raw))
 	dec.DisallowUnknownFields()
 	if len(raw) > 0 {
 		if err := dec.Decode(&cfg); err != nil {
-			return fmt.Errorf("config: %w (known keys: url, schema, table)", err)
+			return fmt.Errorf("config: %w (known keys: url, schema, table, writers)", err)
 		}
 	}
 	if cfg.URL == "" {
@@ -68,6 +78,9 @@ func (s *Sink) Configure(_ context.Context, raw json.RawMessage) error {
 	}
 	if _, err := pgxpool.ParseConfig(cfg.URL); err != nil {
 		return fmt.Errorf("config.url: %w", err)
+	}
+	if cfg.Writers < 1 || cfg.Writers > 16 {
+		return fmt.Errorf("config.writers: %d is out of range: give 1 to 16 connections (default 2)", cfg.Writers)
 	}
 	if !validIdent(cfg.Schema) {
 		return fmt.Errorf("config.schema: %q is not a simple identifier (lowercase letters, digits, _)", cfg.Schema)
@@ -100,7 +113,7 @@ func (s *Sink) connect(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("config.url: %w", err)
 	}
-	pc.MaxConns = 2
+	pc.MaxConns = int32(s.cfg.Writers) + 1 // and one for partitions and GIN merges
 	pc.ConnConfig.RuntimeParams["application_name"] = "pgtrail-sink"
 	pool, err := pgxpool.NewWithConfig(ctx, pc)
 	if err != nil {
@@ -284,11 +297,27 @@ func (s *Sink) write(ctx context.Context, batch []*sdk.Change) error {
 	return nil
 }
 
-// copyDirect is the fast path: COPY straight into the audit table.
+// copyDirect is the fast path: COPY straight into the audit table, a large
+// batch split across the writers' connections. The parts commit on their
+// own, so a failure can leave some of them stored: the batch comes again and
+// merge skips what is there, as after any crash.
 func (s *Sink) copyDirect(ctx context.Context, batch []*sdk.Change) error {
-	_, err := s.pool.CopyFrom(ctx, pgx.Identifier{s.cfg.Schema, s.cfg.Table}, columns, rows(batch))
+	n := min(s.cfg.Writers, len(batch)/minPerWriter)
+	if n <= 1 {
+		return s.copyPart(ctx, batch)
+	}
+	g, gctx := errgroup.WithContext(ctx)
+	per := (len(batch) + n - 1) / n
+	for part := range slices.Chunk(batch, per) {
+		g.Go(func() error { return s.copyPart(gctx, part) })
+	}
+	return g.Wait() // the first error: a conflict, not the others' cancellation
+}
+
+func (s *Sink) copyPart(ctx context.Context, part []*sdk.Change) error {
+	_, err := s.pool.CopyFrom(ctx, pgx.Identifier{s.cfg.Schema, s.cfg.Table}, columns, rows(part))
 	if err != nil {
-		return fmt.Errorf("copy %d changes into %s: %w", len(batch), s.target, err)
+		return fmt.Errorf("copy %d changes into %s: %w", len(part), s.target, err)
 	}
 	return nil
 }

@@ -103,6 +103,7 @@ func TestConfigErrorsNameTheKey(t *testing.T) {
 		`{}`:                                 "config.url: required",
 		`{"url":"postgres://x/y","tabel":1}`: `unknown field "tabel"`,
 		`{"url":"postgres://x/y","schema":"Bad"}`: "config.schema",
+		`{"url":"postgres://x/y","writers":0}`:    "config.writers: 0 is out of range",
 	} {
 		err := New().Configure(context.Background(), json.RawMessage(raw))
 		if err == nil || !strings.Contains(err.Error(), want) {
@@ -193,5 +194,76 @@ func TestGINMergesAreDueAtModerateRatesOnly(t *testing.T) {
 		if got := c.due(s.rows, t0.Add(s.after)); got != s.want {
 			t.Fatalf("step %d (%d changes at %s): due = %v, want %v", i, s.rows, s.after, got, s.want)
 		}
+	}
+}
+
+// TestLargeBatchesAreCopiedSideBySideAndReplaysMergeWhatIsStored: a batch
+// of at least two writers' share goes in as one COPY per writer (one
+// transaction each), and when some of it is stored already (a replay after a
+// crash between the parts' commits) the sink stores the rest, nothing twice.
+func TestLargeBatchesAreCopiedSideBySideAndReplaysMergeWhatIsStored(t *testing.T) {
+	ctx := context.Background()
+	at := time.Now() // a replay carries the same commit time
+	changes := func(from, n int) []*sdk.Change {
+		var b []*sdk.Change
+		for i := from; i < from+n; i++ {
+			b = append(b, &sdk.Change{ID: uuid.NewSHA1(uuid.Nil, fmt.Append(nil, i)), Database: "app", Schema: "public",
+				Table: "orders", Operation: "CREATE", PrimaryKey: fmt.Sprint(i), Context: json.RawMessage(`{}`),
+				After: json.RawMessage(fmt.Sprintf(`{"id":%d}`, i)), CommittedAt: at, QueuedAt: at, LSN: uint64(i)})
+		}
+		return b
+	}
+	for _, writers := range []int{1, 2, 3} {
+		t.Run(fmt.Sprint(writers, " writers"), func(t *testing.T) {
+			url := cluster.NewDatabase(t)
+			cfg, _ := json.Marshal(map[string]any{"url": url, "writers": writers})
+			s := New()
+			for _, step := range []func(context.Context) error{
+				func(ctx context.Context) error { return s.Configure(ctx, cfg) }, s.Setup, s.Open,
+			} {
+				if err := step(ctx); err != nil {
+					t.Fatal(err)
+				}
+			}
+			defer s.Close(ctx)
+			conn, err := pgx.Connect(ctx, url)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close(ctx)
+			// stored counts the stored changes, their distinct IDs and the
+			// transactions that wrote them.
+			stored := func() (rows, ids, txns int) {
+				t.Helper()
+				if err := conn.QueryRow(ctx, `SELECT count(*), count(DISTINCT id), count(DISTINCT xmin::text)
+					FROM pgtrail.changes`).Scan(&rows, &ids, &txns); err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			write := func(b []*sdk.Change) {
+				t.Helper()
+				if durable, err := s.Write(ctx, b); err != nil || !durable {
+					t.Fatalf("Write(%d changes) = %v, %v", len(b), durable, err)
+				}
+			}
+
+			write(changes(0, 10)) // a fresh sink merges its first batch: it may be a replay
+			write(changes(10, 500))
+			_, _, before := stored()
+			write(changes(510, 3*minPerWriter))
+			rows, ids, txns := stored()
+			if rows != 3510 || ids != 3510 {
+				t.Fatalf("stored %d rows, %d distinct, want 3510", rows, ids)
+			}
+			if want := before + min(writers, 3); txns != want {
+				t.Fatalf("%d transactions wrote the audit table, want %d: a batch of 3 writers' share in %d COPYs", txns, want, min(writers, 3))
+			}
+			// A replay: the last batch's second half and new changes after it.
+			write(changes(510+3*minPerWriter/2, 3*minPerWriter))
+			if rows, ids, _ := stored(); rows != 3510+3*minPerWriter/2 || ids != rows {
+				t.Fatalf("after the replay: %d rows, %d distinct, want %d", rows, ids, 3510+3*minPerWriter/2)
+			}
+		})
 	}
 }

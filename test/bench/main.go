@@ -22,6 +22,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -55,13 +56,26 @@ type bench struct {
 	plugins string // why this pgtrail has no plugin mode, or ""
 	tmp     string
 	emit    func(result)
+	only    *regexp.Regexp // -only
+}
+
+// wants says whether -only selects a group, or one of the backlog group's
+// readers (which selects the group too).
+func (b *bench) wants(name string) bool {
+	if b.only.MatchString(name) {
+		return true
+	}
+	if name == "backlog" {
+		return slices.ContainsFunc(readers, func(r reader) bool { return b.only.MatchString(r.name) })
+	}
+	return false
 }
 
 func main() {
 	fullRun := flag.Bool("full", false, "the full version: a larger backlog, longer runs, 3 interleaved pgbench rounds")
 	bin := flag.String("bin", "", "the pgtrail binary (default: build ./cmd/pgtrail)")
 	out := flag.String("out", "bench-results.jsonl", "results file, one JSON line per scenario (replaced)")
-	only := flag.String("only", "", "run only the groups whose name matches this regexp: backlog, latency, big-txn, app")
+	only := flag.String("only", "", "run only the groups, or the backlog group's scenarios, whose name matches this regexp: backlog, latency, big-txn, app; limit, capture, capture-plugin, e2e, e2e-in-process, broker-jetstream, broker-kafka (the limit always runs with the backlog)")
 	profile := flag.String("profile", "", "save CPU, allocation and heap profiles of pgtrail in this directory")
 	flag.Parse()
 
@@ -99,7 +113,7 @@ func run(ctx context.Context, fullRun bool, bin, out, only, profile string) erro
 			return err
 		}
 	}
-	b := &bench{bin: bin, sizes: short, profile: profile, tmp: tmp}
+	b := &bench{bin: bin, sizes: short, profile: profile, tmp: tmp, only: onlyRE}
 	if fullRun {
 		b.sizes = full
 	}
@@ -130,7 +144,7 @@ func run(ctx context.Context, fullRun bool, bin, out, only, profile string) erro
 		{"big-txn", b.bigTxn},
 		{"app", b.app},
 	} {
-		if !onlyRE.MatchString(g.name) || ctx.Err() != nil {
+		if !b.wants(g.name) || ctx.Err() != nil {
 			continue
 		}
 		fmt.Fprintf(os.Stderr, "bench: %s scenarios (%s elapsed)\n", g.name, time.Since(start).Round(time.Second))

@@ -134,6 +134,9 @@ func (b *bench) backlog(ctx context.Context) error {
 	}
 	var can []reader
 	for _, r := range readers {
+		if r.name != "limit" && !b.only.MatchString("backlog") && !b.only.MatchString(r.name) {
+			continue
+		}
 		if r.available != nil {
 			if why := r.available(b, ctx); why != "" {
 				b.emit(skipped(r.name, why))
@@ -717,7 +720,7 @@ func (b *bench) appOnce(ctx context.Context, c *pgtest.Cluster, v appVariant, ro
 			t.plugin, t.sinkConfig = v.sink, nil
 		}
 		var err error
-		if p, err = b.setupAndStart(ctx, t, false); err != nil {
+		if p, err = b.setupAndStart(ctx, t, b.profile != "" && round == 0); err != nil {
 			return r, err
 		}
 		defer p.stop(30 * time.Second)
@@ -744,9 +747,14 @@ func (b *bench) appOnce(ctx context.Context, c *pgtest.Cluster, v appVariant, ro
 	if err := os.WriteFile(script, []byte(pgbenchScript(v.prelude, v.comment)), 0o644); err != nil {
 		return r, err
 	}
+	stopProfile := func() {}
+	if p != nil && round == 0 {
+		stopProfile = b.startCPUProfile(p, v.name)
+	}
 	out, err := exec.CommandContext(ctx, pgBin("pgbench"), "-n", "-c", strconv.Itoa(b.sizes.appClients), "-j", "2",
 		"-T", strconv.Itoa(int(b.sizes.appDuration.Seconds())), "-f", script, url).CombinedOutput()
 	ended := time.Now()
+	stopProfile()
 	if err != nil {
 		return r, fmt.Errorf("pgbench: %w\n%s", err, out)
 	}
