@@ -43,6 +43,11 @@ type Postgres struct {
 	Tables         []string `yaml:"tables"`  // schema.table patterns, * matches any run of characters
 	Exclude        []string `yaml:"exclude"` // patterns removed from Tables
 	StatusInterval Duration `yaml:"status_interval"`
+	// Coalesce is how long capture waits, when WAL arrives after a quiet
+	// spell, before it reads: the walsender sends every message on its own,
+	// and reading each as it comes costs a wake-up per message. 0 reads at
+	// once (lowest latency, most CPU).
+	Coalesce Duration `yaml:"coalesce"`
 }
 
 // JetStream is Debezium change events read from a NATS JetStream stream.
@@ -190,6 +195,7 @@ func defaults() Config {
 				Publication:    "pgtrail",
 				Tables:         []string{"public.*"},
 				StatusInterval: Duration(10 * time.Second),
+				Coalesce:       Duration(5 * time.Millisecond),
 			},
 			JetStream: JetStream{URL: "nats://127.0.0.1:4222", Stream: "DebeziumStream", Subject: "bemi", Durable: "pgtrail",
 				AckWait: Duration(30 * time.Minute)},

@@ -67,7 +67,7 @@ func TestDefaultsFromDatabaseURLOnly(t *testing.T) {
 			Type: "postgres",
 			Postgres: Postgres{
 				URL: "postgres://u:p@127.0.0.1:5432/app", Slot: "pgtrail", Publication: "pgtrail",
-				Tables: []string{"public.*"}, StatusInterval: Duration(10 * time.Second),
+				Tables: []string{"public.*"}, StatusInterval: Duration(10 * time.Second), Coalesce: Duration(5 * time.Millisecond),
 			},
 			JetStream: JetStream{URL: "nats://127.0.0.1:4222", Stream: "DebeziumStream", Subject: "bemi", Durable: "pgtrail",
 				DLQSubject: "bemi.dlq", AckWait: Duration(30 * time.Minute)},
@@ -276,6 +276,7 @@ func TestValidationErrorsNameKey(t *testing.T) {
 		{"source: {postgres: {tables: [a.b.c]}}", `source.postgres.tables[0]: "a.b.c" is not a schema.table pattern`},
 		{"source: {postgres: {exclude: [.x]}}", `source.postgres.exclude[0]: ".x" is not a schema.table pattern`},
 		{"source: {postgres: {status_interval: 0s}}", "source.postgres.status_interval: must be positive (e.g. 10s)"},
+		{"source: {postgres: {coalesce: 2s}}", "source.postgres.coalesce: must be between 0 (read at once) and 1s, got 2s (default 5ms)"},
 		{"source: {type: jetstream, jetstream: {url: \"\", stream: \"\", subject: \"\", durable: \"\"}}",
 			"source.jetstream.url: required\nsource.jetstream.stream: required\nsource.jetstream.subject: required\nsource.jetstream.durable: required"},
 		{"source: {type: kafka, kafka: {brokers: [], topics: [], group: \"\"}}",
@@ -422,7 +423,7 @@ log: {level: debug, format: json}
 			Type: "postgres",
 			Postgres: Postgres{
 				URL: "postgres://u@127.0.0.1/app", Slot: "pgtrail", Publication: "pgtrail",
-				Tables: []string{"public.*"}, Exclude: []string{"public.sessions"}, StatusInterval: Duration(5 * time.Second),
+				Tables: []string{"public.*"}, Exclude: []string{"public.sessions"}, StatusInterval: Duration(5 * time.Second), Coalesce: Duration(5 * time.Millisecond),
 			},
 			JetStream: JetStream{URL: "nats://127.0.0.1:4222", Stream: "DebeziumStream", Subject: "bemi", Durable: "pgtrail",
 				DLQSubject: "bemi.dlq", AckWait: Duration(30 * time.Minute)},

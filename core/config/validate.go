@@ -8,6 +8,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"time"
 )
 
 // pgName is what setup can create unquoted: a slot name allows exactly this, and
@@ -89,6 +90,9 @@ func (c *Config) validate() error {
 	}
 	if pg.StatusInterval <= 0 {
 		bad("source.postgres.status_interval", "must be positive (e.g. 10s)")
+	}
+	if pg.Coalesce < 0 || pg.Coalesce > Duration(time.Second) {
+		bad("source.postgres.coalesce", "must be between 0 (read at once) and 1s, got %s (default 5ms)", time.Duration(pg.Coalesce))
 	}
 
 	if len(c.Sinks) == 0 {
