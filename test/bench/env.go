@@ -198,20 +198,57 @@ func vmHWM(pid int) float64 {
 }
 
 // cpuSeconds is the CPU time the process has used so far.
-func (p *proc) cpuSeconds() float64 {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.cmd.Process.Pid))
+func (p *proc) cpuSeconds() float64 { return cpuTime(p.cmd.Process.Pid, false) }
+
+// treeCPU is the CPU time a process and its descendants have used so far,
+// those that have exited and been waited for included: a PostgreSQL server's
+// (its postmaster's tree, backends of closed connections too), or pgtrail
+// and its sink process.
+func treeCPU(pid int) float64 {
+	t := cpuTime(pid, true)
+	for _, c := range children(pid) {
+		t += treeCPU(c)
+	}
+	return t
+}
+
+// cpuTime is a process's user and system CPU seconds, with those of its
+// waited-for children if reaped is set.
+func cpuTime(pid int, reaped bool) float64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
 		return 0
 	}
-	// Fields after the command name, which is in parentheses: utime and
-	// stime are the 12th and 13th, in clock ticks (100 a second on Linux).
+	// Fields after the command name, which is in parentheses: utime, stime,
+	// cutime and cstime are the 12th to 15th, in clock ticks (100 a second).
 	f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
-	if len(f) < 13 {
+	if len(f) < 15 {
 		return 0
 	}
-	utime, _ := strconv.ParseFloat(f[11], 64)
-	stime, _ := strconv.ParseFloat(f[12], 64)
-	return (utime + stime) / 100
+	n := 2
+	if reaped {
+		n = 4
+	}
+	var ticks float64
+	for _, v := range f[11 : 11+n] {
+		t, _ := strconv.ParseFloat(v, 64)
+		ticks += t
+	}
+	return ticks / 100
+}
+
+// parentPID is the parent of pid, or 0.
+func parentPID(pid int) int {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
+	if len(f) < 2 {
+		return 0
+	}
+	ppid, _ := strconv.Atoi(f[1])
+	return ppid
 }
 
 // children lists the direct children of pid (forked by any of its threads).

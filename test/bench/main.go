@@ -37,15 +37,16 @@ type sizes struct {
 	latencyFor    time.Duration // at each rate
 	bigTxn        int           // changes in the one big transaction
 	appDuration   time.Duration // each pgbench run
+	appRateFor    time.Duration // each pgbench run at appRate
 	appRounds     int           // pgbench rounds, variants interleaved
 	appClients    int
 }
 
 var (
 	short = sizes{backlogTxns: 30_000, backlogRounds: 2, latencyRates: []int{2000, 10000}, latencyFor: 10 * time.Second,
-		bigTxn: 1_000_000, appDuration: 10 * time.Second, appRounds: 1, appClients: 4}
+		bigTxn: 1_000_000, appDuration: 10 * time.Second, appRateFor: 5 * time.Second, appRounds: 1, appClients: 4}
 	full = sizes{backlogTxns: 200_000, backlogRounds: 2, latencyRates: []int{2000, 10000}, latencyFor: 60 * time.Second,
-		bigTxn: 1_000_000, appDuration: 30 * time.Second, appRounds: 3, appClients: 4}
+		bigTxn: 1_000_000, appDuration: 30 * time.Second, appRateFor: 15 * time.Second, appRounds: 3, appClients: 4}
 )
 
 // bench is one invocation.

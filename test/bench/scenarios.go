@@ -37,8 +37,15 @@ type result struct {
 	PeakRSSMB        *float64 `json:"peak_rss_mb"`
 	TPS              *float64 `json:"tps,omitempty"`
 	TPSRatio         *float64 `json:"tps_ratio_to_no_audit,omitempty"`
-	Note             string   `json:"note,omitempty"`
-	Run              string   `json:"run"`
+	// At appRate, the same transactions at a steady rate below saturation:
+	// their latency, and the CPU they cost the database server (backends,
+	// walsender, audit writes) and pgtrail's processes, per transaction.
+	TxnP50ms     *float64 `json:"txn_p50_ms,omitempty"`
+	TxnP99ms     *float64 `json:"txn_p99_ms,omitempty"`
+	ServerCPUus  *float64 `json:"server_cpu_us_per_txn,omitempty"`
+	PgtrailCPUus *float64 `json:"pgtrail_cpu_us_per_txn,omitempty"`
+	Note         string   `json:"note,omitempty"`
+	Run          string   `json:"run"`
 }
 
 func num(v float64) *float64 { return &v }
@@ -630,6 +637,18 @@ type appRun struct {
 	tps, catchup float64
 	rss          float64
 	txns         int64
+	steady       steadyRun
+}
+
+// appRate is the steady rate, in transactions per second, at which the app
+// group also measures each variant: below what any of them sustains here,
+// as a production database mostly runs.
+const appRate = 1000
+
+// steadyRun is one variant at appRate.
+type steadyRun struct {
+	p50, p99           float64 // transaction latency, ms
+	server, pgtrailCPU float64 // CPU µs per transaction
 }
 
 func (b *bench) app(ctx context.Context) error {
@@ -672,6 +691,13 @@ func (b *bench) app(ctx context.Context) error {
 		}
 		res.Note = fmt.Sprintf("%s; pgbench -c %d -j 2 for %s, %d changes per transaction; TPS of each round: %s",
 			v.describe, b.sizes.appClients, d, appChangesPerTxn, strings.Join(each, ", "))
+		res.TxnP50ms = num(median(rs, func(r appRun) float64 { return r.steady.p50 }))
+		res.TxnP99ms = num(median(rs, func(r appRun) float64 { return r.steady.p99 }))
+		res.ServerCPUus = num(median(rs, func(r appRun) float64 { return r.steady.server }))
+		if v.pgtrail {
+			res.PgtrailCPUus = num(median(rs, func(r appRun) float64 { return r.steady.pgtrailCPU }))
+		}
+		res.Note += fmt.Sprintf("; then %d TPS for %s: transaction latency and CPU per transaction", appRate, b.sizes.appRateFor)
 		if v.pgtrail {
 			res.PeakRSSMB = num(median(rs, func(r appRun) float64 { return r.rss }))
 			res.Note += fmt.Sprintf("; pgtrail had stored every change %.1f s after pgbench ended (median)",
@@ -773,7 +799,93 @@ func (b *bench) appOnce(ctx context.Context, c *pgtest.Cluster, v appVariant, ro
 		rss, _ := p.rss()
 		r.rss = *rss
 	}
+	r.steady, err = b.steady(ctx, url, script, p, r.txns)
+	return r, err
+}
+
+// steady runs the variant's transaction at appRate and measures what each
+// costs: its latency (pgbench's per-transaction log), the database server's
+// CPU (the postmaster's whole tree, with the backends of pgbench's
+// connections, which exit at its end) and pgtrail's, counted until pgtrail
+// has stored every change, so that its work and the audit table's writes
+// are in. before is how many transactions pgtrail has seen already.
+func (b *bench) steady(ctx context.Context, url, script string, p *pgtrail, before int64) (steadyRun, error) {
+	var r steadyRun
+	backend, err := queryValue[int32](ctx, url, "SELECT pg_backend_pid()")
+	if err != nil {
+		return r, err
+	}
+	postmaster := parentPID(int(backend))
+	if postmaster == 0 {
+		return r, fmt.Errorf("no postmaster above backend %d", backend)
+	}
+	logs, err := os.MkdirTemp(b.tmp, "pgbench-log-")
+	if err != nil {
+		return r, err
+	}
+	defer os.RemoveAll(logs)
+	pgtrailCPU := func() float64 {
+		if p == nil {
+			return 0
+		}
+		return treeCPU(p.cmd.Process.Pid)
+	}
+	server0, pgtrail0 := treeCPU(postmaster), pgtrailCPU()
+	out, err := exec.CommandContext(ctx, pgBin("pgbench"), "-n", "-c", strconv.Itoa(b.sizes.appClients), "-j", "2",
+		"-R", strconv.Itoa(appRate), "-T", strconv.Itoa(int(b.sizes.appRateFor.Seconds())),
+		"-l", "--log-prefix", filepath.Join(logs, "txn"), "-f", script, url).CombinedOutput()
+	if err != nil {
+		return r, fmt.Errorf("pgbench -R %d: %w\n%s", appRate, err, out)
+	}
+	txns := txnsLine.FindSubmatch(out)
+	if txns == nil {
+		return r, fmt.Errorf("pgbench -R %d printed no transaction count:\n%s", appRate, out)
+	}
+	n, _ := strconv.ParseInt(string(txns[1]), 10, 64)
+	if p != nil {
+		if _, err := p.waitWritten((before+n)*appChangesPerTxn, 10*time.Minute); err != nil {
+			return r, err
+		}
+	} else {
+		time.Sleep(200 * time.Millisecond) // the backends of pgbench's connections exit
+	}
+	r.server = (treeCPU(postmaster) - server0) * 1e6 / float64(n)
+	r.pgtrailCPU = (pgtrailCPU() - pgtrail0) * 1e6 / float64(n)
+	lat, err := txnLatencies(logs)
+	if err != nil {
+		return r, err
+	}
+	r.p50, r.p99 = percentile(lat, 0.50), percentile(lat, 0.99)
 	return r, nil
+}
+
+// txnLatencies reads pgbench's per-transaction logs (-l) in dir: the third
+// field of each line is the transaction's time in µs. Sorted, in ms.
+func txnLatencies(dir string) ([]float64, error) {
+	files, _ := filepath.Glob(filepath.Join(dir, "txn.*"))
+	var lat []float64
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return nil, err
+		}
+		for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+			fields := strings.Fields(line)
+			if len(fields) < 3 {
+				continue
+			}
+			us, err := strconv.ParseFloat(fields[2], 64)
+			if err != nil {
+				return nil, fmt.Errorf("pgbench log %s: %q: %w", f, line, err)
+			}
+			lat = append(lat, us/1000)
+		}
+	}
+	if len(lat) == 0 {
+		return nil, fmt.Errorf("pgbench wrote no per-transaction log in %s", dir)
+	}
+	slices.Sort(lat)
+	return lat, nil
 }
 
 // setupAndStart writes t's config, runs `pgtrail setup` and starts `pgtrail
@@ -809,6 +921,19 @@ func table(rs []result) string {
 		fmt.Fprintf(&sb, "| %s | %d | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", r.Scenario, *r.Changes,
 			f(r.Seconds, 2), f(r.ChangesPerS, 0), f(r.RatioToLimit, 2), f(r.RatioToInProcess, 2), f(r.P50ms, 1), f(r.P99ms, 1), f(r.MaxMs, 1),
 			f(r.PeakRSSMB, 0), f(r.TPS, 0), f(r.TPSRatio, 2))
+	}
+	var steady []result
+	for _, r := range rs {
+		if r.Status == "ok" && r.ServerCPUus != nil {
+			steady = append(steady, r)
+		}
+	}
+	if len(steady) > 0 {
+		fmt.Fprintf(&sb, "\nThe app group at a steady %d TPS:\n\n", appRate)
+		sb.WriteString("| scenario | txn p50 ms | txn p99 ms | server CPU µs/txn | pgtrail CPU µs/txn |\n|---|--:|--:|--:|--:|\n")
+		for _, r := range steady {
+			fmt.Fprintf(&sb, "| %s | %s | %s | %s | %s |\n", r.Scenario, f(r.TxnP50ms, 2), f(r.TxnP99ms, 2), f(r.ServerCPUus, 0), f(r.PgtrailCPUus, 0))
+		}
 	}
 	return sb.String()
 }
