@@ -212,16 +212,22 @@ func treeCPU(pid int) float64 {
 	return t
 }
 
+// procStat is /proc/pid/stat split into fields after the command name
+// (which is in parentheses and may hold spaces): [0] is the state, [1] the
+// parent, [11] utime; nil if the process is gone.
+func procStat(pid int) []string {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return nil
+	}
+	return strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
+}
+
 // cpuTime is a process's user and system CPU seconds, with those of its
 // waited-for children if reaped is set.
 func cpuTime(pid int, reaped bool) float64 {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0
-	}
-	// Fields after the command name, which is in parentheses: utime, stime,
-	// cutime and cstime are the 12th to 15th, in clock ticks (100 a second).
-	f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
+	// utime, stime, cutime and cstime, in clock ticks (100 a second).
+	f := procStat(pid)
 	if len(f) < 15 {
 		return 0
 	}
@@ -239,11 +245,7 @@ func cpuTime(pid int, reaped bool) float64 {
 
 // parentPID is the parent of pid, or 0.
 func parentPID(pid int) int {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0
-	}
-	f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
+	f := procStat(pid)
 	if len(f) < 2 {
 		return 0
 	}
