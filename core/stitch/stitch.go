@@ -9,6 +9,7 @@ import (
 	"log/slog"
 
 	"github.com/pgtrail/pgtrail/core/change"
+	"github.com/pgtrail/pgtrail/core/values"
 )
 
 // Message prefixes pgtrail understands.
@@ -86,7 +87,7 @@ func (s *Stitcher) Next(xid uint64) json.RawMessage {
 // reporting it) otherwise: a bad payload must never stop the pipeline.
 func (s *Stitcher) object(prefix string, content []byte) json.RawMessage {
 	trimmed := bytes.TrimSpace(content)
-	if len(trimmed) > 0 && trimmed[0] == '{' && json.Valid(trimmed) {
+	if len(trimmed) > 0 && trimmed[0] == '{' && values.Embeddable(trimmed) {
 		return json.RawMessage(bytes.Clone(trimmed))
 	}
 	if s.OnBadContext != nil {

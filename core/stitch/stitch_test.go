@@ -44,4 +44,9 @@ func TestBemiContextIsConsumedByExactlyTheNextRowChange(t *testing.T) {
 	if len(bad) != 2 || bad[0] != PrefixPgtrail || bad[1] != PrefixBemi {
 		t.Fatalf("bad payloads reported: %v", bad)
 	}
+	// JSON that jsonb refuses would fail every write of its batch.
+	s.Message(3, PrefixBemi, []byte(`{"note":"\u0000"}`))
+	if got := string(s.Next(3)); got != `{}` || len(bad) != 3 {
+		t.Fatalf("context jsonb cannot hold: stored %s, %d reported", got, len(bad))
+	}
 }

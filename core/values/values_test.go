@@ -345,3 +345,27 @@ func BenchmarkAppendNumeric(b *testing.B) {
 		dst = AppendNumeric(dst, "0.30000000000000004")
 	}
 }
+
+// TestEmbeddableRefusesWhatJsonbRefuses: valid JSON that the json type
+// takes and jsonb does not (PostgreSQL: "unsupported Unicode escape
+// sequence") is not embeddable; everything else valid is.
+func TestEmbeddableRefusesWhatJsonbRefuses(t *testing.T) {
+	for text, want := range map[string]bool{
+		`{"a":1}`:                       true,
+		`{"a":"\u00e9\n\"x\\u0000"}`:    true, // \\u0000 is a backslash, then text
+		`"\ud83d\ude00"`:                true, // a surrogate pair
+		`["\u0041", "\\", "\\\\u0000"]`: true,
+		`{"a":"\u0000"}`:                false,
+		`{"a":"x\u0000y"}`:              false,
+		`"\ud83d"`:                      false, // high surrogate alone
+		`"\ud83dx"`:                     false,
+		`"\ud83d\u0041"`:                false, // followed by no low surrogate
+		`"\ude00"`:                      false, // low surrogate alone
+		`{"a":`:                         false, // not JSON
+		``:                              false,
+	} {
+		if got := Embeddable([]byte(text)); got != want {
+			t.Errorf("Embeddable(%s) = %v, want %v", text, got, want)
+		}
+	}
+}

@@ -176,7 +176,7 @@ func (d *Decoder) appendValue(dst []byte, s *schema, raw json.RawMessage) ([]byt
 		if err != nil {
 			return dst, err
 		}
-		if json.Valid([]byte(str)) {
+		if values.Embeddable([]byte(str)) {
 			return append(dst, str...), nil
 		}
 		return values.AppendString(dst, str), nil
@@ -272,6 +272,9 @@ func appendUntyped(dst []byte, raw json.RawMessage) ([]byte, error) {
 		var buf bytes.Buffer
 		if err := json.Compact(&buf, raw); err != nil {
 			return dst, err
+		}
+		if !values.Embeddable(buf.Bytes()) {
+			return values.AppendString(dst, buf.String()), nil
 		}
 		return append(dst, buf.Bytes()...), nil
 	}

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/base64"
-	"encoding/json"
 	"fmt"
 	"maps"
 	"slices"
@@ -284,7 +283,7 @@ func appendScalar(dst []byte, k kind, text []byte) ([]byte, error) {
 		}
 		return dst, invalidValue(k, text)
 	case kindJSON:
-		if json.Valid(text) {
+		if values.Embeddable(text) {
 			return append(dst, text...), nil
 		}
 		return values.AppendString(dst, unsafeString(text)), nil

@@ -156,6 +156,9 @@ var valueCases = []valueCase{
 	{"jsonb string", pgtype.JSONBOID, `"s"`, `"s"`},
 	{"jsonb number", pgtype.JSONBOID, `3.50`, `3.50`},
 	{"jsonb null", pgtype.JSONBOID, `null`, `null`},
+	// json that jsonb cannot hold: its text, as a string.
+	{"json with \\u0000", pgtype.JSONOID, `{"a": "\u0000"}`, `"{\"a\": \"\\u0000\"}"`},
+	{"json with a lone surrogate", pgtype.JSONOID, `["\ud83d"]`, `"[\"\\ud83d\"]"`},
 	{"json as written", pgtype.JSONOID, "{\n  \"a\" : 1\n}", "{\n  \"a\" : 1\n}"},
 	{"json invalid", pgtype.JSONOID, `{bad`, `"{bad"`},
 

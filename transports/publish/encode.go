@@ -411,7 +411,9 @@ func (e *Encoder) value(v []byte, oid uint32, typmod int32, elem uint32, raw jso
 	case pgtype.Float8OID:
 		return appendFloat(v, raw, 64), nil
 	case pgtype.JSONOID, pgtype.JSONBOID:
-		if len(raw) > 0 && raw[0] == '"' && !json.Valid(unquote(raw)) {
+		// A string that is not embeddable JSON is the text of a value jsonb
+		// could not hold (values.Embeddable): Debezium's Json is that text.
+		if len(raw) > 0 && raw[0] == '"' && !values.Embeddable(unquote(raw)) {
 			return append(v, raw...), nil
 		}
 		return values.AppendString(v, string(raw)), nil
