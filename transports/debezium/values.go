@@ -284,10 +284,18 @@ func appendUntyped(dst []byte, raw json.RawMessage) ([]byte, error) {
 	return append(dst, raw...), nil
 }
 
+// stringOf decodes a JSON string. One that holds NUL is no PostgreSQL value
+// (text cannot hold it, and the audit table's jsonb refuses it): a malformed
+// event, not one to store.
 func stringOf(raw json.RawMessage) (string, error) {
 	var s string
-	err := json.Unmarshal(raw, &s)
-	return s, err
+	if err := json.Unmarshal(raw, &s); err != nil {
+		return "", err
+	}
+	if strings.IndexByte(s, 0) >= 0 {
+		return "", fmt.Errorf("string %.40q holds a NUL character, which no PostgreSQL text can hold", s)
+	}
+	return s, nil
 }
 
 func integer(raw json.RawMessage) (int64, error) {
