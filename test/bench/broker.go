@@ -143,15 +143,18 @@ func brokerRun(kind string) func(*bench, context.Context, *backlog, string) resu
 		if err := runPgtrail(ctx, b.bin, runCfg, "setup"); err != nil {
 			return failed(name, err)
 		}
-		p, err := startPgtrail(b.bin, runCfg, port, "audit", false)
+		p, err := startPgtrail(b.bin, runCfg, port, "audit", b.profile != "")
 		if err != nil {
 			return failed(name, err)
 		}
 		defer p.stop(30 * time.Second)
+		stopProfile := b.startCPUProfile(p, name) // of `pgtrail run`
 		done, err := p.waitWritten(bl.changes, 15*time.Minute)
+		stopProfile()
 		if err != nil {
 			return failed(name, err)
 		}
+		b.saveProfiles(p, name)
 		res := throughput(name, bl.changes, done.Sub(started))
 		capRSS := vmHWM(capture.cmd.Process.Pid)
 		runRSS, runNote := p.rss()

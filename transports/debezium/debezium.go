@@ -217,6 +217,40 @@ type payload struct {
 	Status string          `json:"status"` // transaction metadata events
 }
 
+// decodePayload is json.Unmarshal(body, &p) for a body already checked, but
+// the row images, most of the payload, are only split off, not decoded
+// twice. Keys match as encoding/json matches them, case-insensitively.
+func decodePayload(body json.RawMessage) (payload, error) {
+	var p payload
+	fields, err := columns(body)
+	if err != nil {
+		return p, err
+	}
+	for _, f := range fields {
+		var err error
+		switch {
+		case strings.EqualFold(f.name, "before"):
+			p.Before = f.raw
+		case strings.EqualFold(f.name, "after"):
+			p.After = f.raw
+		case strings.EqualFold(f.name, "ts_ms"):
+			p.TsMs = f.raw
+		case strings.EqualFold(f.name, "op"):
+			err = json.Unmarshal(f.raw, &p.Op)
+		case strings.EqualFold(f.name, "source"):
+			err = json.Unmarshal(f.raw, &p.Source)
+		case strings.EqualFold(f.name, "message"):
+			err = json.Unmarshal(f.raw, &p.Message)
+		case strings.EqualFold(f.name, "status"):
+			err = json.Unmarshal(f.raw, &p.Status)
+		}
+		if err != nil {
+			return p, fmt.Errorf("%s: %w", f.name, err)
+		}
+	}
+	return p, nil
+}
+
 type source struct {
 	DB       string  `json:"db"`
 	Schema   string  `json:"schema"`
@@ -244,14 +278,20 @@ func (d *Decoder) Decode(key, value []byte) ([]Event, error) {
 	if len(value) == 0 || string(value) == "null" {
 		return nil, nil // tombstone
 	}
-	var top map[string]json.RawMessage
-	if err := json.Unmarshal(value, &top); err != nil {
+	// Checked once, then split without decoding: the schema block is most
+	// of an event with schemas, and rowSchemas reads it only when new.
+	if !json.Valid(value) {
+		var v any
+		return nil, malformed(ReasonNotJSON, "%v", json.Unmarshal(value, &v))
+	}
+	top, err := columns(value)
+	if err != nil {
 		return nil, malformed(ReasonNotJSON, "%v", err)
 	}
 	body := json.RawMessage(value)
 	var rs *rowSchemas
-	if sch, ok := top["schema"]; ok && len(top) == 2 {
-		if p, ok := top["payload"]; ok {
+	if sch, ok := find(top, "schema"); ok && len(top) == 2 {
+		if p, ok := find(top, "payload"); ok {
 			body = p
 			var err error
 			if rs, err = d.rowSchemas(sch); err != nil {
@@ -262,8 +302,8 @@ func (d *Decoder) Decode(key, value []byte) ([]Event, error) {
 	if string(bytes.TrimSpace(body)) == "null" {
 		return nil, nil // tombstone with schema
 	}
-	var p payload
-	if err := json.Unmarshal(body, &p); err != nil {
+	p, err := decodePayload(body)
+	if err != nil {
 		return nil, malformed(ReasonNotJSON, "%v", err)
 	}
 	if p.Op == nil {

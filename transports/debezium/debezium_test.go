@@ -273,3 +273,45 @@ func TestKeyTextIsPostgresText(t *testing.T) {
 		}
 	}
 }
+
+// TestColumnsSplitsAnObjectAsEncodingJSONDoes: the scanner that replaced
+// encoding/json's tokenizer finds the same names and raw values.
+func TestColumnsSplitsAnObjectAsEncodingJSONDoes(t *testing.T) {
+	for _, in := range []string{
+		`{}`,
+		` { } `,
+		`{"a":1,"b":"x","c":null,"d":true,"e":false,"f":-1.5e3}`,
+		"{ \"a\" :\t[1, {\"b\": [\"]}\"]}] ,\n" + `"c\"q": {"}": "{\\\"}"} , "\u00e9": "\"" }`,
+		`{"nested":{"x":{"y":[[],{}]}},"s":"a,b}c]"}`,
+	} {
+		got, err := columns(json.RawMessage(in))
+		if err != nil {
+			t.Fatalf("%s: %v", in, err)
+		}
+		dec := json.NewDecoder(strings.NewReader(in))
+		dec.Token()
+		var want []column
+		for dec.More() {
+			k, _ := dec.Token()
+			var v json.RawMessage
+			if err := dec.Decode(&v); err != nil {
+				t.Fatal(err)
+			}
+			want = append(want, column{k.(string), v})
+		}
+		if fmt.Sprint(got) != fmt.Sprint(want) && !(len(got) == 0 && len(want) == 0) {
+			t.Errorf("%s:\n got %q\nwant %q", in, got, want)
+		}
+	}
+	if _, err := columns(json.RawMessage(`[1]`)); err == nil {
+		t.Error("an array is not a row")
+	}
+	if cols, err := columns(json.RawMessage(`null`)); err != nil || cols != nil {
+		t.Errorf("null: %v %v", cols, err)
+	}
+	for raw, want := range map[string]string{`"plain"`: "plain", `"a\"b"`: `a"b`, "\"\xff\"": "\ufffd"} {
+		if got, err := stringOf(json.RawMessage(raw)); err != nil || got != want {
+			t.Errorf("stringOf(%s) = %q, %v; want %q", raw, got, err, want)
+		}
+	}
+}

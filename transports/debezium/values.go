@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/pgtrail/pgtrail/core/values"
 )
@@ -288,6 +289,13 @@ func appendUntyped(dst []byte, raw json.RawMessage) ([]byte, error) {
 // (text cannot hold it, and the audit table's jsonb refuses it): a malformed
 // event, not one to store.
 func stringOf(raw json.RawMessage) (string, error) {
+	if len(raw) >= 2 && raw[0] == '"' && raw[len(raw)-1] == '"' && bytes.IndexByte(raw, '\\') < 0 && utf8.Valid(raw) {
+		// Without escapes a string (of a message already checked) is its
+		// bytes; a NUL could only come escaped, and bytes that are not UTF-8
+		// take the slow path, which makes them U+FFFD as PostgreSQL text
+		// needs.
+		return string(raw[1 : len(raw)-1]), nil
+	}
 	var s string
 	if err := json.Unmarshal(raw, &s); err != nil {
 		return "", err
