@@ -15,6 +15,16 @@ func Embeddable(text []byte) bool {
 	return json.Valid(text) && jsonbEscapes(text)
 }
 
+// AppendJSON appends JSON text as the JSON value it is, or, where it is not
+// Embeddable, as a string of the text: the mapping of json and jsonb values
+// on every ingress.
+func AppendJSON(dst, text []byte) []byte {
+	if Embeddable(text) {
+		return append(dst, text...)
+	}
+	return AppendString(dst, string(text))
+}
+
 // jsonbEscapes reports whether every \u escape of valid JSON text is one
 // jsonb accepts.
 func jsonbEscapes(text []byte) bool {

@@ -177,10 +177,7 @@ func (d *Decoder) appendValue(dst []byte, s *schema, raw json.RawMessage) ([]byt
 		if err != nil {
 			return dst, err
 		}
-		if values.Embeddable([]byte(str)) {
-			return append(dst, str...), nil
-		}
-		return values.AppendString(dst, str), nil
+		return values.AppendJSON(dst, []byte(str)), nil
 	case debeziumBits:
 		b, err := d.bytesValue(raw, "bytes")
 		if err != nil {
@@ -274,10 +271,7 @@ func appendUntyped(dst []byte, raw json.RawMessage) ([]byte, error) {
 		if err := json.Compact(&buf, raw); err != nil {
 			return dst, err
 		}
-		if !values.Embeddable(buf.Bytes()) {
-			return values.AppendString(dst, buf.String()), nil
-		}
-		return append(dst, buf.Bytes()...), nil
+		return values.AppendJSON(dst, buf.Bytes()), nil
 	}
 	if !json.Valid(raw) {
 		return dst, fmt.Errorf("invalid JSON %q", raw)

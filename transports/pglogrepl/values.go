@@ -283,10 +283,7 @@ func appendScalar(dst []byte, k kind, text []byte) ([]byte, error) {
 		}
 		return dst, invalidValue(k, text)
 	case kindJSON:
-		if values.Embeddable(text) {
-			return append(dst, text...), nil
-		}
-		return values.AppendString(dst, unsafeString(text)), nil
+		return values.AppendJSON(dst, text), nil
 	case kindUUID:
 		for _, c := range text {
 			if c < 0x20 || c >= 0x80 || c == '"' || c == '\\' {
