@@ -278,25 +278,14 @@ func (d *Decoder) Decode(key, value []byte) ([]Event, error) {
 	if len(value) == 0 || string(value) == "null" {
 		return nil, nil // tombstone
 	}
-	// Checked once, then split without decoding: the schema block is most
-	// of an event with schemas, and rowSchemas reads it only when new.
-	if !json.Valid(value) {
-		var v any
-		return nil, malformed(ReasonNotJSON, "%v", json.Unmarshal(value, &v))
-	}
-	top, err := columns(value)
+	sch, body, err := envelope(value)
 	if err != nil {
 		return nil, malformed(ReasonNotJSON, "%v", err)
 	}
-	body := json.RawMessage(value)
 	var rs *rowSchemas
-	if sch, ok := find(top, "schema"); ok && len(top) == 2 {
-		if p, ok := find(top, "payload"); ok {
-			body = p
-			var err error
-			if rs, err = d.rowSchemas(sch); err != nil {
-				return nil, malformed(ReasonNotJSON, "schema: %v", err)
-			}
+	if sch != nil {
+		if rs, err = d.rowSchemas(sch); err != nil {
+			return nil, malformed(ReasonNotJSON, "schema: %v", err)
 		}
 	}
 	if string(bytes.TrimSpace(body)) == "null" {

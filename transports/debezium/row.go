@@ -27,7 +27,7 @@ func columns(raw json.RawMessage) ([]column, error) {
 	if raw[0] != '{' {
 		return nil, errNotObject
 	}
-	// raw is part of a message json.Unmarshal has checked already, so a
+	// raw is part of a message envelope has checked already, so a
 	// scan for where each value ends is enough: encoding/json's tokenizer,
 	// which checks every value again, was the largest cost of the ingress.
 	cols := []column{}
@@ -110,6 +110,28 @@ func skipValue(b []byte, i int) int {
 		j++
 	}
 	return j
+}
+
+// envelope checks a message (a key or a value) and splits it: with the
+// JsonConverter's schemas, into its schema and payload; otherwise the whole
+// message is the body and sch is nil. It checks the JSON once and decodes
+// nothing: the schema block is most of an event with schemas, and it is read
+// only when new.
+func envelope(msg []byte) (sch, body json.RawMessage, err error) {
+	if !json.Valid(msg) {
+		var v any
+		return nil, nil, json.Unmarshal(msg, &v)
+	}
+	top, err := columns(msg)
+	if err != nil {
+		return nil, nil, err
+	}
+	if s, ok := find(top, "schema"); ok && len(top) == 2 {
+		if p, ok := find(top, "payload"); ok {
+			return s, p, nil
+		}
+	}
+	return nil, msg, nil
 }
 
 func find(cols []column, name string) (json.RawMessage, bool) {
@@ -302,16 +324,12 @@ func (d *Decoder) keyColumns(key []byte, image []column) ([]column, *rowSchemas,
 	var cols []column
 	var rs *rowSchemas
 	if len(key) > 0 && string(key) != "null" {
-		body := json.RawMessage(key)
-		var top map[string]json.RawMessage
-		if json.Unmarshal(key, &top) != nil {
+		sch, body, err := envelope(key)
+		if err != nil {
 			return nil, nil, malformed(ReasonNotJSON, "key is not a JSON object")
 		}
-		if sch, ok := top["schema"]; ok && len(top) == 2 {
-			if p, ok := top["payload"]; ok {
-				body = p
-				rs = keySchemas(sch)
-			}
+		if sch != nil {
+			rs = keySchemas(sch)
 		}
 		all, err := columns(body)
 		if err != nil {
