@@ -694,11 +694,9 @@ func (b *bench) app(ctx context.Context) error {
 		res.TxnP50ms = num(median(rs, func(r appRun) float64 { return r.steady.p50 }))
 		res.TxnP99ms = num(median(rs, func(r appRun) float64 { return r.steady.p99 }))
 		res.ServerCPUus = num(median(rs, func(r appRun) float64 { return r.steady.server }))
-		if v.pgtrail {
-			res.PgtrailCPUus = num(median(rs, func(r appRun) float64 { return r.steady.pgtrailCPU }))
-		}
 		res.Note += fmt.Sprintf("; then %d TPS for %s: transaction latency and CPU per transaction", appRate, b.sizes.appRateFor)
 		if v.pgtrail {
+			res.PgtrailCPUus = num(median(rs, func(r appRun) float64 { return r.steady.pgtrailCPU }))
 			res.PeakRSSMB = num(median(rs, func(r appRun) float64 { return r.rss }))
 			res.Note += fmt.Sprintf("; pgtrail had stored every change %.1f s after pgbench ended (median)",
 				median(rs, func(r appRun) float64 { return r.catchup }))
@@ -777,19 +775,18 @@ func (b *bench) appOnce(ctx context.Context, c *pgtest.Cluster, v appVariant, ro
 	if p != nil && round == 0 {
 		stopProfile = b.startCPUProfile(p, v.name)
 	}
-	out, err := exec.CommandContext(ctx, pgBin("pgbench"), "-n", "-c", strconv.Itoa(b.sizes.appClients), "-j", "2",
-		"-T", strconv.Itoa(int(b.sizes.appDuration.Seconds())), "-f", script, url).CombinedOutput()
+	out, txns, err := b.pgbench(ctx, url, script, b.sizes.appDuration)
 	ended := time.Now()
 	stopProfile()
 	if err != nil {
-		return r, fmt.Errorf("pgbench: %w\n%s", err, out)
+		return r, err
 	}
-	tps, txns := tpsLine.FindSubmatch(out), txnsLine.FindSubmatch(out)
-	if tps == nil || txns == nil {
+	tps := tpsLine.FindSubmatch(out)
+	if tps == nil {
 		return r, fmt.Errorf("pgbench printed no tps:\n%s", out)
 	}
 	r.tps, _ = strconv.ParseFloat(string(tps[1]), 64)
-	r.txns, _ = strconv.ParseInt(string(txns[1]), 10, 64)
+	r.txns = txns
 	if p != nil {
 		stored, err := p.waitWritten(r.txns*appChangesPerTxn, 10*time.Minute)
 		if err != nil {
@@ -831,17 +828,11 @@ func (b *bench) steady(ctx context.Context, url, script string, p *pgtrail, befo
 		return treeCPU(p.cmd.Process.Pid)
 	}
 	server0, pgtrail0 := treeCPU(postmaster), pgtrailCPU()
-	out, err := exec.CommandContext(ctx, pgBin("pgbench"), "-n", "-c", strconv.Itoa(b.sizes.appClients), "-j", "2",
-		"-R", strconv.Itoa(appRate), "-T", strconv.Itoa(int(b.sizes.appRateFor.Seconds())),
-		"-l", "--log-prefix", filepath.Join(logs, "txn"), "-f", script, url).CombinedOutput()
+	_, n, err := b.pgbench(ctx, url, script, b.sizes.appRateFor,
+		"-R", strconv.Itoa(appRate), "-l", "--log-prefix", filepath.Join(logs, "txn"))
 	if err != nil {
-		return r, fmt.Errorf("pgbench -R %d: %w\n%s", appRate, err, out)
+		return r, err
 	}
-	txns := txnsLine.FindSubmatch(out)
-	if txns == nil {
-		return r, fmt.Errorf("pgbench -R %d printed no transaction count:\n%s", appRate, out)
-	}
-	n, _ := strconv.ParseInt(string(txns[1]), 10, 64)
 	if p != nil {
 		if _, err := p.waitWritten((before+n)*appChangesPerTxn, 10*time.Minute); err != nil {
 			return r, err
@@ -857,6 +848,23 @@ func (b *bench) steady(ctx context.Context, url, script string, p *pgtrail, befo
 	}
 	r.p50, r.p99 = percentile(lat, 0.50), percentile(lat, 0.99)
 	return r, nil
+}
+
+// pgbench runs script from the app group's clients for d, with extra
+// options, and returns its output and how many transactions it committed.
+func (b *bench) pgbench(ctx context.Context, url, script string, d time.Duration, extra ...string) ([]byte, int64, error) {
+	args := append([]string{"-n", "-c", strconv.Itoa(b.sizes.appClients), "-j", "2",
+		"-T", strconv.Itoa(int(d.Seconds())), "-f", script}, extra...)
+	out, err := exec.CommandContext(ctx, pgBin("pgbench"), append(args, url)...).CombinedOutput()
+	if err != nil {
+		return out, 0, fmt.Errorf("pgbench %s: %w\n%s", strings.Join(extra, " "), err, out)
+	}
+	txns := txnsLine.FindSubmatch(out)
+	if txns == nil {
+		return out, 0, fmt.Errorf("pgbench printed no transaction count:\n%s", out)
+	}
+	n, _ := strconv.ParseInt(string(txns[1]), 10, 64)
+	return out, n, nil
 }
 
 // txnLatencies reads pgbench's per-transaction logs (-l) in dir: the third
