@@ -22,6 +22,27 @@ func TestMain(m *testing.M) {
 	pgtest.Main(m, pgtest.Options{}, func(c *pgtest.Cluster) { cluster = c })
 }
 
+// openSink configures a sink with config and the URL of a new database, sets
+// it up and opens it, as the host does; it is closed when the test ends.
+func openSink(t *testing.T, config map[string]any) (*Sink, string) {
+	t.Helper()
+	url := cluster.NewDatabase(t)
+	config["url"] = url
+	cfg, _ := json.Marshal(config)
+	s, ctx := New(), context.Background()
+	if err := s.Configure(ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Setup(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = s.Close(ctx) })
+	if err := s.Open(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return s, url
+}
+
 func TestSinkPassesTheSDKTestKit(t *testing.T) {
 	url := cluster.NewDatabase(t)
 	cfg, _ := json.Marshal(map[string]string{"url": url, "schema": "audit", "table": "trail"})
@@ -51,19 +72,11 @@ func TestSinkPassesTheSDKTestKit(t *testing.T) {
 // common questions rely on: who changed a row (table, primary_key), what
 // happened when (the key, time first) and who did what (GIN on the JSON).
 func TestSetupMakesTheAuditTableWithItsKeyAndIndexes(t *testing.T) {
-	url := cluster.NewDatabase(t)
-	cfg, _ := json.Marshal(map[string]string{"url": url, "schema": "audit", "table": "trail"})
-	s := New()
+	s, url := openSink(t, map[string]any{"schema": "audit", "table": "trail"})
 	ctx := context.Background()
-	if err := s.Configure(ctx, cfg); err != nil {
+	if err := s.Setup(ctx); err != nil { // again: idempotent
 		t.Fatal(err)
 	}
-	for range 2 { // idempotent
-		if err := s.Setup(ctx); err != nil {
-			t.Fatal(err)
-		}
-	}
-	t.Cleanup(func() { _ = s.Close(ctx) })
 	conn, err := pgx.Connect(ctx, url)
 	if err != nil {
 		t.Fatal(err)
@@ -116,20 +129,8 @@ func TestConfigErrorsNameTheKey(t *testing.T) {
 // sink merges the GIN indexes' pending lists itself, so that no insert finds
 // one full and stalls while PostgreSQL merges it.
 func TestSinkMergesTheGINPendingListsBesideItsWrites(t *testing.T) {
-	url := cluster.NewDatabase(t)
-	cfg, _ := json.Marshal(map[string]string{"url": url, "schema": "audit", "table": "trail"})
-	s := New()
+	s, url := openSink(t, map[string]any{"schema": "audit", "table": "trail"})
 	ctx := context.Background()
-	if err := s.Configure(ctx, cfg); err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Setup(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Open(ctx); err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close(ctx)
 	batch := func(from int) []*sdk.Change {
 		var b []*sdk.Change
 		for i := from; i < from+1200; i++ {
@@ -215,17 +216,7 @@ func TestLargeBatchesAreCopiedSideBySideAndReplaysMergeWhatIsStored(t *testing.T
 	}
 	for _, writers := range []int{1, 2, 3} {
 		t.Run(fmt.Sprint(writers, " writers"), func(t *testing.T) {
-			url := cluster.NewDatabase(t)
-			cfg, _ := json.Marshal(map[string]any{"url": url, "writers": writers})
-			s := New()
-			for _, step := range []func(context.Context) error{
-				func(ctx context.Context) error { return s.Configure(ctx, cfg) }, s.Setup, s.Open,
-			} {
-				if err := step(ctx); err != nil {
-					t.Fatal(err)
-				}
-			}
-			defer s.Close(ctx)
+			s, url := openSink(t, map[string]any{"writers": writers})
 			conn, err := pgx.Connect(ctx, url)
 			if err != nil {
 				t.Fatal(err)
