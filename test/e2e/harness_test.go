@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"net"
@@ -18,6 +17,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/pgtrail/pgtrail/test/pgtest"
+	"github.com/pgtrail/pgtrail/test/testbed"
 )
 
 var (
@@ -53,29 +53,11 @@ func TestMain(m *testing.M) {
 	pgtest.Main(m, pgtest.Options{}, func(c *pgtest.Cluster) { cluster = c })
 }
 
-// syncBuffer collects a process's output for failure messages.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // proc is a running `pgtrail run`.
 type proc struct {
 	t    testing.TB
 	cmd  *exec.Cmd
-	out  *syncBuffer
+	out  *testbed.Output
 	done chan struct{}
 	err  error
 }
@@ -115,7 +97,7 @@ func start(t testing.TB, config string) *proc {
 // streams. It is killed at cleanup, and its output logged if the test failed.
 func launch(t testing.TB, cmd *exec.Cmd) *proc {
 	t.Helper()
-	p := &proc{t: t, cmd: cmd, out: &syncBuffer{}, done: make(chan struct{})}
+	p := &proc{t: t, cmd: cmd, out: &testbed.Output{}, done: make(chan struct{})}
 	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
 	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := p.cmd.Start(); err != nil {

@@ -1,7 +1,8 @@
 // Package testbed is what the server test beds (test/pgtest, test/s3test,
 // test/clickhousetest) share: a server process in a temp dir, stopped and
 // removed once, its log's tail for failure messages, and one server per
-// test binary.
+// test binary; and Output, a process's or a logger's output that a test
+// reads while it is written (the e2e and interop beds, the Kafka source).
 package testbed
 
 import (

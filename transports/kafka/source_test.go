@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"net"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -19,6 +18,7 @@ import (
 	"github.com/pgtrail/pgtrail/core/metrics"
 	"github.com/pgtrail/pgtrail/core/pipeline"
 	"github.com/pgtrail/pgtrail/test/pgtest"
+	"github.com/pgtrail/pgtrail/test/testbed"
 )
 
 // member speaks the classic group protocol over its own connection, so that
@@ -188,24 +188,6 @@ func TestLeaderDyingBetweenJoinAndSyncHandsThePartitionToTheSurvivor(t *testing.
 	}
 }
 
-// syncBuffer is a log a test reads while the source writes it.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // A catalog that cannot answer (here: its database does not exist yet) is
 // not the message's fault: the partition retries the message until the
 // catalog answers, and then delivers it typed, rather than skip it, stop,
@@ -223,7 +205,7 @@ func TestAPartitionWaitsForTheCatalogRatherThanSkipAMessage(t *testing.T) {
 	_, addr := seeded(t, ctx, `{"op": "c", "ts_ms": 1, "before": null, "after": {"id": 1, "amount": "BM4="},
 		"source": {"connector": "postgresql", "db": "late", "schema": "public", "table": "accounts", "txId": 7, "lsn": 100, "ts_ms": 1}}`)
 
-	var logs syncBuffer
+	var logs testbed.Output
 	s, err := Open(ctx, config.Kafka{Brokers: []string{addr}, Topics: []string{"bemi"}, Group: "pgtrail", DLQSuffix: ".dlq"},
 		config.Debezium{Catalog: pg.URL("late")}, slog.New(slog.NewTextHandler(&logs, nil)), metrics.New())
 	if err != nil {
