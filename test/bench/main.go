@@ -60,23 +60,34 @@ type bench struct {
 	only    *regexp.Regexp // -only
 }
 
-// wants says whether -only selects a group, or one of the backlog group's
-// readers (which selects the group too).
-func (b *bench) wants(name string) bool {
-	if b.only.MatchString(name) {
-		return true
+// wants says whether -only selects a group, or one of the scenarios of the
+// backlog or app group (which selects its group too).
+func (b *bench) wants(group string) bool {
+	var names []string
+	switch group {
+	case "backlog":
+		for _, r := range readers {
+			names = append(names, r.name)
+		}
+	case "app":
+		for _, v := range appVariants {
+			names = append(names, v.name)
+		}
 	}
-	if name == "backlog" {
-		return slices.ContainsFunc(readers, func(r reader) bool { return b.only.MatchString(r.name) })
-	}
-	return false
+	return b.only.MatchString(group) || slices.ContainsFunc(names, b.only.MatchString)
+}
+
+// picks says whether -only selects one scenario of a group: the group's
+// name or its own. The baseline of a group (the limit, no audit) always runs.
+func (b *bench) picks(group, scenario string, baseline bool) bool {
+	return baseline || b.only.MatchString(group) || b.only.MatchString(scenario)
 }
 
 func main() {
 	fullRun := flag.Bool("full", false, "the full version: a larger backlog, longer runs, 3 interleaved pgbench rounds")
 	bin := flag.String("bin", "", "the pgtrail binary (default: build ./cmd/pgtrail)")
 	out := flag.String("out", "bench-results.jsonl", "results file, one JSON line per scenario (replaced)")
-	only := flag.String("only", "", "run only the groups, or the backlog group's scenarios, whose name matches this regexp: backlog, latency, big-txn, app; limit, capture, capture-plugin, e2e, e2e-in-process, broker-jetstream, broker-kafka (the limit always runs with the backlog)")
+	only := flag.String("only", "", "run only the groups, or the backlog and app groups' scenarios, whose name matches this regexp: backlog, latency, big-txn, app; limit, capture, capture-plugin, e2e, e2e-in-process, broker-jetstream, broker-kafka; app-pgtrail-context etc. (the limit and app-no-audit always run with their group)")
 	profile := flag.String("profile", "", "save CPU, allocation and heap profiles of pgtrail in this directory")
 	flag.Parse()
 

@@ -141,7 +141,7 @@ func (b *bench) backlog(ctx context.Context) error {
 	}
 	var can []reader
 	for _, r := range readers {
-		if r.name != "limit" && !b.only.MatchString("backlog") && !b.only.MatchString(r.name) {
+		if !b.picks("backlog", r.name, r.name == "limit") {
 			continue
 		}
 		if r.available != nil {
@@ -631,6 +631,8 @@ var appVariants = []appVariant{
 		describe: "pg_recvlogical (pgoutput, to /dev/null) reading a slot: the server's logical decoding alone"},
 	{name: "app-trigger-audit", install: triggerAudit, prelude: "SET LOCAL app.context = '" + appContext + "'",
 		describe: "AFTER trigger writing one JSONB row per change (context from SET LOCAL)"},
+	{name: "app-trigger-audit-gin", install: triggerAuditGIN, prelude: "SET LOCAL app.context = '" + appContext + "'",
+		describe: "the same trigger, its table with the GIN (jsonb_path_ops) indexes on context and rows that pgtrail's audit table has"},
 }
 
 type appRun struct {
@@ -664,12 +666,18 @@ func (b *bench) app(ctx context.Context) error {
 	if err := createWorkload(ctx, tpl, 50_000); err != nil { // 100,000 orders
 		return err
 	}
+	var variants []appVariant
+	for _, v := range appVariants {
+		if b.picks("app", v.name, v.name == "app-no-audit") {
+			variants = append(variants, v)
+		}
+	}
 	runs := map[string][]appRun{}
 	for round := 0; round < b.sizes.appRounds; round++ {
 		// Rotate the order each round, so that drift on a shared machine
 		// spreads over every variant.
-		for i := range appVariants {
-			v := appVariants[(i+round)%len(appVariants)]
+		for i := range variants {
+			v := variants[(i+round)%len(variants)]
 			fmt.Fprintf(os.Stderr, "bench: %s, round %d\n", v.name, round+1)
 			r, err := b.appOnce(ctx, c, v, round)
 			if err != nil {
@@ -680,7 +688,7 @@ func (b *bench) app(ctx context.Context) error {
 	}
 	base := median(runs["app-no-audit"], func(r appRun) float64 { return r.tps })
 	d := b.sizes.appDuration
-	for _, v := range appVariants {
+	for _, v := range variants {
 		rs := runs[v.name]
 		tps := median(rs, func(r appRun) float64 { return r.tps })
 		res := throughput(v.name, int64(tps*d.Seconds())*appChangesPerTxn, d)

@@ -179,6 +179,17 @@ CREATE TRIGGER orders_audit AFTER INSERT OR UPDATE OR DELETE ON orders
   FOR EACH ROW EXECUTE FUNCTION audit_row();
 `
 
+// triggerAuditGIN gives the trigger's audit table the GIN (jsonb_path_ops)
+// indexes pgtrail's audit table has (design §5), so that both answer the
+// same questions ("which changes set status to paid", "what did user 7 do")
+// without a full scan: the trigger then pays for them inside every
+// application transaction.
+const triggerAuditGIN = triggerAudit + `
+CREATE INDEX audit_log_context_idx ON audit_log USING gin (context jsonb_path_ops);
+CREATE INDEX audit_log_old_row_idx ON audit_log USING gin (old_row jsonb_path_ops);
+CREATE INDEX audit_log_new_row_idx ON audit_log USING gin (new_row jsonb_path_ops);
+`
+
 // appChangesPerTxn is how many row changes a pgbench transaction makes.
 const appChangesPerTxn = 3
 

@@ -155,6 +155,7 @@ func (s *Source) Run(ctx context.Context, out chan<- []pipeline.Event) error {
 	stopCut := context.AfterFunc(ctx, func() { _ = conn.SetReadDeadline(time.Now()) })
 	defer stopCut()
 	var deadline time.Time
+	q := newQuiet(conn)
 	for {
 		if time.Now().After(s.nextStatus) {
 			if err := s.status(ctx, false); err != nil {
@@ -186,7 +187,9 @@ func (s *Source) Run(ctx context.Context, out chan<- []pipeline.Event) error {
 			// burst arrive, so that it is read in a few large reads rather
 			// than one wake-up per message (capture 1.6x as fast, a third
 			// less CPU per transaction at a steady rate).
+			q.hush()
 			time.Sleep(time.Duration(s.cfg.Coalesce))
+			q.speak()
 		}
 		switch msg := raw.(type) {
 		case *pgproto3.CopyData:

@@ -1,0 +1,61 @@
+package pglogrepl
+
+import (
+	"crypto/tls"
+	"net"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// quietWindow is the receive low-water mark while capture coalesces: far more
+// than a burst of WAL messages at a steady rate brings in a few milliseconds.
+const quietWindow = 1 << 20
+
+// quiet keeps the kernel from signalling each WAL message that arrives while
+// capture sleeps to coalesce reads. The walsender sends every message on its
+// own; without this each one wakes the Go runtime's network poller for
+// nothing (no goroutine is reading), thousands of times a second at a
+// steady rate. With SO_RCVLOWAT raised, TCP signals readability only once
+// quietWindow bytes are waiting; reads themselves are not held back (a
+// non-blocking read returns what is there), and the mark is lowered again
+// before capture reads. A connection that is not TCP gets a no-op.
+type quiet struct {
+	raw syscall.RawConn // nil: not supported, do nothing
+}
+
+func newQuiet(c net.Conn) quiet {
+	if t, ok := c.(*tls.Conn); ok {
+		c = t.NetConn()
+	}
+	tc, ok := c.(*net.TCPConn)
+	if !ok {
+		return quiet{}
+	}
+	raw, err := tc.SyscallConn()
+	if err != nil {
+		return quiet{}
+	}
+	return quiet{raw: raw}
+}
+
+// hush raises the low-water mark; speak lowers it to one byte, the default.
+func (q *quiet) hush()  { q.set(quietWindow) }
+func (q *quiet) speak() { q.set(1) }
+
+func (q *quiet) set(n int) {
+	if q.raw == nil {
+		return
+	}
+	var serr error
+	if err := q.raw.Control(func(fd uintptr) {
+		serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVLOWAT, n)
+	}); err != nil || serr != nil {
+		// Without the option capture only wakes more often: stop trying,
+		// and make sure the mark is back at its default.
+		if n != 1 {
+			_ = q.raw.Control(func(fd uintptr) { _ = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVLOWAT, 1) })
+		}
+		q.raw = nil
+	}
+}
