@@ -128,6 +128,9 @@ func (s *Sink) Open(ctx context.Context) error {
 	if err := s.connect(ctx); err != nil {
 		return err
 	}
+	if err := s.checkEncoding(ctx); err != nil {
+		return err
+	}
 	var exists bool
 	err := s.pool.QueryRow(ctx, "SELECT to_regclass($1) IS NOT NULL", s.target).Scan(&exists)
 	if err != nil {
@@ -135,6 +138,21 @@ func (s *Sink) Open(ctx context.Context) error {
 	}
 	if !exists {
 		return fmt.Errorf("audit table %s does not exist: run `pgtrail setup`", s.target)
+	}
+	return nil
+}
+
+// checkEncoding refuses an audit database whose encoding is not UTF8: jsonb
+// there rejects the \u escapes of characters it cannot hold, so the first
+// change carrying one would stop the trail at that batch for good.
+func (s *Sink) checkEncoding(ctx context.Context) error {
+	var enc string
+	if err := s.pool.QueryRow(ctx, "SELECT current_setting('server_encoding')").Scan(&enc); err != nil {
+		return fmt.Errorf("look up the audit database's encoding: %w", err)
+	}
+	if enc != "UTF8" {
+		return fmt.Errorf("the audit database's encoding is %s: the audit table holds JSON of any Unicode text and needs a UTF8 database; "+
+			"create one (CREATE DATABASE ... ENCODING 'UTF8' TEMPLATE template0) and point config.url at it", enc)
 	}
 	return nil
 }
@@ -161,6 +179,9 @@ func (s *Sink) Close(context.Context) error {
 // partitions for this month and the next. Idempotent.
 func (s *Sink) Setup(ctx context.Context) error {
 	if err := s.connect(ctx); err != nil {
+		return err
+	}
+	if err := s.checkEncoding(ctx); err != nil {
 		return err
 	}
 	t := s.cfg.Table

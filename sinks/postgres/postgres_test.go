@@ -258,3 +258,23 @@ func TestLargeBatchesAreCopiedSideBySideAndReplaysMergeWhatIsStored(t *testing.T
 		})
 	}
 }
+
+// An audit database that cannot hold every character is refused at setup and
+// at open, with what to do, instead of stalling the trail at the first change
+// whose JSON it cannot store.
+func TestAnAuditDatabaseNotInUTF8IsRefused(t *testing.T) {
+	cluster.Exec(t, "postgres", "CREATE DATABASE latin1_audit ENCODING 'LATIN1' TEMPLATE template0")
+	t.Cleanup(func() { cluster.Exec(t, "postgres", "DROP DATABASE latin1_audit") })
+	cfg, _ := json.Marshal(map[string]string{"url": cluster.URL("latin1_audit")})
+	s, ctx := New(), context.Background()
+	if err := s.Configure(ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close(ctx)
+	for name, f := range map[string]func(context.Context) error{"setup": s.Setup, "open": s.Open} {
+		err := f(ctx)
+		if err == nil || !strings.Contains(err.Error(), "encoding is LATIN1") || !strings.Contains(err.Error(), "ENCODING 'UTF8'") {
+			t.Errorf("%s: got %v, want the LATIN1 encoding refused with what to do", name, err)
+		}
+	}
+}
