@@ -305,6 +305,29 @@ func TestUnreachableCatalogStopsTheStreamAndLosesNothing(t *testing.T) {
 	}
 }
 
+// A table the catalog lacked when first asked (made later, or the catalog
+// pointed elsewhere and was put right) is looked up again on the retry, even
+// for an event older than the look-up: the miss is not remembered for good.
+func TestCatalogMissIsLookedUpAgainOnRetry(t *testing.T) {
+	cat := &fixedCatalog{tables: map[string]*Table{}}
+	d := NewDecoder(Config{Catalog: cat})
+	old := event("c", "null", `{"id":1}`, 1000)
+	_, err := d.Decode(nil, old)
+	var bad *Malformed
+	if err == nil || errors.As(err, &bad) || !strings.Contains(err.Error(), "source.debezium.catalog has no table public.t") {
+		t.Fatalf("got %v, want an error that is not a malformed message", err)
+	}
+	cat.tables["public.t"] = &Table{Columns: []Column{col("id", "int4")}, ReplicaIdentity: 'd',
+		Identity: []string{"id"}, PrimaryKey: []string{"id"}, ReadAt: time.UnixMicro(50000)}
+	if got := decodeOne(t, d, old); got != `CREATE public.t[1] before={} after={"id":1}` {
+		t.Fatalf("got %s", got)
+	}
+	decodeOne(t, d, event("c", "null", `{"id":2}`, 60000))
+	if n := cat.lookups["public.t"]; n != 2 {
+		t.Fatalf("%d look-ups, want 2: the miss and the table, then none", n)
+	}
+}
+
 func TestCatalogOfAnotherDatabaseIsAnError(t *testing.T) {
 	cat := &fixedCatalog{tables: map[string]*Table{"public.t": {Columns: []Column{col("id", "int4")}, ReplicaIdentity: 'd', Database: "other"}}}
 	_, err := NewDecoder(Config{Catalog: cat}).Decode(nil, event("c", "null", `{"id":1}`, 1))
