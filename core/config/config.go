@@ -45,8 +45,9 @@ type Postgres struct {
 	StatusInterval Duration `yaml:"status_interval"`
 	// Coalesce is how long capture waits, when WAL arrives after a quiet
 	// spell, before it reads: the walsender sends every message on its own,
-	// and reading each as it comes costs a wake-up per message. 0 reads at
-	// once (lowest latency, most CPU).
+	// and reading each as it comes costs a wake-up per message. The wait
+	// counts toward the batch's flush_interval, so below it it adds no
+	// latency. 0 reads at once.
 	Coalesce Duration `yaml:"coalesce"`
 }
 

@@ -93,6 +93,9 @@ func (c *Config) validate() error {
 	}
 	if pg.Coalesce < 0 || pg.Coalesce > Duration(time.Second) {
 		bad("source.postgres.coalesce", "must be between 0 (read at once) and 1s, got %s (default 5ms)", time.Duration(pg.Coalesce))
+	} else if pg.Coalesce >= c.Pipeline.FlushInterval && c.Pipeline.FlushInterval > 0 {
+		bad("source.postgres.coalesce", "%s must be below pipeline.flush_interval (%s): the wait counts toward it",
+			time.Duration(pg.Coalesce), time.Duration(c.Pipeline.FlushInterval))
 	}
 
 	if len(c.Sinks) == 0 {

@@ -47,6 +47,11 @@ type Event struct {
 	Change   *change.Change
 	Skip     bool
 	Position any
+	// Received is, on a Begin, when the source took the transaction in if
+	// it held it back before decoding (capture coalescing reads); zero
+	// otherwise. The batch it opens is cut flush_interval after Received,
+	// not after the hold: holding back adds no latency.
+	Received time.Time
 }
 
 // Source reads changes. Run emits events in source order until ctx ends or
@@ -212,6 +217,9 @@ func (p *Pipeline) assemble(events <-chan []Event, queues []chan batch, wm *chec
 		size  int
 		pos   any
 		timer = time.NewTimer(time.Hour)
+		// received is the open transaction's Event.Received until its
+		// first change is added.
+		received time.Time
 	)
 	timer.Stop()
 	defer timer.Stop()
@@ -233,8 +241,13 @@ func (p *Pipeline) assemble(events <-chan []Event, queues []chan batch, wm *chec
 	}
 	add := func(c *change.Change) {
 		if len(cur) == 0 {
-			timer.Reset(p.opts.FlushInterval)
+			wait := p.opts.FlushInterval
+			if !received.IsZero() {
+				wait = max(wait-time.Since(received), 0)
+			}
+			timer.Reset(wait)
 		}
+		received = time.Time{} // the rest of a large transaction waits in full
 		cur = append(cur, c)
 		size += len(c.Before) + len(c.After) + len(c.Context) + 256
 		if len(cur) >= p.opts.BatchSize || size >= p.opts.BatchBytes {
@@ -253,6 +266,7 @@ func (p *Pipeline) assemble(events <-chan []Event, queues []chan batch, wm *chec
 				switch ev.Kind {
 				case Begin:
 					p.stitch.Begin(ev.XID)
+					received = ev.Received
 				case Message:
 					p.stitch.Message(ev.XID, ev.Prefix, ev.Content)
 					if p.opts.PassMessages {

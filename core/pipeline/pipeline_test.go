@@ -187,3 +187,71 @@ func TestShutdownDrainsWhatWasReadAndConfirmsIt(t *testing.T) {
 		t.Fatalf("after drain: %d rows written, last confirmed %v; want 5000 and 5000", s.rows, src.last())
 	}
 }
+
+// scripted emits its chunks one by one, each when the test sends on next.
+type scripted struct {
+	next chan []Event
+}
+
+func (s *scripted) Run(ctx context.Context, out chan<- []Event) error {
+	for {
+		select {
+		case evs := <-s.next:
+			out <- evs
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+func (s *scripted) Confirm(any)                 {}
+func (s *scripted) Close(context.Context) error { return nil }
+
+// timed records when each batch is written.
+type timed struct{ writes chan time.Time }
+
+func (s *timed) Name() string                 { return "timed" }
+func (s *timed) FlushInterval() time.Duration { return 0 }
+func (s *timed) Flush(context.Context) error  { return nil }
+func (s *timed) Write(_ context.Context, batch []*change.Change) (int, error) {
+	s.writes <- time.Now()
+	return 0, nil
+}
+
+// A transaction the source held back (capture coalescing reads) has its
+// batch cut flush_interval after it was received, not after the hold; the
+// rest of a large transaction, and a transaction not held, wait in full.
+func TestFlushIntervalCountsFromWhenTheSourceReceived(t *testing.T) {
+	const flush = 400 * time.Millisecond
+	src, s := &scripted{next: make(chan []Event)}, &timed{writes: make(chan time.Time, 8)}
+	p := newPipeline(src, []Sink{s}, Options{BatchSize: 1000, FlushInterval: flush})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() { done <- p.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	row := func(xid uint64) Event { return Event{Kind: Row, XID: xid, Change: &change.Change{}} }
+	waited := func(what string, events []Event) time.Duration {
+		t.Helper()
+		sent := time.Now()
+		src.next <- events
+		select {
+		case at := <-s.writes:
+			return at.Sub(sent)
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%s: no batch written", what)
+			return 0
+		}
+	}
+
+	held := time.Now().Add(-flush + 20*time.Millisecond)
+	if w := waited("held transaction", []Event{{Kind: Begin, XID: 1, Received: held}, row(1), {Kind: Commit, XID: 1, Position: 1}}); w > flush/2 {
+		t.Errorf("a transaction received %s ago waited %s more, want about 20ms", time.Since(held).Round(time.Millisecond), w)
+	}
+	if w := waited("transaction not held", []Event{{Kind: Begin, XID: 2}, row(2), {Kind: Commit, XID: 2, Position: 2}}); w < flush*3/4 {
+		t.Errorf("a transaction not held waited %s, want the whole %s", w, flush)
+	}
+	held = time.Now().Add(-flush + 20*time.Millisecond)
+	waited("start of a large transaction", []Event{{Kind: Begin, XID: 3, Received: held}, row(3)})
+	if w := waited("rest of a large transaction", []Event{row(3), {Kind: Commit, XID: 3, Position: 3}}); w < flush*3/4 {
+		t.Errorf("the rest of a held transaction waited %s, want the whole %s", w, flush)
+	}
+}

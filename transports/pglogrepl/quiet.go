@@ -19,7 +19,7 @@ const quietWindow = 1 << 20
 // steady rate. With SO_RCVLOWAT raised, TCP signals readability only once
 // quietWindow bytes are waiting; reads themselves are not held back (a
 // non-blocking read returns what is there), and the mark is lowered again
-// before capture reads. A connection that is not TCP gets a no-op.
+// before capture reads. A connection without a socket gets a no-op.
 type quiet struct {
 	raw syscall.RawConn // nil: not supported, do nothing
 }
@@ -28,20 +28,33 @@ func newQuiet(c net.Conn) quiet {
 	if t, ok := c.(*tls.Conn); ok {
 		c = t.NetConn()
 	}
-	tc, ok := c.(*net.TCPConn)
+	sc, ok := c.(syscall.Conn)
 	if !ok {
 		return quiet{}
 	}
-	raw, err := tc.SyscallConn()
+	raw, err := sc.SyscallConn()
 	if err != nil {
 		return quiet{}
 	}
 	return quiet{raw: raw}
 }
 
-// hush raises the low-water mark; speak lowers it to one byte, the default.
-func (q *quiet) hush()  { q.set(quietWindow) }
-func (q *quiet) speak() { q.set(1) }
+// hush raises the low-water mark.
+func (q *quiet) hush() { q.set(quietWindow) }
+
+// speak lowers the low-water mark to one byte, the default, and returns how
+// many bytes wait in the socket: what came in while it was hushed.
+func (q *quiet) speak() int {
+	q.set(1)
+	if q.raw == nil {
+		return 0
+	}
+	n := 0
+	_ = q.raw.Control(func(fd uintptr) {
+		n, _ = unix.IoctlGetInt(int(fd), unix.SIOCINQ)
+	})
+	return n
+}
 
 func (q *quiet) set(n int) {
 	if q.raw == nil {

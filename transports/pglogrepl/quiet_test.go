@@ -68,11 +68,17 @@ func TestQuietHoldsWakeUpsNotReads(t *testing.T) {
 		t.Fatal("speak did not wake the reader")
 	}
 
-	// Bytes already waiting are read at once, hushed or not.
+	// speak tells how many bytes wait.
 	if _, err := server.Write([]byte("commit")); err != nil {
 		t.Fatal(err)
 	}
 	time.Sleep(20 * time.Millisecond)
+	q.hush()
+	if n := q.speak(); n != len("commit") {
+		t.Fatalf("speak says %d bytes wait, want %d", n, len("commit"))
+	}
+
+	// Bytes already waiting are read at once, hushed or not.
 	q.hush()
 	defer q.speak()
 	go read()
@@ -86,7 +92,7 @@ func TestQuietHoldsWakeUpsNotReads(t *testing.T) {
 	}
 }
 
-func TestQuietIsANoOpOffTCP(t *testing.T) {
+func TestQuietIsANoOpWithoutASocket(t *testing.T) {
 	a, b := net.Pipe()
 	defer a.Close()
 	defer b.Close()
@@ -95,5 +101,7 @@ func TestQuietIsANoOpOffTCP(t *testing.T) {
 		t.Fatal("net.Pipe has no socket option to set")
 	}
 	q.hush() // must not panic
-	q.speak()
+	if n := q.speak(); n != 0 {
+		t.Fatalf("speak says %d bytes wait off a socket, want 0", n)
+	}
 }
