@@ -46,6 +46,17 @@ func TestQuietHoldsWakeUpsNotReads(t *testing.T) {
 		}
 		got <- string(buf[:n])
 	}
+	expect := func(want, otherwise string) {
+		t.Helper()
+		select {
+		case s := <-got:
+			if s != want {
+				t.Fatalf("read %q, want %q", s, want)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal(otherwise)
+		}
+	}
 
 	q.hush()
 	go read()
@@ -59,14 +70,7 @@ func TestQuietHoldsWakeUpsNotReads(t *testing.T) {
 	case <-time.After(100 * time.Millisecond):
 	}
 	q.speak()
-	select {
-	case s := <-got:
-		if s != "begin" {
-			t.Fatalf("read %q, want begin", s)
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("speak did not wake the reader")
-	}
+	expect("begin", "speak did not wake the reader")
 
 	// speak tells how many bytes wait.
 	if _, err := server.Write([]byte("commit")); err != nil {
@@ -82,14 +86,7 @@ func TestQuietHoldsWakeUpsNotReads(t *testing.T) {
 	q.hush()
 	defer q.speak()
 	go read()
-	select {
-	case s := <-got:
-		if s != "commit" {
-			t.Fatalf("read %q, want commit", s)
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("a read of waiting bytes was held back")
-	}
+	expect("commit", "a read of waiting bytes was held back")
 }
 
 func TestQuietIsANoOpWithoutASocket(t *testing.T) {
