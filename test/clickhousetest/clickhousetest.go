@@ -278,7 +278,14 @@ func (s *Server) Query(t testing.TB, sql string) string {
 func (s *Server) NewDatabase(t testing.TB) string {
 	t.Helper()
 	name := fmt.Sprintf("pgtrail_test_%d", dbSeq.Add(1))
-	t.Cleanup(func() { s.Query(t, "DROP DATABASE IF EXISTS "+name) })
+	t.Cleanup(func() {
+		// Tidiness only (the server is private to this run and killed at
+		// its end): ClickHouse 18 can take longer than a request may to
+		// drop tables it is still merging, which says nothing of the test.
+		if _, err := s.query("DROP DATABASE IF EXISTS " + name); err != nil {
+			t.Logf("clickhouse: drop %s at cleanup: %v", name, err)
+		}
+	})
 	return name
 }
 
