@@ -47,11 +47,12 @@ type Event struct {
 	Change   *change.Change
 	Skip     bool
 	Position any
-	// Received is, on a Begin, when the source took the transaction in if
-	// it held it back before decoding (capture coalescing reads); zero
-	// otherwise. The batch it opens is cut flush_interval after Received,
-	// not after the hold: holding back adds no latency.
-	Received time.Time
+	// Held is, on a Begin, how long the source held the transaction back
+	// before decoding it (capture coalescing reads), at most a fraction of
+	// flush_interval. The batch it opens is cut that much sooner, so holding
+	// back adds no latency. Time spent waiting for the pipeline is not
+	// counted: that is back-pressure, and batches then fill anyway.
+	Held time.Duration
 }
 
 // Source reads changes. Run emits events in source order until ctx ends or
@@ -217,9 +218,9 @@ func (p *Pipeline) assemble(events <-chan []Event, queues []chan batch, wm *chec
 		size  int
 		pos   any
 		timer = time.NewTimer(time.Hour)
-		// received is the open transaction's Event.Received until its
-		// first change is added.
-		received time.Time
+		// held is the open transaction's Event.Held until its first
+		// change is added.
+		held time.Duration
 	)
 	timer.Stop()
 	defer timer.Stop()
@@ -241,13 +242,9 @@ func (p *Pipeline) assemble(events <-chan []Event, queues []chan batch, wm *chec
 	}
 	add := func(c *change.Change) {
 		if len(cur) == 0 {
-			wait := p.opts.FlushInterval
-			if !received.IsZero() {
-				wait = max(wait-time.Since(received), 0)
-			}
-			timer.Reset(wait)
+			timer.Reset(max(p.opts.FlushInterval-held, 0))
 		}
-		received = time.Time{} // the rest of a large transaction waits in full
+		held = 0 // the rest of a large transaction waits in full
 		cur = append(cur, c)
 		size += len(c.Before) + len(c.After) + len(c.Context) + 256
 		if len(cur) >= p.opts.BatchSize || size >= p.opts.BatchBytes {
@@ -266,7 +263,7 @@ func (p *Pipeline) assemble(events <-chan []Event, queues []chan batch, wm *chec
 				switch ev.Kind {
 				case Begin:
 					p.stitch.Begin(ev.XID)
-					received = ev.Received
+					held = ev.Held
 				case Message:
 					p.stitch.Message(ev.XID, ev.Prefix, ev.Content)
 					if p.opts.PassMessages {

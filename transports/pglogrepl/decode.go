@@ -31,9 +31,9 @@ type relation struct {
 // decoder turns pgoutput messages into pipeline events. It keeps the state
 // of the one transaction being streamed.
 type decoder struct {
-	// received is when the WAL being decoded came in, while capture
-	// decodes what it held back to coalesce reads; zero otherwise.
-	received time.Time
+	// held is how long capture held back the WAL being decoded, while it
+	// decodes what came in during a coalescing hold; zero otherwise.
+	held time.Duration
 	database string
 	cfg      config.Postgres
 	side     *pgx.Conn
@@ -76,7 +76,7 @@ func (d *decoder) decode(ctx context.Context, xld repl.XLogData, emit func(pipel
 	case *repl.BeginMessage:
 		d.inTxn, d.xid, d.commitLSN, d.commitTime, d.seq = true, uint64(m.Xid), m.FinalLSN, m.CommitTime, 0
 		d.lastLSN, d.lastRel = 0, 0
-		return emit(pipeline.Event{Kind: pipeline.Begin, XID: d.xid, Received: d.received})
+		return emit(pipeline.Event{Kind: pipeline.Begin, XID: d.xid, Held: d.held})
 	case *repl.CommitMessage:
 		d.inTxn = false
 		return emit(pipeline.Event{Kind: pipeline.Commit, XID: d.xid, Position: m.TransactionEndLSN})

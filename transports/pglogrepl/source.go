@@ -188,11 +188,11 @@ func (s *Source) Run(ctx context.Context, out chan<- []pipeline.Event) error {
 			// burst arrive, so that it is read in a few large reads rather
 			// than one wake-up per message (capture 1.6x as fast, a third
 			// less CPU per transaction at a steady rate). What came in
-			// meanwhile is marked as received now, so that the pipeline's
-			// flush_interval counts from here, not from the end of the hold.
-			s.dec.received = time.Now()
+			// meanwhile is marked as held, so that the pipeline's
+			// flush_interval counts the hold.
 			q.hush()
 			time.Sleep(time.Duration(s.cfg.Coalesce))
+			s.dec.held = time.Duration(s.cfg.Coalesce)
 			// What waits in the socket, and what the first read took
 			// (at most pgconn's 8 KB read buffer).
 			heldBytes = q.speak() + 8192
@@ -201,7 +201,7 @@ func (s *Source) Run(ctx context.Context, out chan<- []pipeline.Event) error {
 		case *pgproto3.CopyData:
 			err := s.handle(ctx, msg.Data, emit)
 			if heldBytes -= len(msg.Data) + 5; heldBytes <= 0 { // 5: the message's type and length
-				s.dec.received = time.Time{}
+				s.dec.held = 0
 			}
 			if err != nil {
 				return err
