@@ -33,7 +33,7 @@ type relation struct {
 type decoder struct {
 	// held is how long capture held back the WAL being decoded, while it
 	// decodes what came in during a coalescing hold; zero otherwise.
-	held time.Duration
+	held     time.Duration
 	database string
 	cfg      config.Postgres
 	side     *pgx.Conn
