@@ -243,16 +243,6 @@ func cpuTime(pid int, reaped bool) float64 {
 	return ticks / 100
 }
 
-// parentPID is the parent of pid, or 0.
-func parentPID(pid int) int {
-	f := procStat(pid)
-	if len(f) < 2 {
-		return 0
-	}
-	ppid, _ := strconv.Atoi(f[1])
-	return ppid
-}
-
 // children lists the direct children of pid (forked by any of its threads).
 func children(pid int) []int {
 	files, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", pid))

@@ -804,7 +804,7 @@ func (b *bench) appOnce(ctx context.Context, c *pgtest.Cluster, v appVariant, ro
 		rss, _ := p.rss()
 		r.rss = *rss
 	}
-	r.steady, err = b.steady(ctx, url, script, p, r.txns)
+	r.steady, err = b.steady(ctx, c, url, script, p, r.txns)
 	return r, err
 }
 
@@ -814,15 +814,11 @@ func (b *bench) appOnce(ctx context.Context, c *pgtest.Cluster, v appVariant, ro
 // connections, which exit at its end) and pgtrail's, counted until pgtrail
 // has stored every change, so that its work and the audit table's writes
 // are in. before is how many transactions pgtrail has seen already.
-func (b *bench) steady(ctx context.Context, url, script string, p *pgtrail, before int64) (steadyRun, error) {
+func (b *bench) steady(ctx context.Context, c *pgtest.Cluster, url, script string, p *pgtrail, before int64) (steadyRun, error) {
 	var r steadyRun
-	backend, err := queryValue[int32](ctx, url, "SELECT pg_backend_pid()")
+	postmaster, err := c.PostmasterPID()
 	if err != nil {
 		return r, err
-	}
-	postmaster := parentPID(int(backend))
-	if postmaster == 0 {
-		return r, fmt.Errorf("no postmaster above backend %d", backend)
 	}
 	logs, err := os.MkdirTemp(b.tmp, "pgbench-log-")
 	if err != nil {

@@ -208,6 +208,20 @@ func (c *Cluster) URL(database string) string {
 // Port returns the server's TCP port on 127.0.0.1.
 func (c *Cluster) Port() int { return c.port }
 
+// PostmasterPID is the server's postmaster process, from postmaster.pid.
+func (c *Cluster) PostmasterPID() (int, error) {
+	b, err := os.ReadFile(filepath.Join(c.dataDir(), "postmaster.pid"))
+	if err != nil {
+		return 0, err
+	}
+	first, _, _ := strings.Cut(string(b), "\n")
+	pid, err := strconv.Atoi(strings.TrimSpace(first))
+	if err != nil {
+		return 0, fmt.Errorf("postmaster.pid: %w", err)
+	}
+	return pid, nil
+}
+
 // NewDatabase creates an empty database with a unique name and returns its URL.
 // It is dropped at cleanup, slots and connections included, so tests can share a cluster.
 func (c *Cluster) NewDatabase(t testing.TB) string {

@@ -3,6 +3,9 @@ package pgtest_test
 import (
 	"context"
 	"errors"
+	"os"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -133,5 +136,23 @@ func TestReplicaClusterReportsReplicaAndStopsTwice(t *testing.T) {
 	if conn, err := pgx.Connect(ctx, c.URL("postgres")); err == nil {
 		conn.Close(ctx)
 		t.Fatal("stopped cluster still accepts connections")
+	}
+}
+
+// The bench counts the server's CPU from the postmaster down.
+func TestPostmasterPIDIsTheParentOfBackends(t *testing.T) {
+	pid, err := cluster.PostmasterPID()
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn := connect(t, cluster.URL("postgres"))
+	backend := queryString(t, conn, "SELECT pg_backend_pid()::text")
+	stat, err := os.ReadFile("/proc/" + backend + "/stat")
+	if err != nil {
+		t.Fatal(err)
+	}
+	fields := strings.Fields(string(stat[strings.LastIndexByte(string(stat), ')')+1:]))
+	if fields[1] != strconv.Itoa(pid) {
+		t.Fatalf("backend %s has parent %s, want the postmaster %d", backend, fields[1], pid)
 	}
 }
