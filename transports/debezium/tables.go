@@ -75,10 +75,10 @@ func sameValues(a, b []column, names []string) bool {
 // again when an event committed after the read contradicts it, or when force
 // says a value did not convert by it. A table the catalog lacked is looked up
 // again each time an event needs it typed: that event is retried until it
-// can be, and the catalog may have been put right meanwhile. Without the schema envelope (typed
-// false) every column of the event must be in it: a value whose type is
-// unknown is not stored as if it were known, so that is an error, which
-// stops the stream rather than skipping the change.
+// can be, and the catalog may have been put right meanwhile. Without the
+// schema envelope (typed false) every column of the event must be in it: a
+// value whose type is unknown is not stored as if it were known, so that is
+// an error, which stops the stream rather than skipping the change.
 func (d *Decoder) table(src *source, commit time.Time, op string, before, after []column, typed, force bool) (*catalogTable, error) {
 	id := [2]string{src.Schema, src.Table}
 	ct, ok := d.tables[id]

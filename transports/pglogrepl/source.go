@@ -200,8 +200,10 @@ func (s *Source) Run(ctx context.Context, out chan<- []pipeline.Event) error {
 		switch msg := raw.(type) {
 		case *pgproto3.CopyData:
 			err := s.handle(ctx, msg.Data, emit)
-			if heldBytes -= len(msg.Data) + 5; heldBytes <= 0 { // 5: the message's type and length
-				s.dec.held = 0
+			if heldBytes > 0 {
+				if heldBytes -= len(msg.Data) + 5; heldBytes <= 0 { // 5: the message's type and length
+					s.dec.held = 0
+				}
 			}
 			if err != nil {
 				return err
