@@ -73,6 +73,9 @@ var scenarios = []scenario{
 		`INSERT INTO typed VALUES (2, -0.05, 12345678901234567890.123, '1999-12-31 23:59:59+00', '1970-01-01', '2000-01-01 00:00:00',
 			'00:00:00', 'null', '{}', '\x', 1e20, -2.5, '-1 mon', NULL, -1, 0, '23:59:59-01', '1970-01-01')`,
 		`UPDATE typed SET price = 99999999.99, meta = '[1, "two"]', iv = '1 year 2 mons 3 days 04:05:06.78' WHERE id = 1`,
+		// JSON string scalars: Debezium's Json is the JSON text, quotes included.
+		`UPDATE typed SET meta = '"hello"' WHERE id = 1`,
+		`UPDATE typed SET meta = '"42"' WHERE id = 1`,
 		`DELETE FROM typed WHERE id = 2`,
 	)},
 	{"catalog", statements(

@@ -130,6 +130,15 @@ func TestRecordedTypesWithoutSchemasAreNativeValues(t *testing.T) {
 			`"at":"2024-01-02T03:04:05.123","tm":"03:04:05.5","meta":[1, "two"],"tags":["a","b c",null],"blob":"AQL/",` +
 			`"f8":1.5,"r4":1.1,"iv":"P1Y2M3DT4H5M6.78S","u":"a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11","big":9007199254740993,"m":-1234.50,` +
 			`"tz":"01:04:05.25Z","ts3":"2024-01-02T03:04:05.123"}`,
+		// JSON string scalars stay JSON strings.
+		`UPDATE public.typed[1] before={} after={"id":1,"price":99999999.99,"amount":1.5,"due":"2024-01-02T01:04:05.5Z","day":"2024-01-02",` +
+			`"at":"2024-01-02T03:04:05.123","tm":"03:04:05.5","meta":"hello","tags":["a","b c",null],"blob":"AQL/",` +
+			`"f8":1.5,"r4":1.1,"iv":"P1Y2M3DT4H5M6.78S","u":"a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11","big":9007199254740993,"m":-1234.50,` +
+			`"tz":"01:04:05.25Z","ts3":"2024-01-02T03:04:05.123"}`,
+		`UPDATE public.typed[1] before={} after={"id":1,"price":99999999.99,"amount":1.5,"due":"2024-01-02T01:04:05.5Z","day":"2024-01-02",` +
+			`"at":"2024-01-02T03:04:05.123","tm":"03:04:05.5","meta":"42","tags":["a","b c",null],"blob":"AQL/",` +
+			`"f8":1.5,"r4":1.1,"iv":"P1Y2M3DT4H5M6.78S","u":"a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11","big":9007199254740993,"m":-1234.50,` +
+			`"tz":"01:04:05.25Z","ts3":"2024-01-02T03:04:05.123"}`,
 		// REPLICA IDENTITY DEFAULT: the old image is the key; Debezium's
 		// nulls for the other columns are not stored.
 		`DELETE public.typed[2] before={"id":2} after={}`,

@@ -411,10 +411,14 @@ func (e *Encoder) value(v []byte, oid uint32, typmod int32, elem uint32, raw jso
 	case pgtype.Float8OID:
 		return appendFloat(v, raw, 64), nil
 	case pgtype.JSONOID, pgtype.JSONBOID:
-		// A string that is not embeddable JSON is the text of a value jsonb
-		// could not hold (values.Embeddable): Debezium's Json is that text.
-		if len(raw) > 0 && raw[0] == '"' && !values.Embeddable(unquote(raw)) {
-			return append(v, raw...), nil
+		// Debezium's Json is the value's JSON text. Only a json value can
+		// have been stored as a string of its text instead (valid JSON with
+		// an escape jsonb refuses, values.AppendJSON): then that text is
+		// the value's. Any other string, "hello" included, is a JSON string.
+		if oid == pgtype.JSONOID && len(raw) > 0 && raw[0] == '"' {
+			if text := unquote(raw); json.Valid(text) && !values.Embeddable(text) {
+				return append(v, raw...), nil
+			}
 		}
 		return values.AppendString(v, string(raw)), nil
 	case pgtype.DateOID:

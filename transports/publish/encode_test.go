@@ -111,3 +111,27 @@ func TestNotNullDefaultsFillKeyOnlyImages(t *testing.T) {
 }
 
 func ptr(s string) *string { return &s }
+
+// Debezium's Json is the value's JSON text, a JSON string scalar included;
+// only a json value pgtrail stored as a string of its text (an escape jsonb
+// refuses) is published as that text.
+func TestJSONValuesAreTheirText(t *testing.T) {
+	e := &Encoder{}
+	for _, tc := range []struct {
+		oid       uint32
+		raw, want string
+	}{
+		{3802, `{"a":[1,2]}`, `"{\"a\":[1,2]}"`},
+		{3802, `"hello"`, `"\"hello\""`},
+		{3802, `"42"`, `"\"42\""`},
+		{114, `"hello"`, `"\"hello\""`},
+		{114, `"{\"a\":\"\\u0000\"}"`, `"{\"a\":\"\\u0000\"}"`},
+		{114, `"\"\\u0000\""`, `"\"\\u0000\""`},
+		{114, `12.5`, `"12.5"`},
+	} {
+		got, err := e.value(nil, tc.oid, -1, 0, json.RawMessage(tc.raw))
+		if err != nil || string(got) != tc.want {
+			t.Errorf("oid %d %s: %s (%v), want %s", tc.oid, tc.raw, got, err, tc.want)
+		}
+	}
+}
