@@ -11,6 +11,8 @@ import (
 
 	natsserver "github.com/nats-io/nats-server/v2/server"
 	"github.com/twmb/franz-go/pkg/kfake"
+
+	"github.com/pgtrail/pgtrail/test/testbed"
 )
 
 // The broker paths: native capture publishes Debezium events to a broker
@@ -104,7 +106,7 @@ func brokerBlock(kind, addr string) string {
 
 // writeConfig adds metrics on a free port and the log level to a config.
 func writeConfig(dir, name, cfg string) (string, int, error) {
-	port, err := freePort()
+	port, err := testbed.FreePort()
 	if err != nil {
 		return "", 0, err
 	}

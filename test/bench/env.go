@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"maps"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -23,6 +22,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/pgtrail/pgtrail/test/pgtest"
+	"github.com/pgtrail/pgtrail/test/testbed"
 )
 
 // serverSettings are the same for every scenario: production-like memory,
@@ -269,7 +269,7 @@ type trail struct {
 
 // write writes the config file and returns its path and metrics port.
 func (t trail) write(dir string) (path string, port int, err error) {
-	if port, err = freePort(); err != nil {
+	if port, err = testbed.FreePort(); err != nil {
 		return "", 0, err
 	}
 	var sc strings.Builder
@@ -300,15 +300,6 @@ log:
 `, t.url, t.slot, t.sinkName, t.plugin, sc.String(), port)
 	path = filepath.Join(dir, t.slot+".yaml")
 	return path, port, os.WriteFile(path, []byte(cfg), 0o600)
-}
-
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
 // runPgtrail runs a pgtrail command to completion.

@@ -9,7 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -111,19 +110,10 @@ func Start() (*Server, error) {
 		return nil, fmt.Errorf("create temp dir: %w", err)
 	}
 	s := &Server{proc: testbed.Process{Dir: dir}}
-	// A free port can be taken between closing our probe and the server binding it.
-	for attempt := 0; ; attempt++ {
-		err = s.start(bin)
-		if err == nil {
-			return s, nil
-		}
-		tail := s.LogTail(30)
-		if attempt < 3 && strings.Contains(tail, "Address already in use") {
-			continue
-		}
-		s.Stop()
-		return nil, fmt.Errorf("%w\nserver log:\n%s", err, tail)
+	if err := testbed.StartRetrying(s, "address already in use", func() error { return s.start(bin) }); err != nil {
+		return nil, err
 	}
+	return s, nil
 }
 
 func (s *Server) logFile() string { return filepath.Join(s.proc.Dir, "log", "clickhouse-server.log") }
@@ -148,7 +138,7 @@ func (s *Server) writeConfig() error {
 	var perr error
 	cfg = portTag.ReplaceAllStringFunc(cfg, func(m string) string {
 		tag := portTag.FindStringSubmatch(m)[1]
-		port, err := freePort()
+		port, err := testbed.FreePort()
 		if err != nil {
 			perr = err
 		}
@@ -184,15 +174,6 @@ func (s *Server) writeConfig() error {
 		return fmt.Errorf("write users: %w", err)
 	}
 	return nil
-}
-
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, fmt.Errorf("pick free port: %w", err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
 func (s *Server) start(bin string) error {

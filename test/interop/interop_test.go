@@ -26,6 +26,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/pgtrail/pgtrail/test/pgtest"
+	"github.com/pgtrail/pgtrail/test/testbed"
 )
 
 var (
@@ -135,7 +136,7 @@ value.converter.schemas.enable=true
 // waits until each one's replication slot is streaming.
 func startConnect(t *testing.T, url string, connectors map[string]string) *proc {
 	t.Helper()
-	port, err := freePort()
+	port, err := testbed.FreePort()
 	if err != nil {
 		t.Fatal(err)
 	}

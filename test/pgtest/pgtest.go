@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"maps"
-	"net"
 	"os"
 	"os/exec"
 	"os/user"
@@ -69,19 +68,11 @@ func Start(opts Options) (*Cluster, error) {
 		c.Stop()
 		return nil, err
 	}
-	// A free port can be taken between closing our probe and the server binding it.
-	for attempt := 0; ; attempt++ {
-		err = c.start(opts)
-		if err == nil {
-			return c, nil
-		}
-		tail := c.LogTail(30)
-		if attempt < 3 && strings.Contains(tail, "could not create any TCP/IP sockets") {
-			continue // the postmaster has exited; the data dir is reusable
-		}
-		c.Stop()
-		return nil, fmt.Errorf("%w\nserver log:\n%s", err, tail)
+	// The postmaster has exited when it says so; the data dir is reusable.
+	if err := testbed.StartRetrying(c, "could not create any TCP/IP sockets", func() error { return c.start(opts) }); err != nil {
+		return nil, err
 	}
+	return c, nil
 }
 
 // binDir picks the newest installed major version, so the helper survives upgrades.
@@ -156,12 +147,11 @@ var defaults = map[string]string{
 }
 
 func (c *Cluster) start(opts Options) error {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	port, err := testbed.FreePort()
 	if err != nil {
-		return fmt.Errorf("pick free port: %w", err)
+		return err
 	}
-	c.port = l.Addr().(*net.TCPAddr).Port
-	l.Close()
+	c.port = port
 	settings := maps.Clone(defaults)
 	if opts.WALLevel != "" {
 		settings["wal_level"] = opts.WALLevel

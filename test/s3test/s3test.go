@@ -9,7 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -106,26 +105,17 @@ func Start() (*Server, error) {
 		s.Stop()
 		return nil, fmt.Errorf("create data dir: %w", err)
 	}
-	// A free port can be taken between closing our probe and the server binding it.
-	for attempt := 0; ; attempt++ {
-		err = s.start(bin)
-		if err == nil {
-			return s, nil
-		}
-		tail := s.LogTail(20)
-		if attempt < 3 && strings.Contains(tail, "address already in use") {
-			continue
-		}
-		s.Stop()
-		return nil, fmt.Errorf("%w\nserver log:\n%s", err, tail)
+	if err := testbed.StartRetrying(s, "address already in use", func() error { return s.start(bin) }); err != nil {
+		return nil, err
 	}
+	return s, nil
 }
 
 func (s *Server) dataDir() string { return filepath.Join(s.proc.Dir, "data") }
 func (s *Server) logFile() string { return filepath.Join(s.proc.Dir, "server.log") }
 
 func (s *Server) start(bin string) error {
-	port, err := freePort()
+	port, err := testbed.FreePort()
 	if err != nil {
 		return err
 	}
@@ -145,15 +135,6 @@ func (s *Server) start(bin string) error {
 		return fmt.Errorf("start versitygw: %w", err)
 	}
 	return s.waitReady()
-}
-
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, fmt.Errorf("pick free port: %w", err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
 // waitReady polls with real S3 requests (ListBuckets) rather than sleeping.

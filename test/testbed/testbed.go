@@ -1,12 +1,14 @@
 // Package testbed is what the server test beds (test/pgtest, test/s3test,
-// test/clickhousetest) share: a server process in a temp dir, stopped and
-// removed once, its log's tail for failure messages, and one server per
-// test binary; and Output, a process's or a logger's output that a test
-// reads while it is written (the e2e and interop beds, the Kafka source).
+// test/clickhousetest) share: a server process in a temp dir on a free port,
+// started again when the port was taken meanwhile, stopped and removed once,
+// its log's tail for failure messages, and one server per test binary; and
+// Output, a process's or a logger's output that a test reads while it is
+// written (the e2e and interop beds, the Kafka source).
 package testbed
 
 import (
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"strings"
@@ -104,4 +106,33 @@ func Main[S Server](m *testing.M, name string, start func() (S, error), set func
 	}
 	s.Stop()
 	os.Exit(code)
+}
+
+// FreePort returns a TCP port on 127.0.0.1 that was free a moment ago.
+func FreePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, fmt.Errorf("pick free port: %w", err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+// StartRetrying runs start, which starts s on a FreePort, again (up to three
+// times) when the server's log says, in taken (any case), that the port was
+// taken meanwhile; on failure it stops s and returns the error with the
+// log's tail.
+func StartRetrying(s Server, taken string, start func() error) error {
+	for attempt := 0; ; attempt++ {
+		err := start()
+		if err == nil {
+			return nil
+		}
+		tail := s.LogTail(30)
+		if attempt < 3 && strings.Contains(strings.ToLower(tail), strings.ToLower(taken)) {
+			continue
+		}
+		s.Stop()
+		return fmt.Errorf("%w\nserver log:\n%s", err, tail)
+	}
 }
