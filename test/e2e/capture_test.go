@@ -366,14 +366,21 @@ func killWorkload(t *testing.T, url, cfg string, p *proc) (map[int]bool, *proc) 
 	return ids, p
 }
 
-func TestCaptureKill9JetStreamPublishesEveryChangeOnce(t *testing.T) {
-	natsURL := startNATS(t)
+// captureUnderKills runs killWorkload against `pgtrail capture` publishing
+// as the config block publish says, in small batches.
+func captureUnderKills(t *testing.T, publish string) (*pgx.Conn, map[int]bool, *proc) {
 	url := cluster.NewDatabase(t)
 	conn := connect(t, url)
 	exec1(t, conn, captureSchema)
 	exec1(t, conn, pgtest.BemiMigration)
-	cfg := writeConfig(t, url, fmt.Sprintf("publish:\n  type: jetstream\n  jetstream:\n    url: %q\npipeline:\n  batch_size: 50\n", natsURL), "")
+	cfg := writeConfig(t, url, publish+"pipeline:\n  batch_size: 50\n", "")
 	ids, p := killWorkload(t, url, cfg, startCapture(t, cfg))
+	return conn, ids, p
+}
+
+func TestCaptureKill9JetStreamPublishesEveryChangeOnce(t *testing.T) {
+	natsURL := startNATS(t)
+	_, ids, p := captureUnderKills(t, fmt.Sprintf("publish:\n  type: jetstream\n  jetstream:\n    url: %q\n", natsURL))
 	if t.Failed() {
 		return
 	}
@@ -408,12 +415,7 @@ func TestCaptureKill9JetStreamPublishesEveryChangeOnce(t *testing.T) {
 
 func TestCaptureKill9KafkaPublishesEveryChangeAtLeastOnceWithIdenticalDuplicates(t *testing.T) {
 	broker := startKafka(t)
-	url := cluster.NewDatabase(t)
-	conn := connect(t, url)
-	exec1(t, conn, captureSchema)
-	exec1(t, conn, pgtest.BemiMigration)
-	cfg := writeConfig(t, url, fmt.Sprintf("publish:\n  type: kafka\n  kafka:\n    brokers: [%q]\npipeline:\n  batch_size: 50\n", broker), "")
-	ids, p := killWorkload(t, url, cfg, startCapture(t, cfg))
+	conn, ids, p := captureUnderKills(t, fmt.Sprintf("publish:\n  type: kafka\n  kafka:\n    brokers: [%q]\n", broker))
 	if t.Failed() {
 		return
 	}
