@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"net/http"
@@ -24,8 +25,13 @@ func TestBadSetupGetsAClearMessage(t *testing.T) {
 
 	url := cluster.NewDatabase(t)
 	conn := connect(t, url)
-	exec1(t, conn, `CREATE ROLE plain LOGIN PASSWORD 'plain'; GRANT ALL ON SCHEMA public TO plain`)
-	plain := strings.Replace(url, "postgres:postgres@", "plain:plain@", 1)
+	// Roles are the cluster's: one per database, so that -count=N runs again.
+	var role string
+	if err := conn.QueryRow(context.Background(), "SELECT 'plain_' || current_database()").Scan(&role); err != nil {
+		t.Fatal(err)
+	}
+	exec1(t, conn, fmt.Sprintf(`CREATE ROLE %s LOGIN PASSWORD 'plain'; GRANT ALL ON SCHEMA public TO %[1]s`, role))
+	plain := strings.Replace(url, "postgres:postgres@", role+":plain@", 1)
 	wrong := strings.Replace(url, "postgres:postgres@", "postgres:nope@", 1)
 
 	for _, c := range []struct {
