@@ -164,13 +164,6 @@ type batch struct {
 // what was already read into the sinks, confirms what they made durable, and
 // closes the source. It returns the source's error, or nil after ctx ended.
 func (p *Pipeline) Run(ctx context.Context) error {
-	events := make(chan []Event, 16) // up to 16 chunks of at most a few hundred events
-	srcErr := make(chan error, 1)
-	go func() {
-		srcErr <- p.src.Run(ctx, events)
-		close(events)
-	}()
-
 	// Writes outlive ctx so that shutdown drains, but only for DrainTimeout.
 	wctx, cancelWrites := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelWrites()
@@ -180,6 +173,22 @@ func (p *Pipeline) Run(ctx context.Context) error {
 		t.Stop()
 	})
 	defer stopDrain()
+
+	events := make(chan []Event, 16) // up to 16 chunks of at most a few hundred events
+	srcErr := make(chan error, 1)
+	go func() {
+		err := p.src.Run(ctx, events)
+		if err != nil && ctx.Err() == nil {
+			// The source failed: what is not durable yet is read again
+			// when the pipeline restarts. Sinks stop at once rather than
+			// retry: one that cannot write (its database is the source's,
+			// shutting down) would hold the restart, and the source's
+			// connection, for ever.
+			cancelWrites()
+		}
+		srcErr <- err
+		close(events)
+	}()
 
 	wm := checkpoint.New(p.src.Confirm)
 	queues := make([]chan batch, len(p.sinks))

@@ -2,6 +2,7 @@ package pipeline
 
 import (
 	"context"
+	"errors"
 	"io"
 	"log/slog"
 	"sync"
@@ -252,5 +253,45 @@ func TestFlushIntervalCountsTheSourcesHold(t *testing.T) {
 	waited("start of a large transaction", []Event{{Kind: Begin, XID: 3, Held: held}, row(3)})
 	if w := waited("rest of a large transaction", []Event{row(3), {Kind: Commit, XID: 3, Position: 3}}); w < flush*3/4 {
 		t.Errorf("the rest of a held transaction waited %s, want the whole %s", w, flush)
+	}
+}
+
+// failing emits one transaction and fails once it is handed over.
+type failing struct{ scripted }
+
+func (s *failing) Run(ctx context.Context, out chan<- []Event) error {
+	out <- []Event{
+		{Kind: Begin, XID: 1},
+		{Kind: Row, XID: 1, Change: &change.Change{LSN: 1}},
+		{Kind: Commit, XID: 1, Position: 1},
+	}
+	return errors.New("connection lost")
+}
+
+// stuck fails every write, as a sink whose database is going down does.
+type stuck struct{ writes atomic.Int64 }
+
+func (s *stuck) Name() string                 { return "stuck" }
+func (s *stuck) FlushInterval() time.Duration { return 0 }
+func (s *stuck) Flush(context.Context) error  { return nil }
+func (s *stuck) Write(context.Context, []*change.Change) (int, error) {
+	s.writes.Add(1)
+	return 0, errors.New("the database system is shutting down")
+}
+
+// When the source fails, a sink that cannot write does not hold the
+// pipeline: Run returns the source's error and nothing is confirmed.
+func TestSourceFailureEndsRunWhileASinkRetries(t *testing.T) {
+	s := &stuck{}
+	p := newPipeline(&failing{}, []Sink{s}, Options{FlushInterval: time.Millisecond})
+	done := make(chan error)
+	go func() { done <- p.Run(context.Background()) }()
+	select {
+	case err := <-done:
+		if err == nil || err.Error() != "connection lost" {
+			t.Fatalf("Run: %v, want the source's error", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatalf("Run still retrying the sink (%d writes) after the source failed", s.writes.Load())
 	}
 }

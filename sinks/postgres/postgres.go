@@ -115,11 +115,25 @@ func (s *Sink) connect(ctx context.Context) error {
 	}
 	pc.MaxConns = int32(s.cfg.Writers) + 1 // and one for partitions and GIN merges
 	pc.ConnConfig.RuntimeParams["application_name"] = "pgtrail-sink"
+	pc.AfterConnect = durableCommits
 	pool, err := pgxpool.NewWithConfig(ctx, pc)
 	if err != nil {
 		return fmt.Errorf("connect to audit database: %w", err)
 	}
 	s.pool = pool
+	return nil
+}
+
+// durableCommits turns synchronous_commit on for a connection where it is
+// off: the sink reports a batch durable once its commit returns, and the
+// source is then confirmed past it, so an asynchronous commit lost in a
+// server crash would be lost from the trail for good. Every other setting
+// (local, remote_write, on, remote_apply) flushes locally, and is kept.
+func durableCommits(ctx context.Context, conn *pgx.Conn) error {
+	_, err := conn.Exec(ctx, "SELECT set_config('synchronous_commit', 'on', false) WHERE current_setting('synchronous_commit') = 'off'")
+	if err != nil {
+		return fmt.Errorf("turn synchronous_commit on: %w", err)
+	}
 	return nil
 }
 

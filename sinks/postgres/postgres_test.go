@@ -1,9 +1,11 @@
 package postgres
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
+	neturl "net/url"
 	"strings"
 	"testing"
 	"time"
@@ -276,5 +278,38 @@ func TestAnAuditDatabaseNotInUTF8IsRefused(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), "encoding is LATIN1") || !strings.Contains(err.Error(), "ENCODING 'UTF8'") {
 			t.Errorf("%s: got %v, want the LATIN1 encoding refused with what to do", name, err)
 		}
+	}
+}
+
+// The test cluster runs with synchronous_commit=off; the sink's commits must
+// be flushed before it reports them durable, and any other setting stays.
+func TestCommitsAreFlushedBeforeTheyAreReportedDurable(t *testing.T) {
+	for _, tc := range []struct{ database, want string }{{"", "on"}, {"remote_apply", "remote_apply"}} {
+		t.Run("database default "+cmp.Or(tc.database, "off"), func(t *testing.T) {
+			url := cluster.NewDatabase(t)
+			if tc.database != "" {
+				u, err := neturl.Parse(url)
+				if err != nil {
+					t.Fatal(err)
+				}
+				cluster.Exec(t, "postgres", fmt.Sprintf("ALTER DATABASE %s SET synchronous_commit = %s", strings.TrimPrefix(u.Path, "/"), tc.database))
+			}
+			cfg, _ := json.Marshal(map[string]string{"url": url})
+			s, ctx := New(), context.Background()
+			if err := s.Configure(ctx, cfg); err != nil {
+				t.Fatal(err)
+			}
+			defer s.Close(ctx)
+			if err := s.Setup(ctx); err != nil {
+				t.Fatal(err)
+			}
+			var got string
+			if err := s.pool.QueryRow(ctx, "SHOW synchronous_commit").Scan(&got); err != nil {
+				t.Fatal(err)
+			}
+			if got != tc.want {
+				t.Fatalf("synchronous_commit %s, want %s", got, tc.want)
+			}
+		})
 	}
 }

@@ -7,11 +7,14 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/pgtrail/pgtrail/test/pgtest"
 )
 
 func setupAndStart(t *testing.T, url, extra, pg string) (*pgx.Conn, string, *proc) {
@@ -249,5 +252,96 @@ func TestAuditTableInACapturedSchemaIsNeverCaptured(t *testing.T) {
 	}
 	if n := count(t, conn, `SELECT count(*) FROM public.audit_trail WHERE "table" LIKE 'audit_trail%'`); n != 0 {
 		t.Fatalf("%d changes of the audit table itself", n)
+	}
+}
+
+// TestServerRestartsMidStreamLoseAndDoubleNothing restarts PostgreSQL under
+// pgtrail during a write load, once cleanly and once as a crash (immediate
+// shutdown, recovery at start). pgtrail rides both out, restarting its
+// pipeline from the slot's confirmed position, and the audit table matches
+// the writers' own record, which commits with their changes or not at all.
+func TestServerRestartsMidStreamLoseAndDoubleNothing(t *testing.T) {
+	c, err := pgtest.Start(pgtest.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Stop) // after the database's and pgtrail's clean-up
+	url := c.NewDatabase(t)
+	exec1(t, connect(t, url), `CREATE TABLE items (id int PRIMARY KEY, n int NOT NULL);
+		CREATE SCHEMA bookkeeping; CREATE TABLE bookkeeping.truth (op text, id int)`)
+	_, _, p := setupAndStart(t, url, "pipeline:\n  batch_size: 100\n", "")
+
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	var commits, failures atomic.Int64
+	for w := range 2 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var conn *pgx.Conn
+			defer func() {
+				if conn != nil {
+					conn.Close(context.Background())
+				}
+			}()
+			for i := 0; ctx.Err() == nil; i++ {
+				if conn == nil || conn.IsClosed() {
+					if conn, err = pgx.Connect(ctx, url); err != nil {
+						conn = nil
+						time.Sleep(50 * time.Millisecond)
+						continue
+					}
+				}
+				id := w*1_000_000 + i
+				err := pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
+					b := &pgx.Batch{}
+					b.Queue(`INSERT INTO items VALUES ($1, 0)`, id)
+					b.Queue(`INSERT INTO bookkeeping.truth VALUES ('CREATE', $1)`, id)
+					if i%3 == 2 {
+						b.Queue(`UPDATE items SET n = n + 1 WHERE id = $1`, id-1)
+						b.Queue(`INSERT INTO bookkeeping.truth SELECT 'UPDATE', id FROM items WHERE id = $1`, id-1)
+					}
+					return tx.SendBatch(ctx, b).Close()
+				})
+				if err != nil {
+					failures.Add(1) // the server went away: the truth table says whether it committed
+					continue
+				}
+				commits.Add(1)
+			}
+		}()
+	}
+	for _, crash := range []bool{false, true} {
+		time.Sleep(time.Duration(800+rand.IntN(700)) * time.Millisecond)
+		if err := c.Restart(crash); err != nil {
+			cancel()
+			wg.Wait()
+			t.Fatal(err)
+		}
+	}
+	time.Sleep(1500 * time.Millisecond)
+	cancel()
+	wg.Wait()
+
+	conn := connect(t, url)
+	truth := count(t, conn, `SELECT count(*) FROM bookkeeping.truth`)
+	t.Logf("%d transactions committed, %d failed, %d changes, 2 server restarts", commits.Load(), failures.Load(), truth)
+	waitForChanges(t, conn, truth, 120*time.Second)
+	var missing, extra int
+	err = conn.QueryRow(context.Background(), `
+		WITH audit AS (SELECT operation AS op, primary_key::int AS id FROM pgtrail.changes WHERE "table" = 'items')
+		SELECT (SELECT count(*) FROM (SELECT * FROM bookkeeping.truth EXCEPT ALL SELECT * FROM audit) m),
+		       (SELECT count(*) FROM (SELECT * FROM audit EXCEPT ALL SELECT * FROM bookkeeping.truth) e)`).Scan(&missing, &extra)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if missing != 0 || extra != 0 {
+		t.Fatalf("audit table differs from the truth: %d missing, %d extra", missing, extra)
+	}
+	if n := strings.Count(p.out.String(), "restarting from the last confirmed position"); n == 0 {
+		t.Fatalf("pgtrail never restarted its pipeline:\n%s", tail(p.out.String(), 30))
+	}
+	if err := p.stop(); err != nil {
+		t.Fatalf("exit after SIGTERM: %v", err)
 	}
 }

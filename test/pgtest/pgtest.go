@@ -44,6 +44,7 @@ type Cluster struct {
 	cred *syscall.Credential // nil: run the server as ourselves
 	proc testbed.Process     // the postmaster; its Dir is the temp root: data dir, log, password file
 	port int
+	opts Options
 }
 
 var dbSeq atomic.Int64
@@ -63,13 +64,19 @@ func Start(opts Options) (*Cluster, error) {
 	if err != nil {
 		return nil, fmt.Errorf("create temp dir: %w", err)
 	}
-	c := &Cluster{bin: bin, cred: cred, proc: testbed.Process{Dir: dir}}
+	c := &Cluster{bin: bin, cred: cred, proc: testbed.Process{Dir: dir}, opts: opts}
 	if err := c.initdb(); err != nil {
 		c.Stop()
 		return nil, err
 	}
 	// The postmaster has exited when it says so; the data dir is reusable.
-	if err := testbed.StartRetrying(c, "could not create any TCP/IP sockets", func() error { return c.start(opts) }); err != nil {
+	err = testbed.StartRetrying(c, "could not create any TCP/IP sockets", func() error {
+		if c.port, err = testbed.FreePort(); err != nil {
+			return err
+		}
+		return c.start()
+	})
+	if err != nil {
 		return nil, err
 	}
 	return c, nil
@@ -146,12 +153,9 @@ var defaults = map[string]string{
 	"TimeZone": "UTC",
 }
 
-func (c *Cluster) start(opts Options) error {
-	port, err := testbed.FreePort()
-	if err != nil {
-		return err
-	}
-	c.port = port
+// start starts the postmaster on c.port.
+func (c *Cluster) start() error {
+	opts := c.opts
 	settings := maps.Clone(defaults)
 	if opts.WALLevel != "" {
 		settings["wal_level"] = opts.WALLevel
@@ -250,6 +254,23 @@ func (c *Cluster) Exec(t testing.TB, database, sql string, args ...any) {
 	if _, err := conn.Exec(ctx, sql, args...); err != nil {
 		t.Fatalf("exec %q on %s: %v", sql, database, err)
 	}
+}
+
+// Restart stops the server, cleanly (a fast shutdown) or, with crash, as a
+// crash would (an immediate shutdown: no checkpoint, recovery at start), and
+// starts it again on the same port.
+func (c *Cluster) Restart(crash bool) error {
+	sig := syscall.SIGINT
+	if crash {
+		sig = syscall.SIGQUIT
+	}
+	if !c.proc.Halt(sig, stopTimeout) {
+		return fmt.Errorf("postgres did not stop within %s of %s (killed)\nserver log:\n%s", stopTimeout, sig, c.LogTail(30))
+	}
+	if err := c.start(); err != nil {
+		return fmt.Errorf("%w\nserver log:\n%s", err, c.LogTail(30))
+	}
+	return nil
 }
 
 // Stop shuts the server down immediately (SIGQUIT), waits for it, and removes the

@@ -156,3 +156,33 @@ func TestPostmasterPIDIsTheParentOfBackends(t *testing.T) {
 		t.Fatalf("backend %s has parent %s, want the postmaster %d", backend, fields[1], pid)
 	}
 }
+
+// A restart, clean or by crash, keeps the port, the settings and what was
+// committed.
+func TestRestartKeepsPortSettingsAndData(t *testing.T) {
+	c, err := pgtest.Start(pgtest.Options{Settings: map[string]string{"work_mem": "8MB"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Stop) // after the database's own clean-up
+	url := c.NewDatabase(t)
+	conn := connect(t, url)
+	if _, err := conn.Exec(context.Background(), "CREATE TABLE kept (v int); INSERT INTO kept VALUES (1)"); err != nil {
+		t.Fatal(err)
+	}
+	port := c.Port()
+	for _, crash := range []bool{false, true} {
+		before, _ := c.PostmasterPID()
+		if err := c.Restart(crash); err != nil {
+			t.Fatalf("restart (crash %v): %v", crash, err)
+		}
+		after, _ := c.PostmasterPID()
+		if c.Port() != port || after == before {
+			t.Fatalf("restart (crash %v): port %d -> %d, postmaster %d -> %d", crash, port, c.Port(), before, after)
+		}
+		conn := connect(t, url)
+		if got := queryString(t, conn, "SELECT sum(v)::text || ' ' || current_setting('work_mem') FROM kept"); got != "1 8MB" {
+			t.Fatalf("after restart (crash %v): %q, want the row and work_mem 8MB", crash, got)
+		}
+	}
+}

@@ -54,19 +54,28 @@ func (p *Process) WaitReady(what string, timeout, interval time.Duration, ready 
 	}
 }
 
-// Stop sends sig to the process, kills it if it has not ended after grace,
-// waits for it, and removes Dir. It is safe to call more than once.
+// Halt sends sig to the process, kills it if it has not ended after grace,
+// and waits for it; it reports whether sig was enough. Dir stays, for Start
+// to start the server again.
+func (p *Process) Halt(sig os.Signal, grace time.Duration) bool {
+	if p.cmd == nil || p.cmd.Process == nil {
+		return true
+	}
+	_ = p.cmd.Process.Signal(sig)
+	select {
+	case <-p.exited:
+		return true
+	case <-time.After(grace):
+		_ = p.cmd.Process.Kill()
+		<-p.exited
+		return false
+	}
+}
+
+// Stop halts the process and removes Dir. It is safe to call more than once.
 func (p *Process) Stop(sig os.Signal, grace time.Duration) {
 	p.stop.Do(func() {
-		if p.cmd != nil && p.cmd.Process != nil {
-			_ = p.cmd.Process.Signal(sig)
-			select {
-			case <-p.exited:
-			case <-time.After(grace):
-				_ = p.cmd.Process.Kill()
-				<-p.exited
-			}
-		}
+		p.Halt(sig, grace)
 		_ = os.RemoveAll(p.Dir)
 	})
 }

@@ -275,18 +275,28 @@ func (s *Source) status(ctx context.Context, final bool) error {
 	}
 	s.nextStatus = time.Now().Add(time.Duration(s.cfg.StatusInterval))
 	if !final {
-		s.updateLag(ctx)
+		return s.updateLag(ctx)
 	}
 	return nil
 }
 
-func (s *Source) updateLag(ctx context.Context) {
+// updateLag reads the slot's lag over the side connection. That connection
+// is also how capture learns that the server is shutting down: a fast
+// shutdown ends ordinary connections first, and then holds the walsender
+// until capture confirms everything sent, which it cannot while its sinks'
+// writes to that server fail. Capture disconnects instead, so the shutdown
+// goes on, and it resumes from the confirmed position once the server is back.
+func (s *Source) updateLag(ctx context.Context) error {
 	var lag int64
 	err := s.side.QueryRow(ctx, `SELECT coalesce((pg_current_wal_lsn() - confirmed_flush_lsn)::bigint, 0)
 		FROM pg_replication_slots WHERE slot_name = $1`, s.cfg.Slot).Scan(&lag)
-	if err == nil {
+	switch {
+	case err == nil:
 		s.metrics.SlotLagBytes.Set(float64(lag))
+	case s.side.IsClosed() && ctx.Err() == nil:
+		return fmt.Errorf("lost the connection to the source database (shutting down?): %w", explain(err))
 	}
+	return nil
 }
 
 // Close reports the final confirmed position and disconnects. It runs after
