@@ -112,6 +112,10 @@ var readers = []reader{
 		return b.drain(ctx, "e2e-in-process", bl, trail{slot: slot, sinkName: "audit", plugin: "postgres",
 			sinkConfig: map[string]string{"url": bl.url}, inProcess: true})
 	}},
+	// audit-ceiling is what e2e would reach were pgtrail free: the rows the
+	// round's e2e run stored, copied by the bench into a fresh audit table
+	// as the sink writes them, while pg_recvlogical decodes the backlog.
+	{name: "audit-ceiling", run: (*bench).auditCeiling},
 	{name: "broker-jetstream", once: true, available: brokerPath("jetstream"), run: brokerRun("jetstream")},
 	{name: "broker-kafka", once: true, available: brokerPath("kafka"), run: brokerRun("kafka")},
 }
@@ -237,6 +241,11 @@ func (b *bench) backlog(ctx context.Context) error {
 		if in, ok := best[inProcessTwin[name]]; ok && res.Status == "ok" && in.Status == "ok" {
 			res.RatioToInProcess = num(*res.ChangesPerS / *in.ChangesPerS)
 		}
+		// What pgtrail itself costs end to end: e2e over the server's own
+		// cost of the trail.
+		if c, ok := best["audit-ceiling"]; ok && strings.HasPrefix(name, "e2e") && res.Status == "ok" && c.Status == "ok" {
+			res.Note += fmt.Sprintf("; %.2f × audit-ceiling", *res.ChangesPerS / *c.ChangesPerS)
+		}
 		b.emit(res)
 	}
 	return nil
@@ -272,34 +281,56 @@ func fastest(runs []result) result {
 // starts streaming to when it exits at the end position.
 func (b *bench) limit(ctx context.Context, bl *backlog, slot string) result {
 	name := "limit"
+	p, started, err := startRecvlogical(bl, slot)
+	if err != nil {
+		return failed(name, err)
+	}
+	if err := p.waitDecoded(ctx, bl); err != nil {
+		return failed(name, err)
+	}
+	res := throughput(name, bl.changes, time.Since(started))
+	res.Note = fmt.Sprintf("pg_recvlogical used %.1f CPU seconds", p.exitedCPU())
+	return res
+}
+
+// startRecvlogical starts pg_recvlogical on slot, to decode the backlog to
+// /dev/null, and returns once it streams.
+func startRecvlogical(bl *backlog, slot string) (*proc, time.Time, error) {
 	p, err := startProc("starting log streaming", pgBin("pg_recvlogical"), "-d", bl.url,
 		"-S", slot, "--start", "-f", "/dev/null", "-F", "0", "-v", "--endpos", bl.endLSN,
 		"-o", "proto_version=2", "-o", "publication_names=bench", "-o", "messages=true")
 	if err != nil {
-		return failed(name, err)
+		return nil, time.Time{}, err
 	}
 	started, err := p.waitSeen(time.Minute)
 	if err != nil {
 		p.stop(time.Second)
-		return failed(name, err)
+		return nil, time.Time{}, err
 	}
+	return p, started, nil
+}
+
+// waitDecoded waits for pg_recvlogical to exit at the backlog's end.
+func (p *proc) waitDecoded(ctx context.Context, bl *backlog) error {
 	select {
 	case <-p.done:
 	case <-ctx.Done():
 		p.stop(time.Second)
-		return failed(name, ctx.Err())
+		return ctx.Err()
 	case <-time.After(15 * time.Minute):
 		p.stop(time.Second)
-		return failed(name, fmt.Errorf("pg_recvlogical did not reach %s in 15 minutes", bl.endLSN))
+		return fmt.Errorf("pg_recvlogical did not reach %s in 15 minutes", bl.endLSN)
 	}
-	d := time.Since(started)
 	if p.err != nil {
-		return failed(name, fmt.Errorf("pg_recvlogical: %v\n%s", p.err, p.out.tail(10)))
+		return fmt.Errorf("pg_recvlogical: %v\n%s", p.err, p.out.tail(10))
 	}
-	res := throughput(name, bl.changes, d)
+	return nil
+}
+
+// exitedCPU is the CPU time the process used, once it has exited.
+func (p *proc) exitedCPU() float64 {
 	st := p.cmd.ProcessState
-	res.Note = fmt.Sprintf("pg_recvlogical used %.1f CPU seconds", (st.UserTime() + st.SystemTime()).Seconds())
-	return res
+	return (st.UserTime() + st.SystemTime()).Seconds()
 }
 
 // drain runs one pgtrail from its slot until its sink has the whole backlog.
