@@ -101,7 +101,9 @@ func (a *app) supervise(ctx context.Context, what string, once func(context.Cont
 	}
 	b := retry.Default()
 	for started := false; ; {
+		began := time.Now()
 		err := once(ctx, m, &started)
+		b.Ran(time.Since(began))
 		if ctx.Err() != nil {
 			a.log.Info("stopped")
 			return nil

@@ -32,6 +32,15 @@ func (b *Backoff) Next() time.Duration {
 // Reset starts over after a success.
 func (b *Backoff) Reset() { b.attempt = 0 }
 
+// Ran tells the backoff how long what it guards ran before it failed: after
+// a run longer than the longest wait the failure is a new one, and the next
+// wait starts over from Initial instead of staying at Max for ever.
+func (b *Backoff) Ran(d time.Duration) {
+	if d >= b.Max {
+		b.Reset()
+	}
+}
+
 // Wait sleeps for the next wait, or returns ctx's error if it ends first.
 func (b *Backoff) Wait(ctx context.Context) error {
 	t := time.NewTimer(b.Next())
