@@ -32,8 +32,7 @@ func (b *bench) auditCeiling(ctx context.Context, bl *backlog, slot string) resu
 	name := "audit-ceiling"
 	round, _ := strconv.Atoi(slot[strings.LastIndex(slot, "_")+1:])
 	from := "pgtrail.changes_" + strings.TrimPrefix(slotName("e2e", round), "bench_") // as drain names it
-	var n int64
-	if err := queryRow(ctx, bl.url, "SELECT count(*) FROM "+from, &n); err != nil || n != bl.changes {
+	if n, err := queryValue[int64](ctx, bl.url, "SELECT count(*) FROM "+from); err != nil || n != bl.changes {
 		return skipped(name, fmt.Sprintf("needs the audit table of this round's e2e run, %s, with the whole backlog (-only '^(e2e|audit-ceiling)$'): %d rows (%v)", from, n, err))
 	}
 	rows := filepath.Join(b.tmp, "ceiling.copy")
@@ -82,15 +81,6 @@ func (b *bench) auditCeiling(ctx context.Context, bl *backlog, slot string) resu
 	return res
 }
 
-func queryRow(ctx context.Context, url, q string, dst ...any) error {
-	conn, err := pgx.Connect(ctx, url)
-	if err != nil {
-		return err
-	}
-	defer conn.Close(context.Background())
-	return conn.QueryRow(ctx, q).Scan(dst...)
-}
-
 // exportCopy writes what a COPY ... TO STDOUT sends into the file path.
 func exportCopy(ctx context.Context, url, sql, path string) error {
 	f, err := os.Create(path)
@@ -98,13 +88,12 @@ func exportCopy(ctx context.Context, url, sql, path string) error {
 		return err
 	}
 	defer f.Close()
-	conn, err := pgx.Connect(ctx, url)
-	if err != nil {
-		return err
-	}
-	defer conn.Close(context.Background())
 	w := bufio.NewWriterSize(f, 1<<20)
-	if _, err := conn.PgConn().CopyTo(ctx, w, sql); err != nil {
+	err = withConn(ctx, url, func(conn *pgx.Conn) error {
+		_, err := conn.PgConn().CopyTo(ctx, w, sql)
+		return err
+	})
+	if err != nil {
 		return fmt.Errorf("export: %w", err)
 	}
 	if err := w.Flush(); err != nil {
@@ -121,33 +110,30 @@ func copyParts(ctx context.Context, url, sql, path string, w, nth int) error {
 		return err
 	}
 	defer f.Close()
-	conn, err := pgx.Connect(ctx, url)
-	if err != nil {
-		return err
-	}
-	defer conn.Close(context.Background())
-	r := bufio.NewReaderSize(f, 1<<20)
-	var part bytes.Buffer
-	for i, lines, done := 0, 0, false; !done; {
-		line, err := r.ReadBytes('\n')
-		if errors.Is(err, io.EOF) {
-			done = true
-		} else if err != nil {
-			return err
-		}
-		if i%nth == w {
-			part.Write(line)
-		}
-		if lines++; lines == ceilingPart || done {
-			if part.Len() > 0 {
-				if _, err := conn.PgConn().CopyFrom(ctx, &part, sql); err != nil {
-					return fmt.Errorf("copy: %w", err)
-				}
+	return withConn(ctx, url, func(conn *pgx.Conn) error {
+		r := bufio.NewReaderSize(f, 1<<20)
+		var part bytes.Buffer
+		for i, lines, done := 0, 0, false; !done; {
+			line, err := r.ReadBytes('\n')
+			if errors.Is(err, io.EOF) {
+				done = true
+			} else if err != nil {
+				return err
 			}
-			part.Reset()
-			lines = 0
-			i++
+			if i%nth == w {
+				part.Write(line)
+			}
+			if lines++; lines == ceilingPart || done {
+				if part.Len() > 0 {
+					if _, err := conn.PgConn().CopyFrom(ctx, &part, sql); err != nil {
+						return fmt.Errorf("copy: %w", err)
+					}
+				}
+				part.Reset()
+				lines = 0
+				i++
+			}
 		}
-	}
-	return nil
+		return nil
+	})
 }

@@ -77,29 +77,31 @@ func dropDatabase(ctx context.Context, c *pgtest.Cluster, name string) error {
 // execSQL runs statements on url one after the other, in the simple
 // protocol (so that a procedure may commit and a string may hold several).
 func execSQL(ctx context.Context, url string, stmts ...string) error {
-	conn, err := pgx.Connect(ctx, url)
-	if err != nil {
-		return err
-	}
-	defer conn.Close(context.Background())
-	for _, q := range stmts {
-		if _, err := conn.Exec(ctx, q, pgx.QueryExecModeSimpleProtocol); err != nil {
-			return fmt.Errorf("%.100s: %w", strings.TrimSpace(q), err)
+	return withConn(ctx, url, func(conn *pgx.Conn) error {
+		for _, q := range stmts {
+			if _, err := conn.Exec(ctx, q, pgx.QueryExecModeSimpleProtocol); err != nil {
+				return fmt.Errorf("%.100s: %w", strings.TrimSpace(q), err)
+			}
 		}
-	}
-	return nil
+		return nil
+	})
 }
 
 // queryValue runs a query that returns one value.
 func queryValue[T any](ctx context.Context, url, q string, args ...any) (T, error) {
 	var v T
+	err := withConn(ctx, url, func(conn *pgx.Conn) error { return conn.QueryRow(ctx, q, args...).Scan(&v) })
+	return v, err
+}
+
+// withConn runs f on a connection of its own to url.
+func withConn(ctx context.Context, url string, f func(*pgx.Conn) error) error {
 	conn, err := pgx.Connect(ctx, url)
 	if err != nil {
-		return v, err
+		return err
 	}
 	defer conn.Close(context.Background())
-	err = conn.QueryRow(ctx, q, args...).Scan(&v)
-	return v, err
+	return f(conn)
 }
 
 // watch is an io.Writer that keeps a process's output and notes when the
