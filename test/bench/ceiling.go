@@ -31,7 +31,7 @@ const ceilingPart = 2500
 func (b *bench) auditCeiling(ctx context.Context, bl *backlog, slot string) result {
 	name := "audit-ceiling"
 	round, _ := strconv.Atoi(slot[strings.LastIndex(slot, "_")+1:])
-	from := "pgtrail.changes_" + strings.TrimPrefix(slotName("e2e", round), "bench_") // as drain names it
+	from := "pgtrail." + auditTable(slotName("e2e", round))
 	if n, err := queryValue[int64](ctx, bl.url, "SELECT count(*) FROM "+from); err != nil || n != bl.changes {
 		return skipped(name, fmt.Sprintf("needs the audit table of this round's e2e run, %s, with the whole backlog (-only '^(e2e|audit-ceiling)$'): %d rows (%v)", from, n, err))
 	}
@@ -40,7 +40,7 @@ func (b *bench) auditCeiling(ctx context.Context, bl *backlog, slot string) resu
 		return failed(name, err)
 	}
 	defer os.Remove(rows)
-	table := "changes_" + strings.TrimPrefix(slot, "bench_")
+	table := auditTable(slot)
 	t := trail{url: bl.url, slot: slot, sinkName: "audit", plugin: "postgres", sinkConfig: map[string]string{"url": bl.url, "table": table}}
 	cfg, _, err := t.write(b.tmp)
 	if err != nil {

@@ -125,6 +125,9 @@ func slotName(reader string, run int) string {
 	return fmt.Sprintf("bench_%s_%d", strings.ReplaceAll(reader, "-", "_"), run)
 }
 
+// auditTable is the audit table, in schema pgtrail, of the run on slot.
+func auditTable(slot string) string { return "changes_" + strings.TrimPrefix(slot, "bench_") }
+
 func (b *bench) backlog(ctx context.Context) error {
 	c, err := startServer()
 	if err != nil {
@@ -340,7 +343,7 @@ func (b *bench) drain(ctx context.Context, name string, bl *backlog, t trail) re
 	if t.plugin == "postgres" {
 		// An audit table of its own: one that holds the backlog already would
 		// take it as a replay and store nothing.
-		t.sinkConfig["table"] = "changes_" + strings.TrimPrefix(t.slot, "bench_")
+		t.sinkConfig["table"] = auditTable(t.slot)
 	}
 	cfg, port, err := t.write(b.tmp)
 	if err != nil {

@@ -71,9 +71,11 @@ func Start(opts Options) (*Cluster, error) {
 	}
 	// The postmaster has exited when it says so; the data dir is reusable.
 	err = testbed.StartRetrying(c, "could not create any TCP/IP sockets", func() error {
-		if c.port, err = testbed.FreePort(); err != nil {
+		port, err := testbed.FreePort()
+		if err != nil {
 			return err
 		}
+		c.port = port
 		return c.start()
 	})
 	if err != nil {
