@@ -47,9 +47,12 @@ func settingsSummary() string {
 	return strings.Join(kv, ", ")
 }
 
-// startServer starts a private PostgreSQL for one group of scenarios.
-func startServer() (*pgtest.Cluster, error) {
-	return pgtest.Start(pgtest.Options{Settings: serverSettings})
+// startServer starts a private PostgreSQL for one group of scenarios, with
+// serverSettings and then extra.
+func startServer(extra map[string]string) (*pgtest.Cluster, error) {
+	settings := maps.Clone(serverSettings)
+	maps.Copy(settings, extra)
+	return pgtest.Start(pgtest.Options{Settings: settings})
 }
 
 // createDatabase makes a database (a copy of template, if given) and returns
@@ -200,18 +203,59 @@ func vmHWM(pid int) float64 {
 }
 
 // cpuSeconds is the CPU time the process has used so far.
-func (p *proc) cpuSeconds() float64 { return cpuTime(p.cmd.Process.Pid, false) }
+func (p *proc) cpuSeconds() float64 {
+	own, _ := cpuTimes(p.cmd.Process.Pid)
+	return own
+}
 
-// treeCPU is the CPU time a process and its descendants have used so far,
-// those that have exited and been waited for included: a PostgreSQL server's
-// (its postmaster's tree, backends of closed connections too), or pgtrail
-// and its sink process.
-func treeCPU(pid int) float64 {
-	t := cpuTime(pid, true)
-	for _, c := range children(pid) {
-		t += treeCPU(c)
-	}
+// cpuTree is the CPU time, reaped children's included, of each process of
+// a tree (a PostgreSQL server's postmaster and its backends, or pgtrail and
+// its sink process) at one moment.
+type cpuTree map[int]float64
+
+func snapshotCPU(pid int) cpuTree {
+	t := cpuTree{}
+	addCPU(t, pid)
 	return t
+}
+
+// addCPU adds pid and its descendants to t. A child reaped while they are
+// read would be missed (gone when read, not yet in its parent's reaped time)
+// or counted twice, so the parent's reaped time is read before and after its
+// children, and they are read again until it stays put.
+func addCPU(t cpuTree, pid int) {
+	for try := 0; ; try++ {
+		_, reaped := cpuTimes(pid)
+		sub := cpuTree{}
+		for _, c := range children(pid) {
+			addCPU(sub, c)
+		}
+		own, after := cpuTimes(pid)
+		if after == reaped || try == 10 {
+			maps.Copy(t, sub)
+			t[pid] = own + after
+			return
+		}
+	}
+}
+
+// since is the CPU the tree has used since start. A process that exited
+// meanwhile has its whole life's CPU in its parent's reaped time by now, so
+// what start counted of it comes off: summing the tree at two moments would
+// count it twice (a backend still exiting when a window starts would add its
+// whole run to the window).
+func (start cpuTree) since(pid int) float64 {
+	now := snapshotCPU(pid)
+	var d float64
+	for p, v := range now {
+		d += v - start[p]
+	}
+	for p, v := range start {
+		if _, alive := now[p]; !alive {
+			d -= v
+		}
+	}
+	return d
 }
 
 // procStat is /proc/pid/stat split into fields after the command name
@@ -225,24 +269,19 @@ func procStat(pid int) []string {
 	return strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
 }
 
-// cpuTime is a process's user and system CPU seconds, with those of its
-// waited-for children if reaped is set.
-func cpuTime(pid int, reaped bool) float64 {
+// cpuTimes is a process's own user and system CPU seconds, and those of its
+// children that have exited and been waited for; 0 if it is gone.
+func cpuTimes(pid int) (own, reaped float64) {
 	// utime, stime, cutime and cstime, in clock ticks (100 a second).
 	f := procStat(pid)
 	if len(f) < 15 {
-		return 0
+		return 0, 0
 	}
-	n := 2
-	if reaped {
-		n = 4
+	var ticks [4]float64
+	for i, v := range f[11:15] {
+		ticks[i], _ = strconv.ParseFloat(v, 64)
 	}
-	var ticks float64
-	for _, v := range f[11 : 11+n] {
-		t, _ := strconv.ParseFloat(v, 64)
-		ticks += t
-	}
-	return ticks / 100
+	return (ticks[0] + ticks[1]) / 100, (ticks[2] + ticks[3]) / 100
 }
 
 // children lists the direct children of pid (forked by any of its threads).

@@ -40,13 +40,14 @@ type sizes struct {
 	appRateFor    time.Duration // each pgbench run at appRate
 	appRounds     int           // pgbench rounds, variants interleaved
 	appClients    int
+	appSplit      bool // run the app variants that split pgtrail's cost
 }
 
 var (
 	short = sizes{backlogTxns: 30_000, backlogRounds: 2, latencyRates: []int{2000, 10000}, latencyFor: 10 * time.Second,
 		bigTxn: 1_000_000, appDuration: 10 * time.Second, appRateFor: 5 * time.Second, appRounds: 1, appClients: 4}
 	full = sizes{backlogTxns: 200_000, backlogRounds: 2, latencyRates: []int{2000, 10000}, latencyFor: 60 * time.Second,
-		bigTxn: 1_000_000, appDuration: 30 * time.Second, appRateFor: 15 * time.Second, appRounds: 3, appClients: 4}
+		bigTxn: 1_000_000, appDuration: 30 * time.Second, appRateFor: 15 * time.Second, appRounds: 3, appClients: 4, appSplit: true}
 )
 
 // bench is one invocation.
@@ -81,6 +82,11 @@ func (b *bench) wants(group string) bool {
 // name or its own. The baseline of a group (the limit, no audit) always runs.
 func (b *bench) picks(group, scenario string, baseline bool) bool {
 	return baseline || b.only.MatchString(group) || b.only.MatchString(scenario)
+}
+
+// names says whether -only was given and selects this scenario.
+func (b *bench) names(scenario string) bool {
+	return b.only.String() != "" && b.only.MatchString(scenario)
 }
 
 func main() {
