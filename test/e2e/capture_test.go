@@ -420,10 +420,7 @@ func TestCaptureKill9KafkaPublishesEveryChangeAtLeastOnceWithIdenticalDuplicates
 		return
 	}
 	// Wait until the capture caught up with the last insert.
-	var lsn string
-	if err := conn.QueryRow(context.Background(), "SELECT pg_current_wal_lsn()::text").Scan(&lsn); err != nil {
-		t.Fatal(err)
-	}
+	lsn := pastLastCommit(t, conn)
 	waitFor(t, 60*time.Second, "the slot to confirm past the last insert", func() bool {
 		var ok bool
 		_ = conn.QueryRow(context.Background(), "SELECT confirmed_flush_lsn >= $1::pg_lsn FROM pg_replication_slots WHERE slot_name = 'pgtrail'", lsn).Scan(&ok)

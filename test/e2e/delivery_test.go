@@ -135,10 +135,7 @@ func TestSIGTERMDrainsConfirmsAndExitsZero(t *testing.T) {
 	exec1(t, conn, `CREATE TABLE t (id int PRIMARY KEY)`)
 	_, _, p := setupAndStart(t, url, "", "")
 	exec1(t, conn, `INSERT INTO t SELECT generate_series(1, 5000)`)
-	var lsn string
-	if err := conn.QueryRow(context.Background(), "SELECT pg_current_wal_lsn()::text").Scan(&lsn); err != nil {
-		t.Fatal(err)
-	}
+	lsn := pastLastCommit(t, conn)
 	waitForChanges(t, conn, 5000, 30*time.Second)
 	if err := p.stop(); err != nil {
 		t.Fatalf("exit after SIGTERM: %v\n%s", err, tail(p.out.String(), 20))
@@ -157,10 +154,7 @@ func TestIdleDatabaseDoesNotPinWAL(t *testing.T) {
 	setupAndStart(t, url, "", "")
 	// Writes to a table that is not captured move WAL on; the slot must follow.
 	exec1(t, conn, `INSERT INTO other.noise SELECT repeat('x', 1000) FROM generate_series(1, 20000)`)
-	var lsn string
-	if err := conn.QueryRow(context.Background(), "SELECT pg_current_wal_lsn()::text").Scan(&lsn); err != nil {
-		t.Fatal(err)
-	}
+	lsn := pastLastCommit(t, conn)
 	waitFor(t, 60*time.Second, "the slot to confirm past uncaptured writes", func() bool {
 		var ok bool
 		_ = conn.QueryRow(context.Background(), "SELECT confirmed_flush_lsn >= $1::pg_lsn FROM pg_replication_slots WHERE slot_name = 'pgtrail'", lsn).Scan(&ok)

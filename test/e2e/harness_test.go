@@ -194,6 +194,20 @@ func count(t testing.TB, conn *pgx.Conn, sql string, args ...any) int {
 }
 
 // waitForChanges waits until the audit table holds n changes.
+// pastLastCommit is a WAL position at or past the end of conn's last
+// commit: the insert position. Not pg_current_wal_lsn(): with the test
+// cluster's synchronous_commit=off the write position can still be short of
+// the commit, inside the transaction, where a slot's confirmation is
+// legitimate (the slot sends every transaction that commits after it).
+func pastLastCommit(t testing.TB, conn *pgx.Conn) string {
+	t.Helper()
+	var lsn string
+	if err := conn.QueryRow(context.Background(), "SELECT pg_current_wal_insert_lsn()::text").Scan(&lsn); err != nil {
+		t.Fatal(err)
+	}
+	return lsn
+}
+
 func waitForChanges(t testing.TB, conn *pgx.Conn, n int, timeout time.Duration) {
 	t.Helper()
 	var got int

@@ -238,14 +238,7 @@ func TestSinksClickHouseOutageHoldsBackConfirmation(t *testing.T) {
 
 	ch.Query(t, "DROP TABLE "+database+".changes")
 	exec1(t, conn, `INSERT INTO items SELECT generate_series(101, 150)`)
-	// The insert position, not pg_current_wal_lsn(): with the test
-	// cluster's synchronous_commit=off the write position can still be
-	// short of the commit, inside the transaction, where a confirmation is
-	// legitimate (the slot sends every transaction that commits after it).
-	var lsn string
-	if err := conn.QueryRow(context.Background(), "SELECT pg_current_wal_insert_lsn()::text").Scan(&lsn); err != nil {
-		t.Fatal(err)
-	}
+	lsn := pastLastCommit(t, conn)
 	waitForChanges(t, conn, 150, 30*time.Second) // the audit table has them
 	waitFor(t, 30*time.Second, "the failure in the log", func() bool {
 		return regexp.MustCompile(`sink (write|flush) failed; retrying.*sink=analytics.*does not exist: run .pgtrail setup.`).MatchString(p.out.String())
