@@ -38,13 +38,16 @@ var serverSettings = map[string]string{
 	"fsync":              "off",
 }
 
-// settingsSummary is serverSettings for the report.
+// settingsSummary is serverSettings, and the app group's, for the report.
 func settingsSummary() string {
-	var kv []string
-	for _, k := range slices.Sorted(maps.Keys(serverSettings)) {
-		kv = append(kv, k+"="+serverSettings[k])
+	list := func(m map[string]string) string {
+		var kv []string
+		for _, k := range slices.Sorted(maps.Keys(m)) {
+			kv = append(kv, k+"="+m[k])
+		}
+		return strings.Join(kv, ", ")
 	}
-	return strings.Join(kv, ", ")
+	return list(serverSettings) + "; the app group also " + list(appSettings)
 }
 
 // startServer starts a private PostgreSQL for one group of scenarios, with
