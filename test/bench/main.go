@@ -44,7 +44,7 @@ type sizes struct {
 }
 
 var (
-	short = sizes{backlogTxns: 30_000, backlogRounds: 2, latencyRates: []int{2000, 10000}, latencyFor: 10 * time.Second,
+	short = sizes{backlogTxns: 30_000, backlogRounds: 1, latencyRates: []int{2000, 10000}, latencyFor: 10 * time.Second,
 		bigTxn: 1_000_000, appDuration: 10 * time.Second, appRateFor: 5 * time.Second, appRounds: 1, appClients: 4}
 	full = sizes{backlogTxns: 200_000, backlogRounds: 2, latencyRates: []int{2000, 10000}, latencyFor: 60 * time.Second,
 		bigTxn: 1_000_000, appDuration: 30 * time.Second, appRateFor: 15 * time.Second, appRounds: 3, appClients: 4, appSplit: true}
