@@ -421,11 +421,7 @@ func TestCaptureKill9KafkaPublishesEveryChangeAtLeastOnceWithIdenticalDuplicates
 	}
 	// Wait until the capture caught up with the last insert.
 	lsn := pastLastCommit(t, conn)
-	waitFor(t, 60*time.Second, "the slot to confirm past the last insert", func() bool {
-		var ok bool
-		_ = conn.QueryRow(context.Background(), "SELECT confirmed_flush_lsn >= $1::pg_lsn FROM pg_replication_slots WHERE slot_name = 'pgtrail'", lsn).Scan(&ok)
-		return ok
-	})
+	waitFor(t, 60*time.Second, "the slot to confirm past the last insert", func() bool { return confirmedPast(t, conn, lsn) })
 	recs := readKafka(t, broker, 2*len(ids))
 	byID := map[string][]byte{}
 	seen := map[int]bool{}

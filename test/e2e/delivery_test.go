@@ -140,10 +140,8 @@ func TestSIGTERMDrainsConfirmsAndExitsZero(t *testing.T) {
 	if err := p.stop(); err != nil {
 		t.Fatalf("exit after SIGTERM: %v\n%s", err, tail(p.out.String(), 20))
 	}
-	var caughtUp bool
-	err := conn.QueryRow(context.Background(), "SELECT confirmed_flush_lsn >= $1::pg_lsn FROM pg_replication_slots WHERE slot_name = 'pgtrail'", lsn).Scan(&caughtUp)
-	if err != nil || !caughtUp {
-		t.Fatalf("slot not confirmed past the last write after drain (err %v)", err)
+	if !confirmedPast(t, conn, lsn) {
+		t.Fatal("slot not confirmed past the last write after drain")
 	}
 }
 
@@ -155,11 +153,7 @@ func TestIdleDatabaseDoesNotPinWAL(t *testing.T) {
 	// Writes to a table that is not captured move WAL on; the slot must follow.
 	exec1(t, conn, `INSERT INTO other.noise SELECT repeat('x', 1000) FROM generate_series(1, 20000)`)
 	lsn := pastLastCommit(t, conn)
-	waitFor(t, 60*time.Second, "the slot to confirm past uncaptured writes", func() bool {
-		var ok bool
-		_ = conn.QueryRow(context.Background(), "SELECT confirmed_flush_lsn >= $1::pg_lsn FROM pg_replication_slots WHERE slot_name = 'pgtrail'", lsn).Scan(&ok)
-		return ok
-	})
+	waitFor(t, 60*time.Second, "the slot to confirm past uncaptured writes", func() bool { return confirmedPast(t, conn, lsn) })
 	if n := count(t, conn, "SELECT count(*) FROM pgtrail.changes"); n != 0 {
 		t.Fatalf("%d changes stored from an uncaptured schema", n)
 	}

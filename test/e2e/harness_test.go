@@ -193,7 +193,6 @@ func count(t testing.TB, conn *pgx.Conn, sql string, args ...any) int {
 	return n
 }
 
-// waitForChanges waits until the audit table holds n changes.
 // pastLastCommit is a WAL position at or past the end of conn's last
 // commit: the insert position. Not pg_current_wal_lsn(): with the test
 // cluster's synchronous_commit=off the write position can still be short of
@@ -208,6 +207,18 @@ func pastLastCommit(t testing.TB, conn *pgx.Conn) string {
 	return lsn
 }
 
+// confirmedPast says whether the slot pgtrail is confirmed at or past lsn.
+func confirmedPast(t testing.TB, conn *pgx.Conn, lsn string) bool {
+	t.Helper()
+	var ok bool
+	err := conn.QueryRow(context.Background(), "SELECT confirmed_flush_lsn >= $1::pg_lsn FROM pg_replication_slots WHERE slot_name = 'pgtrail'", lsn).Scan(&ok)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ok
+}
+
+// waitForChanges waits until the audit table holds n changes.
 func waitForChanges(t testing.TB, conn *pgx.Conn, n int, timeout time.Duration) {
 	t.Helper()
 	var got int
