@@ -274,6 +274,7 @@ func TestServerRestartsMidStreamLoseAndDoubleNothing(t *testing.T) {
 			}()
 			for i := 0; ctx.Err() == nil; i++ {
 				if conn == nil || conn.IsClosed() {
+					var err error
 					if conn, err = pgx.Connect(ctx, url); err != nil {
 						conn = nil
 						time.Sleep(50 * time.Millisecond)
