@@ -627,3 +627,19 @@ func TestTablesWhoseNamesJoinAlikeKeepEveryChange(t *testing.T) {
 		t.Fatalf("%d folders for %d tables: %v", len(folders), len(tables), folders)
 	}
 }
+
+// TestConfigErrorsNeverEchoTheSecret gives endpoints that hold a secret:
+// the errors name config.endpoint and say what to do, without the secret.
+func TestConfigErrorsNeverEchoTheSecret(t *testing.T) {
+	for raw, want := range map[string]string{
+		`{"bucket":"b","endpoint":"https://AKID:s3cr3t-key@s3.example.com"}`: "config.endpoint: holds a user, password or query: give the credentials in config.access_key_id",
+		`{"bucket":"b","endpoint":"s3.example.com?secret=s3cr3t-key"}`:       "config.endpoint: not an http:// or https:// URL",
+		`{"bucket":"b","endpoint":"http://AKID:s3cr3t-key@host:port"}`:       "config.endpoint: not a valid URL",
+		`{"bucket":"b","endpoint":"AKID:s3cr3t-key@s3.example.com"}`:         "config.endpoint: not an http:// or https:// URL",
+	} {
+		err := s3.New().Configure(ctx, json.RawMessage(raw))
+		if err == nil || !strings.Contains(err.Error(), want) || strings.Contains(err.Error(), "s3cr3t") {
+			t.Errorf("Configure(%s) = %v; want an error containing %q and not the secret", raw, err, want)
+		}
+	}
+}
