@@ -1,0 +1,154 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"maps"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// lowRole makes a role with no privilege beyond creating tables in the
+// database's public schema and in the database, and returns its name and a
+// URL that connects as it. Roles are the cluster's: one per database, so
+// that -count=N runs again.
+func lowRole(t *testing.T, conn *pgx.Conn, url string) (string, string) {
+	t.Helper()
+	var role string
+	if err := conn.QueryRow(context.Background(), "SELECT 'low_' || current_database()").Scan(&role); err != nil {
+		t.Fatal(err)
+	}
+	exec1(t, conn, fmt.Sprintf(`CREATE ROLE %s LOGIN PASSWORD 'low'; GRANT CREATE ON SCHEMA public TO %[1]s;
+		GRANT CREATE ON DATABASE %s TO %[1]s`, role, pgx.Identifier{conn.Config().Database}.Sanitize()))
+	return role, strings.Replace(url, "postgres:postgres@", role+":low@", 1)
+}
+
+// tableCounts is how many changes of each table an audit table holds.
+func tableCounts(t *testing.T, conn *pgx.Conn, target string) map[string]int {
+	t.Helper()
+	rows, err := conn.Query(context.Background(), `SELECT "table", count(*)::int FROM `+target+` GROUP BY 1`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]int{}
+	for rows.Next() {
+		var table string
+		var n int
+		if err := rows.Scan(&table, &n); err != nil {
+			t.Fatal(err)
+		}
+		got[table] = n
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return got
+}
+
+// TestTableOwnerCannotOptOutOfTheAuditTrail: a role with no privilege but
+// creating tables comments its tables as pgtrail's audit table, which
+// capture once took as the sign of its own table, and writes to them. Every
+// change is in the trail. pgtrail's own audit tables are still never
+// captured: one in a captured schema reached by a URL written differently,
+// and one in another database whose name a source table shares (that table
+// is captured: it is not pgtrail's).
+func TestTableOwnerCannotOptOutOfTheAuditTrail(t *testing.T) {
+	url := cluster.NewDatabase(t)
+	elsewhere := cluster.NewDatabase(t)
+	conn := connect(t, url)
+	_, lowURL := lowRole(t, conn, url)
+	low := connect(t, lowURL)
+	exec1(t, low, `CREATE TABLE hidden (id int PRIMARY KEY, v text);
+		COMMENT ON TABLE hidden IS 'pgtrail audit table: every row change, with its context';
+		CREATE TABLE hidden_parts (id int, k int, PRIMARY KEY (id, k)) PARTITION BY RANGE (k);
+		CREATE TABLE hidden_parts_1 PARTITION OF hidden_parts FOR VALUES FROM (0) TO (100);
+		COMMENT ON TABLE hidden_parts IS 'pgtrail audit table';
+		COMMENT ON TABLE hidden_parts_1 IS 'pgtrail audit table'`)
+	exec1(t, conn, `CREATE TABLE shadow (id int PRIMARY KEY); CREATE TABLE fence (id int PRIMARY KEY)`)
+
+	sinks := fmt.Sprintf(`sinks:
+  - {name: audit, plugin: postgres, config: {url: %q}}
+  - {name: mirror, plugin: postgres, config: {url: %q, schema: public, table: audit_mirror}}
+  - {name: elsewhere, plugin: postgres, config: {url: %q, schema: public, table: shadow}}
+`, url, url+"&application_name=mirror", elsewhere)
+	setupAndStart(t, url, sinks, "")
+
+	exec1(t, low, `INSERT INTO hidden SELECT i, 'v' || i FROM generate_series(1, 50) i`)
+	exec1(t, low, `UPDATE hidden SET v = 'w' WHERE id <= 10`)
+	exec1(t, low, `INSERT INTO hidden_parts SELECT i, i FROM generate_series(1, 20) i`)
+	exec1(t, conn, `INSERT INTO shadow SELECT generate_series(1, 10)`)
+	// The trail is stored in commit order: once the fence is in every
+	// audit table, so is everything before it.
+	exec1(t, conn, `INSERT INTO fence VALUES (1)`)
+
+	other := connect(t, elsewhere)
+	audits := map[string]*pgx.Conn{"pgtrail.changes": conn, "public.audit_mirror": conn, "public.shadow": other}
+	for _, target := range slices.Sorted(maps.Keys(audits)) {
+		c := audits[target]
+		waitFor(t, 30*time.Second, "the fence in "+target, func() bool {
+			return count(t, c, `SELECT count(*) FROM `+target+` WHERE "table" = 'fence'`) == 1
+		})
+		want := map[string]int{"hidden": 60, "hidden_parts_1": 20, "shadow": 10, "fence": 1}
+		if got := tableCounts(t, c, target); !maps.Equal(got, want) {
+			t.Errorf("%s holds changes per table %v, want %v", target, got, want)
+		}
+	}
+}
+
+// TestSetupRefusesASchemaOrAuditTableAnotherRoleControls: capture never
+// stores the tables of schema pgtrail, and pgtrail keeps its trail in its
+// audit table; setup adopts neither from another role, says what to do, and
+// goes through once that is done.
+func TestSetupRefusesASchemaOrAuditTableAnotherRoleControls(t *testing.T) {
+	for _, c := range []struct {
+		name, prepare, sinkTable, want, fix string
+	}{
+		{name: "pgtrail schema of another owner", prepare: `CREATE SCHEMA pgtrail`,
+			want: `schema pgtrail exists and is owned by role "low_`, fix: `ALTER SCHEMA pgtrail OWNER TO postgres`},
+		{name: "audit table of another owner", prepare: `CREATE TABLE public.audit_trail (id int)`, sinkTable: "audit_trail",
+			want: `audit table "public"."audit_trail" exists and is owned by role "low_`, fix: `DROP TABLE public.audit_trail`},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			url := cluster.NewDatabase(t)
+			conn := connect(t, url)
+			_, lowURL := lowRole(t, conn, url)
+			exec1(t, connect(t, lowURL), c.prepare)
+			sinks := ""
+			if c.sinkTable != "" {
+				sinks = fmt.Sprintf("sinks:\n  - {name: audit, plugin: postgres, config: {url: %q, schema: public, table: %s}}\n", url, c.sinkTable)
+			}
+			cfg := writeConfig(t, url, sinks, "")
+			out, err := pgtrail(t, cfg, "setup")
+			if err == nil || !strings.Contains(out, c.want) {
+				t.Fatalf("setup: err=%v, output does not say %q:\n%s", err, c.want, out)
+			}
+			if n := count(t, conn, `SELECT count(*) FROM pg_class WHERE relname = 'changes'`); n != 0 {
+				t.Fatalf("setup made an audit table in the schema it refused")
+			}
+			exec1(t, conn, c.fix)
+			if out, err := pgtrail(t, cfg, "setup"); err != nil {
+				t.Fatalf("setup after %q: %v\n%s", c.fix, err, out)
+			}
+		})
+	}
+	t.Run("others may create in schema pgtrail", func(t *testing.T) {
+		url := cluster.NewDatabase(t)
+		conn := connect(t, url)
+		role, _ := lowRole(t, conn, url)
+		exec1(t, conn, `CREATE SCHEMA pgtrail; GRANT CREATE ON SCHEMA pgtrail TO `+role)
+		cfg := writeConfig(t, url, "", "")
+		want := fmt.Sprintf(`run REVOKE CREATE ON SCHEMA "pgtrail" FROM %q;`, role)
+		out, err := pgtrail(t, cfg, "setup")
+		if err == nil || !strings.Contains(out, want) {
+			t.Fatalf("setup: err=%v, output does not say %q:\n%s", err, want, out)
+		}
+		exec1(t, conn, strings.TrimSuffix(strings.TrimPrefix(want, "run "), ";"))
+		if out, err := pgtrail(t, cfg, "setup"); err != nil {
+			t.Fatalf("setup after the REVOKE: %v\n%s", err, out)
+		}
+	})
+}
