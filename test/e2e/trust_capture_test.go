@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/pgtrail/pgtrail/test/faultproxy"
 )
 
 // lowRole makes a role with no privilege beyond creating tables in the
@@ -151,4 +153,150 @@ func TestSetupRefusesASchemaOrAuditTableAnotherRoleControls(t *testing.T) {
 			t.Fatalf("setup after the REVOKE: %v\n%s", err, out)
 		}
 	})
+}
+
+// proxied returns a fault proxy in front of the test cluster and url
+// rewritten to reach it through the proxy.
+func proxied(t *testing.T, url string) (*faultproxy.Proxy, string) {
+	t.Helper()
+	p, err := faultproxy.Start(fmt.Sprintf("127.0.0.1:%d", cluster.Port()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.Close)
+	return p, strings.Replace(url, fmt.Sprintf(":%d/", cluster.Port()), fmt.Sprintf(":%d/", p.Port()), 1)
+}
+
+// itemsLoad writes under pgtrail until stopped: each transaction inserts an
+// item, sometimes updates the one before, and records both in
+// bookkeeping.truth, which commits with them or not at all.
+func itemsLoad(t *testing.T, conn *pgx.Conn, url string) (stop func()) {
+	t.Helper()
+	exec1(t, conn, `CREATE TABLE IF NOT EXISTS items (id int PRIMARY KEY, n int NOT NULL);
+		CREATE SCHEMA IF NOT EXISTS bookkeeping; CREATE TABLE IF NOT EXISTS bookkeeping.truth (op text, id int, n int)`)
+	return writeLoad(t, url, 2, func(conn *pgx.Conn, w, i int) error {
+		id := w*1_000_000 + i
+		time.Sleep(2 * time.Millisecond) // a steady load, not a flood: the machine is shared
+		return pgx.BeginFunc(context.Background(), conn, func(tx pgx.Tx) error {
+			b := &pgx.Batch{}
+			b.Queue(`INSERT INTO items VALUES ($1, 0)`, id)
+			b.Queue(`INSERT INTO bookkeeping.truth VALUES ('CREATE', $1, 0)`, id)
+			if i%3 == 2 {
+				b.Queue(`UPDATE items SET n = n + 1 WHERE id = $1`, id-1)
+				b.Queue(`INSERT INTO bookkeeping.truth SELECT 'UPDATE', id, n FROM items WHERE id = $1`, id-1)
+			}
+			return tx.SendBatch(context.Background(), b).Close()
+		})
+	})
+}
+
+// sameAsTruth fails t unless the audit table holds exactly the writers'
+// record: nothing missing, nothing twice.
+func sameAsTruth(t *testing.T, conn *pgx.Conn) {
+	t.Helper()
+	var missing, extra int
+	err := conn.QueryRow(context.Background(), `
+		WITH audit AS (SELECT operation AS op, primary_key::int AS id, (after ->> 'n')::int AS n FROM pgtrail.changes WHERE "table" = 'items')
+		SELECT (SELECT count(*) FROM (SELECT * FROM bookkeeping.truth EXCEPT ALL SELECT * FROM audit) m),
+		       (SELECT count(*) FROM (SELECT * FROM audit EXCEPT ALL SELECT * FROM bookkeeping.truth) e)`).Scan(&missing, &extra)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if missing != 0 || extra != 0 {
+		t.Fatalf("audit table differs from the truth: %d missing, %d extra", missing, extra)
+	}
+}
+
+// partitionUnderLoad runs a write load, partitions the proxy for d, heals
+// it, stops the load and waits for the trail to hold every change. during
+// runs while the partition lasts. It logs how long after the heal the trail
+// held every change written before it.
+func partitionUnderLoad(t *testing.T, conn *pgx.Conn, url string, proxy *faultproxy.Proxy, d time.Duration, during func()) {
+	t.Helper()
+	stop := itemsLoad(t, conn, url)
+	defer stop()
+	time.Sleep(time.Second)
+	proxy.Partition()
+	began := time.Now()
+	during()
+	time.Sleep(d - time.Since(began))
+	written := count(t, conn, `SELECT count(*) FROM bookkeeping.truth`)
+	proxy.Heal()
+	healed := time.Now()
+	waitFor(t, 60*time.Second, "the trail to catch up after the heal", func() bool {
+		return count(t, conn, `SELECT count(*) FROM pgtrail.changes WHERE "table" = 'items'`) >= written
+	})
+	t.Logf("partitioned %s; the trail held all %d changes written by the heal %s after it", d, written, time.Since(healed).Round(time.Millisecond))
+	time.Sleep(time.Second)
+	stop()
+	if t.Failed() {
+		return
+	}
+	truth := count(t, conn, `SELECT count(*) FROM bookkeeping.truth`)
+	waitForChanges(t, conn, truth, 60*time.Second)
+	sameAsTruth(t, conn)
+}
+
+// TestSourceCutLongerThanWalSenderTimeoutLosesAndDoublesNothing partitions
+// the network between pgtrail and the source database, its replication and
+// side connections both, under a write load and for longer than the
+// server's wal_sender_timeout, with no reset. pgtrail notices within its
+// receive_timeout while the partition lasts and reconnects; once healed, the
+// audit table equals the writers' record.
+func TestSourceCutLongerThanWalSenderTimeoutLosesAndDoublesNothing(t *testing.T) {
+	url := cluster.NewDatabase(t)
+	conn := connect(t, url)
+	proxy, viaProxy := proxied(t, url)
+	// wal_sender_timeout for pgtrail's sessions alone: the server lets go
+	// of the slot 4s into the partition, after pgtrail gave up (1.5s).
+	source := viaProxy + "&wal_sender_timeout=4s"
+	sinks := fmt.Sprintf("sinks:\n  - {name: audit, plugin: postgres, config: {url: %q}}\n", url)
+	exec1(t, conn, `CREATE TABLE items (id int PRIMARY KEY, n int NOT NULL)`)
+	_, _, p := setupAndStart(t, source, sinks+"pipeline:\n  batch_size: 200\n", "    receive_timeout: 1500ms\n")
+
+	partitionUnderLoad(t, conn, url, proxy, 5*time.Second, func() {
+		began := time.Now()
+		waitFor(t, 4*time.Second, "pgtrail to notice the cut while it lasts", func() bool {
+			out := p.out.String()
+			return strings.Contains(out, "the connection is stalled") || strings.Contains(out, "did not answer within")
+		})
+		t.Logf("pgtrail noticed the cut %s into it", time.Since(began).Round(time.Millisecond))
+	})
+	if err := p.stop(); err != nil {
+		t.Fatalf("exit after SIGTERM: %v", err)
+	}
+}
+
+// TestAuditDatabaseCutLosesAndDoublesNothing partitions the network between
+// the postgres sink and its audit database under a write load: capture is
+// held back, nothing is confirmed past what the audit table holds, and once
+// healed the audit table equals the writers' record.
+func TestAuditDatabaseCutLosesAndDoublesNothing(t *testing.T) {
+	url := cluster.NewDatabase(t)
+	conn := connect(t, url)
+	proxy, viaProxy := proxied(t, url)
+	sinks := fmt.Sprintf("sinks:\n  - {name: audit, plugin: postgres, config: {url: %q}}\n", viaProxy)
+	exec1(t, conn, `CREATE TABLE items (id int PRIMARY KEY, n int NOT NULL)`)
+	_, _, p := setupAndStart(t, url, sinks+"pipeline:\n  batch_size: 200\n", "")
+
+	partitionUnderLoad(t, conn, url, proxy, 5*time.Second, func() {
+		// Whatever was durable before the cut is confirmed within a status
+		// interval (1s); after that the slot stands still.
+		time.Sleep(1500 * time.Millisecond)
+		var before, after string
+		confirmed := `SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = 'pgtrail'`
+		if err := conn.QueryRow(context.Background(), confirmed).Scan(&before); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(2500 * time.Millisecond)
+		if err := conn.QueryRow(context.Background(), confirmed).Scan(&after); err != nil {
+			t.Fatal(err)
+		}
+		if after != before {
+			t.Errorf("the slot was confirmed from %s to %s while the audit database was cut off", before, after)
+		}
+	})
+	if err := p.stop(); err != nil {
+		t.Fatalf("exit after SIGTERM: %v", err)
+	}
 }
