@@ -34,6 +34,25 @@ var builtins = host.Builtins{
 	"clickhouse": func() sdk.Sink { return clickhouse.New() },
 }
 
+// proxyEnv are the HTTP proxy variables that Go's HTTP client reads.
+var proxyEnv = []string{"HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy"}
+
+// libpqEnv are the variables pgx reads for what a URL leaves out (pgconn's
+// ParseConfig), as libpq does.
+var libpqEnv = []string{"PGHOST", "PGPORT", "PGDATABASE", "PGUSER", "PGPASSWORD", "PGPASSFILE", "PGAPPNAME",
+	"PGCONNECT_TIMEOUT", "PGSSLMODE", "PGSSLKEY", "PGSSLCERT", "PGSSLCERTMODE", "PGSSLSNI", "PGSSLROOTCERT",
+	"PGSSLPASSWORD", "PGSSLNEGOTIATION", "PGTARGETSESSIONATTRS", "PGSERVICE", "PGSERVICEFILE", "PGTZ", "PGOPTIONS",
+	"PGMINPROTOCOLVERSION", "PGMAXPROTOCOLVERSION", "PGCHANNELBINDING", "PGREQUIREAUTH"}
+
+// builtinEnv names the environment variables a built-in sink's process gets
+// beyond those of every plugin: libpq's for the audit table, the AWS chain's
+// for S3 (keys, profile, web identity, container credentials), and proxies.
+var builtinEnv = map[string][]string{
+	"postgres":   libpqEnv,
+	"s3":         append([]string{"AWS_*"}, proxyEnv...),
+	"clickhouse": proxyEnv,
+}
+
 // memoryLimit is the soft heap limit when GOMEMLIMIT is not set: batches are
 // short-lived, so without it the heap grows to twice what is live between
 // collections.

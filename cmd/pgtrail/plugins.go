@@ -34,10 +34,12 @@ func (a *app) pluginsCmd() *cobra.Command {
 				d := builtins[name]().Describe()
 				fmt.Fprintf(w, "%s\t%s\tbuilt-in\t%s\n", name, d.Version, d.Summary)
 			}
-			paths := map[string]bool{}
+			// External plugins by path, run as their sink would run them
+			// (its sha256 and env), else with neither.
+			paths := map[string]config.Sink{}
 			for _, s := range a.cfg.Sinks {
 				if _, ok := builtins[s.Plugin]; !ok {
-					paths[s.Plugin] = true
+					paths[s.Plugin] = s
 				}
 			}
 			if dir != "" {
@@ -46,8 +48,11 @@ func (a *app) pluginsCmd() *cobra.Command {
 					return fmt.Errorf("read plugin dir %s: %w", dir, err)
 				}
 				for _, e := range entries {
-					if info, err := e.Info(); err == nil && !e.IsDir() && info.Mode()&0o111 != 0 {
-						paths[filepath.Join(dir, e.Name())] = true
+					path := filepath.Join(dir, e.Name())
+					if _, named := paths[path]; !named {
+						if info, err := e.Info(); err == nil && !e.IsDir() && info.Mode()&0o111 != 0 {
+							paths[path] = config.Sink{Name: path, Plugin: path}
+						}
 					}
 				}
 			}
@@ -56,7 +61,7 @@ func (a *app) pluginsCmd() *cobra.Command {
 			a.log = newLogger(config.Log{Level: "error"})
 			for _, path := range slices.Sorted(maps.Keys(paths)) {
 				// Asking the plugin itself is the only way to know its version.
-				d, err := host.Describe(ctx, path, a.hostOptions(nil))
+				d, err := host.Describe(ctx, paths[path], a.hostOptions(nil))
 				if err != nil {
 					fmt.Fprintf(w, "%s\t-\texternal\t%s\n", path, strings.ReplaceAll(err.Error(), "\n", " "))
 					continue
@@ -99,7 +104,7 @@ func (a *app) hostOptions(health func(string, error)) host.Options {
 	if err != nil {
 		self = os.Args[0]
 	}
-	return host.Options{Builtins: builtins, Self: []string{self, serveSink}, Log: a.log, Health: health}
+	return host.Options{Builtins: builtins, BuiltinEnv: builtinEnv, Self: []string{self, serveSink}, Log: a.log, Health: health}
 }
 
 // loadSinks starts and configures every sink of the config. On an error the

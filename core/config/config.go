@@ -104,6 +104,11 @@ type Sink struct {
 	// InProcess runs a built-in sink inside the pgtrail process instead of
 	// behind the plugin boundary: no crash isolation, for benchmarks and tests.
 	InProcess bool `yaml:"in_process"`
+	// SHA256 is the sum a plugin binary must have to be run (64 hex digits).
+	SHA256 string `yaml:"sha256"`
+	// Env names the environment variables the plugin process gets beyond
+	// PATH, HOME, TMPDIR, TZ, LANG and the like: names, or prefixes as AWS_*.
+	Env []string `yaml:"env"`
 }
 
 // Pipeline bounds memory and latency between source and sinks.

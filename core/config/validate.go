@@ -111,6 +111,7 @@ func (c *Config) validate() error {
 		if s.Plugin == "" {
 			bad(key+".plugin", "required (a built-in sink such as postgres, or the path of a plugin binary)")
 		}
+		s.validatePlugin(key, bad)
 		switch first, dup := names[s.Name]; {
 		case s.Name == "" && len(c.Sinks) > 1:
 			bad(key+".name", "required when there is more than one sink")

@@ -11,6 +11,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -42,7 +44,10 @@ type Options struct {
 	// binary and the arguments of its hidden serve command, to which the
 	// plugin name is appended.
 	Self []string
-	Log  *slog.Logger
+	// BuiltinEnv names, by built-in plugin, the environment variables it
+	// reads (like AWS_* for S3) beyond those every plugin gets (see baseEnv).
+	BuiltinEnv map[string][]string
+	Log        *slog.Logger
 	// Health is told when a sink's process fails and when it is back.
 	Health func(component string, err error)
 }
@@ -122,17 +127,12 @@ func Load(ctx context.Context, spec config.Sink, opts Options) (*Sink, error) {
 		return nil, fmt.Errorf("sink %q: in_process works only for built-in plugins %v, not %q", spec.Name, opts.Builtins.Names(), spec.Plugin)
 	case spec.InProcess:
 		s.start = func(context.Context) (backend, error) { return &inProcess{impl: mk()}, nil }
-	case !builtin && !strings.ContainsRune(spec.Plugin, '/'):
-		return nil, fmt.Errorf("sink %q: unknown plugin %q: built-in plugins are %v; give a plugin binary by its path (./%s)",
-			spec.Name, spec.Plugin, opts.Builtins.Names(), spec.Plugin)
-	case builtin:
-		s.start = func(ctx context.Context) (backend, error) {
-			return launch(ctx, spec.Name, spec.Plugin, append(append([]string{}, opts.Self...), spec.Plugin), opts.Log)
-		}
 	default:
-		s.start = func(ctx context.Context) (backend, error) {
-			return launch(ctx, spec.Name, spec.Plugin, []string{spec.Plugin}, opts.Log)
+		c, err := commandFor(spec, opts)
+		if err != nil {
+			return nil, err
 		}
+		s.start = func(ctx context.Context) (backend, error) { return launch(ctx, c, opts.Log) }
 	}
 	if err := s.restart(ctx); err != nil {
 		return nil, err
@@ -179,12 +179,43 @@ func (s *Sink) watch(ctx context.Context) {
 	}
 }
 
-// Describe starts the plugin at path only to ask for its description.
-func Describe(ctx context.Context, path string, opts Options) (sdk.Description, error) {
+// commandFor says how to start the plugin process of a sink: a built-in
+// served by this binary, or an external binary, checked before it runs.
+func commandFor(spec config.Sink, opts Options) (command, error) {
+	_, builtin := opts.Builtins[spec.Plugin]
+	c := command{sink: spec.Name, path: spec.Plugin}
+	switch {
+	case builtin && spec.SHA256 != "":
+		return c, fmt.Errorf("sink %q: sha256 is for plugin binaries given by path; %q is built into pgtrail: leave sha256 out", spec.Name, spec.Plugin)
+	case builtin:
+		c.argv = append(slices.Clone(opts.Self), spec.Plugin)
+		c.env = pluginEnv(os.Environ(), append(slices.Clone(opts.BuiltinEnv[spec.Plugin]), spec.Env...))
+		return c, nil
+	case !strings.ContainsRune(spec.Plugin, '/'):
+		return c, fmt.Errorf("sink %q: unknown plugin %q: built-in plugins are %v; give a plugin binary by its path (./%s)",
+			spec.Name, spec.Plugin, opts.Builtins.Names(), spec.Plugin)
+	}
+	c.argv, c.env, c.external = []string{spec.Plugin}, pluginEnv(os.Environ(), spec.Env), true
+	if spec.SHA256 != "" {
+		sum, err := parseSHA256(spec.SHA256)
+		if err != nil {
+			return c, fmt.Errorf("sink %q: %w", spec.Name, err)
+		}
+		c.sha256 = sum
+	}
+	return c, nil
+}
+
+// Describe starts the plugin of spec only to ask for its description.
+func Describe(ctx context.Context, spec config.Sink, opts Options) (sdk.Description, error) {
 	if opts.Log == nil {
 		opts.Log = slog.Default()
 	}
-	b, err := launch(ctx, path, path, []string{path}, opts.Log)
+	c, err := commandFor(spec, opts)
+	if err != nil {
+		return sdk.Description{}, err
+	}
+	b, err := launch(ctx, c, opts.Log)
 	if err != nil {
 		return sdk.Description{}, err
 	}
