@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"maps"
+	"os"
 	"slices"
 	"strings"
 	"testing"
@@ -248,15 +249,27 @@ func TestSourceCutLongerThanWalSenderTimeoutLosesAndDoublesNothing(t *testing.T)
 	conn := connect(t, url)
 	proxy, viaProxy := proxied(t, url)
 	// wal_sender_timeout for pgtrail's sessions alone: the server lets go
-	// of the slot 4s into the partition, after pgtrail gave up (1.5s).
+	// of the slot 4s into the partition, well after pgtrail gave up (1s,
+	// checked every 300ms status interval).
 	source := viaProxy + "&wal_sender_timeout=4s"
 	sinks := fmt.Sprintf("sinks:\n  - {name: audit, plugin: postgres, config: {url: %q}}\n", url)
 	exec1(t, conn, `CREATE TABLE items (id int PRIMARY KEY, n int NOT NULL)`)
-	_, _, p := setupAndStart(t, source, sinks+"pipeline:\n  batch_size: 200\n", "    receive_timeout: 1500ms\n")
+	cfg := writeConfig(t, source, sinks+"pipeline:\n  batch_size: 200\n", "    receive_timeout: 1s\n")
+	body, err := os.ReadFile(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(cfg, []byte(strings.Replace(string(body), "status_interval: 1s", "status_interval: 300ms", 1)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := pgtrail(t, cfg, "setup"); err != nil {
+		t.Fatalf("setup: %v\n%s", err, out)
+	}
+	p := start(t, cfg)
 
 	partitionUnderLoad(t, conn, url, proxy, 5*time.Second, func() {
 		began := time.Now()
-		waitFor(t, 4*time.Second, "pgtrail to notice the cut while it lasts", func() bool {
+		waitFor(t, 3*time.Second, "pgtrail to notice the cut while it lasts", func() bool {
 			out := p.out.String()
 			return strings.Contains(out, "the connection is stalled") || strings.Contains(out, "did not answer within")
 		})
