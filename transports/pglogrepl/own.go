@@ -28,6 +28,9 @@ func ownTables(ctx context.Context, side *pgx.Conn, sourceURL string, tables []A
 	own := map[tableName]bool{}
 	var source string
 	for _, t := range tables {
+		if t.Schema == OwnSchema {
+			continue // never stored anyway, with its partitions, which the sink makes there too
+		}
 		if t.URL != sourceURL {
 			var err error
 			if source == "" {
