@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"maps"
 	"os"
@@ -15,6 +16,8 @@ import (
 	"github.com/pgtrail/pgtrail/core/config"
 	"github.com/pgtrail/pgtrail/plugins/host"
 	"github.com/pgtrail/pgtrail/plugins/sdk"
+	"github.com/pgtrail/pgtrail/sinks/postgres"
+	"github.com/pgtrail/pgtrail/transports/pglogrepl"
 )
 
 func (a *app) pluginsCmd() *cobra.Command {
@@ -123,4 +126,27 @@ func closeSinks(ctx context.Context, sinks []*host.Sink) {
 	for _, s := range sinks {
 		_ = s.Close(context.WithoutCancel(ctx))
 	}
+}
+
+// auditTables lists the tables that the config's postgres sinks write, so
+// that native capture never stores pgtrail's own writes. Only built-in
+// sinks are known; a third-party sink must write outside the captured
+// schemas.
+func (a *app) auditTables() ([]pglogrepl.AuditTable, error) {
+	var out []pglogrepl.AuditTable
+	for _, spec := range a.cfg.Sinks {
+		if spec.Plugin != "postgres" {
+			continue
+		}
+		raw, err := json.Marshal(spec.Config)
+		if err != nil {
+			return nil, fmt.Errorf("sink %q: encode config: %w", spec.Name, err)
+		}
+		cfg, err := postgres.ParseConfig(raw)
+		if err != nil {
+			return nil, fmt.Errorf("sink %q: %w", spec.Name, err)
+		}
+		out = append(out, pglogrepl.AuditTable{URL: cfg.URL, Schema: cfg.Schema, Table: cfg.Table})
+	}
+	return out, nil
 }

@@ -49,6 +49,11 @@ type Postgres struct {
 	// counts toward the batch's flush_interval, so below it it adds no
 	// latency. 0 reads at once.
 	Coalesce Duration `yaml:"coalesce"`
+	// ReceiveTimeout is how long capture waits for any message from the
+	// server (it asks for one every status interval) before it takes the
+	// replication connection for stalled and reconnects; it also bounds
+	// each query capture makes. 0: the server's wal_sender_timeout.
+	ReceiveTimeout Duration `yaml:"receive_timeout"`
 }
 
 // JetStream is Debezium change events read from a NATS JetStream stream.

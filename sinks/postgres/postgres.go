@@ -65,32 +65,43 @@ func (s *Sink) Describe() sdk.Description {
 
 // Configure reads the config block.
 func (s *Sink) Configure(_ context.Context, raw json.RawMessage) error {
+	cfg, err := ParseConfig(raw)
+	if err != nil {
+		return err
+	}
+	s.cfg = cfg
+	s.target = pgx.Identifier{cfg.Schema, cfg.Table}.Sanitize()
+	return nil
+}
+
+// ParseConfig reads and checks a config block, with the defaults applied.
+// pgtrail reads it too: native capture must know the audit tables, so as
+// never to store its own writes.
+func ParseConfig(raw json.RawMessage) (Config, error) {
 	cfg := Config{Schema: "pgtrail", Table: "changes", Writers: 2}
 	dec := json.NewDecoder(bytes.NewReader(raw))
 	dec.DisallowUnknownFields()
 	if len(raw) > 0 {
 		if err := dec.Decode(&cfg); err != nil {
-			return fmt.Errorf("config: %w (known keys: url, schema, table, writers)", err)
+			return cfg, fmt.Errorf("config: %w (known keys: url, schema, table, writers)", err)
 		}
 	}
 	if cfg.URL == "" {
-		return errors.New("config.url: required: the PostgreSQL URL of the database that holds the audit table")
+		return cfg, errors.New("config.url: required: the PostgreSQL URL of the database that holds the audit table")
 	}
 	if _, err := pgxpool.ParseConfig(cfg.URL); err != nil {
-		return fmt.Errorf("config.url: %w", err)
+		return cfg, fmt.Errorf("config.url: %w", err)
 	}
 	if cfg.Writers < 1 || cfg.Writers > 16 {
-		return fmt.Errorf("config.writers: %d is out of range: give 1 to 16 connections (default 2)", cfg.Writers)
+		return cfg, fmt.Errorf("config.writers: %d is out of range: give 1 to 16 connections (default 2)", cfg.Writers)
 	}
 	if !validIdent(cfg.Schema) {
-		return fmt.Errorf("config.schema: %q is not a simple identifier (lowercase letters, digits, _)", cfg.Schema)
+		return cfg, fmt.Errorf("config.schema: %q is not a simple identifier (lowercase letters, digits, _)", cfg.Schema)
 	}
 	if !validIdent(cfg.Table) {
-		return fmt.Errorf("config.table: %q is not a simple identifier (lowercase letters, digits, _)", cfg.Table)
+		return cfg, fmt.Errorf("config.table: %q is not a simple identifier (lowercase letters, digits, _)", cfg.Table)
 	}
-	s.cfg = cfg
-	s.target = pgx.Identifier{cfg.Schema, cfg.Table}.Sanitize()
-	return nil
+	return cfg, nil
 }
 
 func validIdent(s string) bool {
@@ -200,7 +211,7 @@ func (s *Sink) Setup(ctx context.Context) error {
 	}
 	t := s.cfg.Table
 	idx := func(suffix string) string { return pgx.Identifier{t + "_" + suffix}.Sanitize() }
-	stmts := []string{
+	create := []string{
 		"CREATE SCHEMA IF NOT EXISTS " + pgx.Identifier{s.cfg.Schema}.Sanitize(),
 		`CREATE TABLE IF NOT EXISTS ` + s.target + ` (
 			id uuid NOT NULL,
@@ -224,21 +235,51 @@ func (s *Sink) Setup(ctx context.Context) error {
 			-- questions by time without an index of its own.
 			PRIMARY KEY (committed_at, id)
 		) PARTITION BY RANGE (committed_at)`,
-		// The comment tells native capture never to store this table's rows,
-		// wherever it lives (transports/pglogrepl.AuditTableComment).
+	}
+	// Once the table is known to be pgtrail's own:
+	more := []string{
 		`COMMENT ON TABLE ` + s.target + ` IS 'pgtrail audit table: every row change, with its context'`,
 		`CREATE INDEX IF NOT EXISTS ` + idx("table_primary_key_idx") + ` ON ` + s.target + ` ("table", primary_key)`,
 		`CREATE INDEX IF NOT EXISTS ` + idx("context_idx") + ` ON ` + s.target + ` USING gin (context jsonb_path_ops)`,
 		`CREATE INDEX IF NOT EXISTS ` + idx("before_idx") + ` ON ` + s.target + ` USING gin (before jsonb_path_ops)`,
 		`CREATE INDEX IF NOT EXISTS ` + idx("after_idx") + ` ON ` + s.target + ` USING gin (after jsonb_path_ops)`,
 	}
-	for _, q := range stmts {
-		if _, err := s.pool.Exec(ctx, q); err != nil {
-			return fmt.Errorf("set up audit table %s: %w", s.target, err)
+	exec := func(stmts []string) error {
+		for _, q := range stmts {
+			if _, err := s.pool.Exec(ctx, q); err != nil {
+				return fmt.Errorf("set up audit table %s: %w", s.target, err)
+			}
 		}
+		return nil
+	}
+	if err := exec(create); err != nil {
+		return err
+	}
+	if err := s.checkOwner(ctx); err != nil {
+		return err
+	}
+	if err := exec(more); err != nil {
+		return err
 	}
 	now := time.Now().UTC()
 	return s.ensurePartitions(ctx, []time.Time{now, now.AddDate(0, 1, 0)})
+}
+
+// checkOwner refuses to adopt an audit table that another role made: its
+// owner could read, change or empty the trail, and a table of the same name
+// made before setup would be taken for pgtrail's own.
+func (s *Sink) checkOwner(ctx context.Context) error {
+	var owner, user string
+	err := s.pool.QueryRow(ctx, `SELECT pg_get_userbyid(relowner), current_user::text FROM pg_class WHERE oid = $1::regclass`, s.target).Scan(&owner, &user)
+	if err != nil {
+		return fmt.Errorf("look up the owner of audit table %s: %w", s.target, err)
+	}
+	if owner != user {
+		return fmt.Errorf("audit table %s exists and is owned by role %q, not by %q that pgtrail connects as: pgtrail will not keep its trail in a table another role controls. "+
+			"Check what it holds, then drop it or have a superuser run ALTER TABLE %s OWNER TO %s, or set config.table to another name; then run pgtrail setup again",
+			s.target, owner, user, s.target, pgx.Identifier{user}.Sanitize())
+	}
+	return nil
 }
 
 // Teardown drops the audit table with all its partitions.

@@ -37,6 +37,8 @@ type decoder struct {
 	database string
 	cfg      config.Postgres
 	side     *pgx.Conn
+	timeout  time.Duration // bounds each query on side
+	own      map[tableName]bool
 	log      *slog.Logger
 	types    *Types
 	rels     map[uint32]*relation
@@ -52,8 +54,8 @@ type decoder struct {
 	occurrence uint32
 }
 
-func newDecoder(database string, cfg config.Postgres, side *pgx.Conn, log *slog.Logger) *decoder {
-	d := &decoder{database: database, cfg: cfg, side: side, log: log, rels: map[uint32]*relation{}}
+func newDecoder(database string, cfg config.Postgres, side *pgx.Conn, timeout time.Duration, own map[tableName]bool, log *slog.Logger) *decoder {
+	d := &decoder{database: database, cfg: cfg, side: side, timeout: timeout, own: own, log: log, rels: map[uint32]*relation{}}
 	d.types = NewTypes(d.resolveType)
 	return d
 }
@@ -120,7 +122,9 @@ func (d *decoder) relation(ctx context.Context, m *repl.RelationMessage) error {
 	if r.store {
 		// pgtrail's own audit table may sit in a captured schema: its rows
 		// are decoded like any other, but storing them would loop forever.
-		own, err := d.isAuditTable(ctx, m.RelationID)
+		qctx, cancel := context.WithTimeout(ctx, d.timeout)
+		own, err := isAuditTable(qctx, d.side, d.own, m.RelationID, m.Namespace, m.RelationName)
+		cancel()
 		if err != nil {
 			return err
 		}
@@ -137,21 +141,9 @@ func (d *decoder) relation(ctx context.Context, m *repl.RelationMessage) error {
 	return nil
 }
 
-// AuditTableComment marks pgtrail's audit tables (the PostgreSQL sink sets
-// it), so that capture never stores its own writes.
-const AuditTableComment = "pgtrail audit table"
-
-func (d *decoder) isAuditTable(ctx context.Context, relid uint32) (bool, error) {
-	var own bool
-	err := d.side.QueryRow(ctx, `SELECT coalesce(obj_description(coalesce(pg_partition_root($1::oid), $1::oid), 'pg_class'), '') LIKE $2 || '%'`,
-		relid, AuditTableComment).Scan(&own)
-	if err != nil {
-		return false, fmt.Errorf("look up relation %d: %w", relid, err)
-	}
-	return own, nil
-}
-
 func (d *decoder) primaryKey(ctx context.Context, relid uint32, cols []*repl.RelationMessageColumn) ([]int, error) {
+	ctx, cancel := context.WithTimeout(ctx, d.timeout)
+	defer cancel()
 	rows, err := d.side.Query(ctx, `SELECT a.attname FROM pg_index i
 		JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
 		WHERE i.indrelid = $1 AND i.indisprimary ORDER BY array_position(i.indkey, a.attnum)`, relid)
@@ -177,6 +169,8 @@ func (d *decoder) resolveType(ctx context.Context, oid uint32) (TypeInfo, error)
 	var info TypeInfo
 	var typtype, category string
 	var base, elem uint32
+	ctx, cancel := context.WithTimeout(ctx, d.timeout)
+	defer cancel()
 	err := d.side.QueryRow(ctx, "SELECT typtype::text, typcategory::text, typbasetype, typelem FROM pg_type WHERE oid = $1", oid).
 		Scan(&typtype, &category, &base, &elem)
 	if err != nil {
