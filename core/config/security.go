@@ -1,0 +1,160 @@
+package config
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net/url"
+	"os"
+	"slices"
+	"strings"
+)
+
+// TLS secures the connections to a broker. Setting any key turns TLS on;
+// enabled: true alone verifies the broker with the system's CAs (as managed
+// Kafka services need).
+type TLS struct {
+	Enabled bool `yaml:"enabled"`
+	// CAFile holds the PEM certificates of the CAs that may sign the
+	// broker's certificate, in place of the system's.
+	CAFile string `yaml:"ca_file"`
+	// CertFile and KeyFile are pgtrail's client certificate and its key, for
+	// brokers that verify clients (mutual TLS).
+	CertFile string `yaml:"cert_file"`
+	KeyFile  string `yaml:"key_file"`
+	// InsecureSkipVerify accepts any certificate of the broker: encryption
+	// without authentication, for tests only.
+	InsecureSkipVerify bool `yaml:"insecure_skip_verify"`
+}
+
+// On reports whether TLS is asked for.
+func (t TLS) On() bool {
+	return t.Enabled || t.CAFile != "" || t.CertFile != "" || t.KeyFile != "" || t.InsecureSkipVerify
+}
+
+// Config builds the client TLS config: nil when TLS is off. It is the one
+// place that reads the files, for validation at load and for every broker
+// client at connect. An error names the key within the tls block.
+func (t TLS) Config() (*tls.Config, error) {
+	if !t.On() {
+		return nil, nil
+	}
+	c := &tls.Config{MinVersion: tls.VersionTLS12, InsecureSkipVerify: t.InsecureSkipVerify}
+	if t.CAFile != "" {
+		pem, err := os.ReadFile(t.CAFile)
+		if err != nil {
+			return nil, fmt.Errorf("ca_file: %w", err)
+		}
+		c.RootCAs = x509.NewCertPool()
+		if !c.RootCAs.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("ca_file: %s holds no PEM certificate (-----BEGIN CERTIFICATE-----)", t.CAFile)
+		}
+	}
+	switch {
+	case t.CertFile == "" && t.KeyFile == "":
+	case t.CertFile == "":
+		return nil, errors.New("cert_file: required with key_file (the client certificate that goes with the key)")
+	case t.KeyFile == "":
+		return nil, errors.New("key_file: required with cert_file (the private key of the client certificate)")
+	default:
+		cert, err := tls.LoadX509KeyPair(t.CertFile, t.KeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("cert_file: load with key_file: %w", err)
+		}
+		c.Certificates = []tls.Certificate{cert}
+	}
+	return c, nil
+}
+
+// SASL authenticates pgtrail to Kafka. An empty mechanism means none.
+type SASL struct {
+	Mechanism string `yaml:"mechanism"` // plain | scram-sha-256 | scram-sha-512
+	Username  string `yaml:"username"`
+	Password  string `yaml:"password"`
+}
+
+// SASL mechanisms, as Mechanism holds them after loading (lowercase).
+const (
+	SASLPlain       = "plain"
+	SASLScramSHA256 = "scram-sha-256"
+	SASLScramSHA512 = "scram-sha-512"
+)
+
+// NATSAuth is how pgtrail proves who it is to a NATS server: one of a
+// credentials file, an nkey seed file, a user and password, or a token (or
+// credentials in the URL, or none).
+type NATSAuth struct {
+	// CredsFile is a .creds file (a user JWT and its nkey seed), for servers
+	// in operator (JWT) mode.
+	CredsFile string `yaml:"creds_file"`
+	// NkeyFile holds a user's nkey seed (SU...).
+	NkeyFile string `yaml:"nkey_file"`
+	Username string `yaml:"username"`
+	Password string `yaml:"password"`
+	Token    string `yaml:"token"`
+}
+
+// validateTLS checks a tls block that is switched on.
+func validateTLS(bad func(key, format string, args ...any), key string, t TLS) {
+	if _, err := t.Config(); err != nil {
+		field, msg, _ := strings.Cut(err.Error(), ": ")
+		bad(key+"."+field, "%s", msg)
+	}
+}
+
+// validateSASL checks a Kafka sasl block.
+func validateSASL(bad func(key, format string, args ...any), key string, s SASL) {
+	switch s.Mechanism {
+	case "":
+		if s.Username != "" || s.Password != "" {
+			bad(key+".mechanism", "required with a username or password (one of plain, scram-sha-256, scram-sha-512)")
+		}
+		return
+	case SASLPlain, SASLScramSHA256, SASLScramSHA512:
+	default:
+		bad(key+".mechanism", "%q is not one of plain, scram-sha-256, scram-sha-512", s.Mechanism)
+	}
+	if s.Username == "" {
+		bad(key+".username", "required with mechanism %s", s.Mechanism)
+	}
+	if s.Password == "" {
+		bad(key+".password", "required with mechanism %s", s.Mechanism)
+	}
+}
+
+// validateNATS checks the tls and auth blocks of a NATS connection to
+// rawURL; key is the block that holds them.
+func validateNATS(bad func(key, format string, args ...any), key, rawURL string, t TLS, a NATSAuth) {
+	validateTLS(bad, key+".tls", t)
+	var ways []string
+	for _, w := range []struct{ key, value string }{{"creds_file", a.CredsFile}, {"nkey_file", a.NkeyFile}, {"username", a.Username}, {"token", a.Token}} {
+		if w.value != "" {
+			ways = append(ways, key+".auth."+w.key)
+		}
+	}
+	if a.Password != "" && a.Username == "" {
+		bad(key+".auth.username", "required with password")
+	}
+	if a.Username != "" && a.Password == "" {
+		bad(key+".auth.password", "required with username")
+	}
+	if len(ways) > 1 {
+		bad(key+".auth", "%s: use one way to authenticate", strings.Join(ways, ", "))
+	}
+	for _, f := range []struct{ key, path string }{{"creds_file", a.CredsFile}, {"nkey_file", a.NkeyFile}} {
+		if f.path == "" {
+			continue
+		}
+		if _, err := os.ReadFile(f.path); err != nil {
+			bad(key+".auth."+f.key, "%v", err)
+		}
+	}
+	if len(ways) > 0 && slices.ContainsFunc(strings.Split(rawURL, ","), func(s string) bool {
+		u, err := url.Parse(strings.TrimSpace(s))
+		return err == nil && u.User != nil
+	}) {
+		// Not echoed: the URL holds a secret.
+		bad(key+".url", "holds credentials (user@ or user:password@) and %s sets them too: keep one", ways[0])
+	}
+}
