@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"net"
 	"net/url"
 	"os"
 	"slices"
@@ -65,6 +66,32 @@ func (t TLS) Config() (*tls.Config, error) {
 		c.Certificates = []tls.Certificate{cert}
 	}
 	return c, nil
+}
+
+// TLSHint says which key of the tls block under key (e.g.
+// "source.kafka.tls") to check when err is a failed TLS handshake; "" when
+// it is not one. Every broker client words its errors with it.
+func TLSHint(key string, err error) string {
+	var (
+		unknownCA x509.UnknownAuthorityError
+		verify    *tls.CertificateVerificationError
+		badHost   x509.HostnameError
+		invalid   x509.CertificateInvalidError
+		alert     tls.AlertError
+		record    tls.RecordHeaderError
+		op        *net.OpError
+	)
+	switch {
+	case errors.As(err, &unknownCA), errors.As(err, &verify):
+		return "the server's certificate is not signed by a trusted CA: set " + key + ".ca_file to the CA that signed it"
+	case errors.As(err, &badHost), errors.As(err, &invalid):
+		return "the server's certificate does not fit: check its host names and dates against the address pgtrail connects to"
+	case errors.As(err, &alert), errors.As(err, &op) && op.Op == "remote error":
+		return "the server refused the TLS handshake: if it verifies clients, set " + key + ".cert_file and key_file"
+	case errors.As(err, &record):
+		return "the server does not speak TLS: check " + key + " and the server's listener"
+	}
+	return ""
 }
 
 // SASL authenticates pgtrail to Kafka. An empty mechanism means none.

@@ -1,11 +1,8 @@
 package kafka
 
 import (
-	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
-	"net"
 	"time"
 
 	kafkago "github.com/segmentio/kafka-go"
@@ -64,26 +61,13 @@ func mechanism(s config.SASL) (sasl.Mechanism, error) {
 
 // hint says what to check when the brokers cannot be reached.
 func hint(err error) string {
-	var (
-		unknownCA  x509.UnknownAuthorityError
-		verifyFail *tls.CertificateVerificationError
-		badHost    x509.HostnameError
-		opErr      *net.OpError
-		recordHdr  tls.RecordHeaderError
-	)
 	switch {
 	case errors.Is(err, kafkago.SASLAuthenticationFailed), errors.Is(err, kafkago.IllegalSASLState):
 		return "the brokers refused pgtrail's credentials: check source.kafka.sasl"
 	case errors.Is(err, kafkago.UnsupportedSASLMechanism):
 		return "the brokers do not offer this SASL mechanism: check source.kafka.sasl.mechanism"
-	case errors.As(err, &unknownCA), errors.As(err, &verifyFail):
-		return "the broker's certificate is not signed by a trusted CA: set source.kafka.tls.ca_file to the CA that signed it"
-	case errors.As(err, &badHost):
-		return "the broker's certificate is not for this address: check source.kafka.brokers"
-	case errors.As(err, &opErr) && opErr.Op == "remote error":
-		return "the broker refused the TLS handshake: if it verifies clients, set source.kafka.tls.cert_file and key_file"
-	case errors.As(err, &recordHdr):
-		return "the broker does not speak TLS: check source.kafka.tls and the broker's listener"
+	case config.TLSHint("source.kafka.tls", err) != "":
+		return config.TLSHint("source.kafka.tls", err)
 	}
 	return "is Kafka running, and are source.kafka.brokers, tls and sasl right?"
 }

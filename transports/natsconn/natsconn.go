@@ -5,8 +5,6 @@
 package natsconn
 
 import (
-	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"net"
@@ -61,27 +59,14 @@ func options(key string, t config.TLS, auth config.NATSAuth) ([]nats.Option, err
 
 // hint says what to check for a failed connect.
 func hint(key string, err error) string {
-	var (
-		unknownCA  x509.UnknownAuthorityError
-		badHost    x509.HostnameError
-		invalid    x509.CertificateInvalidError
-		alert      tls.AlertError
-		recordHdr  tls.RecordHeaderError
-		verifyFail *tls.CertificateVerificationError
-		netErr     net.Error
-		opErr      *net.OpError
-	)
+	var netErr net.Error
 	switch {
 	case errors.Is(err, nats.ErrAuthorization), errors.Is(err, nats.ErrAuthExpired), errors.Is(err, nats.ErrAuthRevoked):
 		return "the server refused pgtrail's credentials: check " + key + ".auth, or the user and password in " + key + ".url"
-	case errors.As(err, &unknownCA), errors.As(err, &verifyFail):
-		return "the server's certificate is not signed by a trusted CA: set " + key + ".tls.ca_file to the CA that signed it"
-	case errors.As(err, &badHost), errors.As(err, &invalid):
-		return "the server's certificate does not fit: check its host names and dates, and " + key + ".url"
-	case errors.As(err, &alert), errors.As(err, &opErr) && opErr.Op == "remote error":
-		return "the server refused the TLS handshake: if it verifies clients, set " + key + ".tls.cert_file and key_file"
-	case errors.As(err, &recordHdr), errors.Is(err, nats.ErrSecureConnWanted):
-		return "TLS is on at one end only: check " + key + ".tls and the server's tls block"
+	case config.TLSHint(key+".tls", err) != "":
+		return config.TLSHint(key+".tls", err)
+	case errors.Is(err, nats.ErrSecureConnWanted):
+		return "the server does not offer TLS: check " + key + ".tls"
 	case errors.Is(err, nats.ErrSecureConnRequired):
 		return "the server requires TLS: set " + key + ".tls (e.g. enabled: true, ca_file) or use a tls:// URL"
 	case errors.As(err, &netErr), errors.Is(err, nats.ErrNoServers):
