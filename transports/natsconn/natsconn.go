@@ -65,6 +65,9 @@ func hint(key string, err error) string {
 		return "the server refused pgtrail's credentials: check " + key + ".auth, or the user and password in " + key + ".url"
 	case config.TLSHint(key+".tls", err) != "":
 		return config.TLSHint(key+".tls", err)
+	case errors.Is(err, nats.ErrTLS):
+		// The server read no client certificate, and said so by closing.
+		return "the server refused the TLS handshake: if it verifies clients, set " + key + ".tls.cert_file and key_file"
 	case errors.Is(err, nats.ErrSecureConnWanted):
 		return "the server does not offer TLS: check " + key + ".tls"
 	case errors.Is(err, nats.ErrSecureConnRequired):
