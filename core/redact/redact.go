@@ -9,6 +9,8 @@
 package redact
 
 import (
+	"fmt"
+	"log/slog"
 	"regexp"
 	"strings"
 )
@@ -136,4 +138,27 @@ func maskParam(m string) string {
 		masked = string(q) + Mask + string(q)
 	}
 	return sub[1] + sub[2] + masked
+}
+
+// Attr is a slog ReplaceAttr function: it masks the credentials in every
+// logged string, error and value (the message included), so that no log line
+// shows a secret whichever package logged it.
+func Attr(_ []string, a slog.Attr) slog.Attr {
+	switch a.Value.Kind() {
+	case slog.KindString:
+		if s := a.Value.String(); String(s) != s {
+			a.Value = slog.StringValue(String(s))
+		}
+	case slog.KindAny:
+		var s string
+		if err, ok := a.Value.Any().(error); ok {
+			s = err.Error()
+		} else {
+			s = fmt.Sprint(a.Value.Any())
+		}
+		if r := String(s); r != s {
+			a.Value = slog.StringValue(r)
+		}
+	}
+	return a
 }

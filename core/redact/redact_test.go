@@ -2,7 +2,10 @@ package redact
 
 import (
 	"errors"
+	"fmt"
+	"log/slog"
 	"net/url"
+	"strings"
 	"testing"
 )
 
@@ -46,7 +49,7 @@ func TestErrorHidesThePasswordOfAURLThatDoesNotParse(t *testing.T) {
 		if err == nil {
 			t.Fatalf("password %q: want a parse error", pw)
 		}
-		if got := Error(err); contains(got, pw) {
+		if got := Error(err); strings.Contains(got, pw) {
 			t.Errorf("password %q shows in %q", pw, got)
 		}
 	}
@@ -58,11 +61,24 @@ func TestErrorHidesThePasswordOfAURLThatDoesNotParse(t *testing.T) {
 	}
 }
 
-func contains(s, sub string) bool {
-	for i := 0; i+len(sub) <= len(s); i++ {
-		if s[i:i+len(sub)] == sub {
-			return true
+func TestAttrMasksEveryLoggedValueAndTheMessage(t *testing.T) {
+	var out strings.Builder
+	log := slog.New(slog.NewTextHandler(&out, &slog.HandlerOptions{ReplaceAttr: Attr}))
+	log.With("url", "nats://u:Secret1@h:4222").Error("connect to postgres://app:Secret2@db/app failed",
+		"err", fmt.Errorf("dial: %w", errors.New("parse \"postgres://app:Secret3@db:x\": invalid port")),
+		"config", map[string]any{"dsn": "host=db password=Secret4"},
+		slog.Group("sink", "url", "nats://Secret5@h"),
+		"n", 3)
+	got := out.String()
+	for _, secret := range []string{"Secret1", "Secret2", "Secret3", "Secret4", "Secret5"} {
+		if strings.Contains(got, secret) {
+			t.Errorf("log shows %s: %s", secret, got)
 		}
 	}
-	return false
+	for _, want := range []string{"url=nats://u:xxxxx@h:4222", `msg="connect to postgres://app:xxxxx@db/app failed"`,
+		`err="dial: parse \"postgres://app:xxxxx@db:x\": invalid port"`, "sink.url=nats://xxxxx@h", "n=3"} {
+		if !strings.Contains(got, want) {
+			t.Errorf("log %q\nlacks %q", got, want)
+		}
+	}
 }
