@@ -12,9 +12,9 @@ import (
 	"strings"
 )
 
-// TLS secures the connections to a broker. Setting any key turns TLS on;
-// enabled: true alone verifies the broker with the system's CAs (as managed
-// Kafka services need).
+// TLS secures the connections to a broker. It is on when enabled, a file or
+// insecure_skip_verify is set; enabled: true alone verifies the broker with
+// the system's CAs (as managed Kafka services need).
 type TLS struct {
 	Enabled bool `yaml:"enabled"`
 	// CAFile holds the PEM certificates of the CAs that may sign the
