@@ -3,8 +3,6 @@ package e2e
 import (
 	"context"
 	"fmt"
-	"io"
-	"net/http"
 	"regexp"
 	"strings"
 	"testing"
@@ -89,17 +87,8 @@ func TestNoOutputShowsThePasswordsOfTheURLs(t *testing.T) {
 	srv.Shutdown()
 	var health string
 	waitFor(t, 60*time.Second, "/healthz to report the pipeline failing, and a failed restart", func() bool {
-		resp, err := http.Get("http://" + addr + "/healthz")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		b, err := io.ReadAll(resp.Body)
-		if err != nil {
-			t.Fatal(err)
-		}
-		health = string(b)
-		return resp.StatusCode == http.StatusServiceUnavailable && strings.Contains(p.out.String(), "connect to NATS at nats://pgtrail:")
+		health = httpGet(t, "http://"+addr+"/healthz")
+		return health != "ok\n" && strings.Contains(p.out.String(), "connect to NATS at nats://pgtrail:")
 	})
 	if !strings.Contains(p.out.String(), "connect to NATS at nats://pgtrail:xxxxx@"+hostPort) {
 		t.Error("the log lacks the connect error with the password masked")

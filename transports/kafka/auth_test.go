@@ -57,17 +57,8 @@ func TestSourceReadsDeadLettersAndReportsOverMutualTLSAndSASL(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			out := make(chan []pipeline.Event, 16)
-			rctx, stop := context.WithCancel(ctx)
-			done := make(chan error, 1)
-			go func() { done <- s.Run(rctx, out) }()
-			defer func() {
-				stop()
-				<-done
-				s.Close(context.Background())
-			}()
 			// The dead letter is durable before the next message is emitted.
-			waitRow(t, ctx, out, done)
+			waitRow(t, ctx, s)
 
 			r := kafkago.NewReader(kafkago.ReaderConfig{Brokers: []string{addr}, Topic: "bemi.dlq", Dialer: c.dialer,
 				MaxWait: 100 * time.Millisecond}) // Close waits out a fetch
@@ -85,8 +76,18 @@ func TestSourceReadsDeadLettersAndReportsOverMutualTLSAndSASL(t *testing.T) {
 	}
 }
 
-func waitRow(t *testing.T, ctx context.Context, out <-chan []pipeline.Event, done <-chan error) {
+// waitRow runs s until it emits its first row, which must be goodEvent's.
+func waitRow(t *testing.T, ctx context.Context, s *Source) {
 	t.Helper()
+	out := make(chan []pipeline.Event, 16)
+	rctx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- s.Run(rctx, out) }()
+	defer func() {
+		stop()
+		<-done
+		s.Close(context.Background())
+	}()
 	for {
 		select {
 		case evs := <-out:
