@@ -61,13 +61,14 @@ func mechanism(s config.SASL) (sasl.Mechanism, error) {
 
 // hint says what to check when the brokers cannot be reached.
 func hint(err error) string {
+	if h := config.TLSHint("source.kafka.tls", err); h != "" {
+		return h
+	}
 	switch {
 	case errors.Is(err, kafkago.SASLAuthenticationFailed), errors.Is(err, kafkago.IllegalSASLState):
 		return "the brokers refused pgtrail's credentials: check source.kafka.sasl"
 	case errors.Is(err, kafkago.UnsupportedSASLMechanism):
 		return "the brokers do not offer this SASL mechanism: check source.kafka.sasl.mechanism"
-	case config.TLSHint("source.kafka.tls", err) != "":
-		return config.TLSHint("source.kafka.tls", err)
 	}
 	return "is Kafka running, and are source.kafka.brokers, tls and sasl right?"
 }

@@ -60,11 +60,12 @@ func options(key string, t config.TLS, auth config.NATSAuth) ([]nats.Option, err
 // hint says what to check for a failed connect.
 func hint(key string, err error) string {
 	var netErr net.Error
+	if h := config.TLSHint(key+".tls", err); h != "" {
+		return h
+	}
 	switch {
 	case errors.Is(err, nats.ErrAuthorization), errors.Is(err, nats.ErrAuthExpired), errors.Is(err, nats.ErrAuthRevoked):
 		return "the server refused pgtrail's credentials: check " + key + ".auth, or the user and password in " + key + ".url"
-	case config.TLSHint(key+".tls", err) != "":
-		return config.TLSHint(key+".tls", err)
 	case errors.Is(err, nats.ErrTLS):
 		// The server read no client certificate, and said so by closing.
 		return "the server refused the TLS handshake: if it verifies clients, set " + key + ".tls.cert_file and key_file"

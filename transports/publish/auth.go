@@ -40,6 +40,9 @@ func kafkaSecurity(cfg config.PublishKafka) ([]kgo.Opt, error) {
 
 // kafkaHint says what to check when the brokers cannot be reached.
 func kafkaHint(cfg config.PublishKafka, err error) string {
+	if h := config.TLSHint("publish.kafka.tls", err); h != "" {
+		return h
+	}
 	switch {
 	case errors.Is(err, kerr.SaslAuthenticationFailed), errors.Is(err, kerr.IllegalSaslState):
 		return "the brokers refused pgtrail's credentials: check publish.kafka.sasl"
@@ -48,8 +51,6 @@ func kafkaHint(cfg config.PublishKafka, err error) string {
 		return "the brokers closed the connection: check publish.kafka.sasl, and publish.kafka.tls"
 	case errors.Is(err, kerr.UnsupportedSaslMechanism):
 		return "the brokers do not offer this SASL mechanism: check publish.kafka.sasl.mechanism"
-	case config.TLSHint("publish.kafka.tls", err) != "":
-		return config.TLSHint("publish.kafka.tls", err)
 	}
 	return "is Kafka running, and are publish.kafka.brokers, tls and sasl right?"
 }
