@@ -36,7 +36,7 @@ func (t TLS) On() bool {
 
 // Config builds the client TLS config: nil when TLS is off. It is the one
 // place that reads the files, for validation at load and for every broker
-// client at connect. An error names the key within the tls block.
+// client at connect. Its errors are *KeyError.
 func (t TLS) Config() (*tls.Config, error) {
 	if !t.On() {
 		return nil, nil
@@ -45,28 +45,39 @@ func (t TLS) Config() (*tls.Config, error) {
 	if t.CAFile != "" {
 		pem, err := os.ReadFile(t.CAFile)
 		if err != nil {
-			return nil, fmt.Errorf("ca_file: %w", err)
+			return nil, &KeyError{"ca_file", err}
 		}
 		c.RootCAs = x509.NewCertPool()
 		if !c.RootCAs.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("ca_file: %s holds no PEM certificate (-----BEGIN CERTIFICATE-----)", t.CAFile)
+			return nil, &KeyError{"ca_file", fmt.Errorf("%s holds no PEM certificate (-----BEGIN CERTIFICATE-----)", t.CAFile)}
 		}
 	}
 	switch {
 	case t.CertFile == "" && t.KeyFile == "":
 	case t.CertFile == "":
-		return nil, errors.New("cert_file: required with key_file (the client certificate that goes with the key)")
+		return nil, &KeyError{"cert_file", errors.New("required with key_file (the client certificate that goes with the key)")}
 	case t.KeyFile == "":
-		return nil, errors.New("key_file: required with cert_file (the private key of the client certificate)")
+		return nil, &KeyError{"key_file", errors.New("required with cert_file (the private key of the client certificate)")}
 	default:
 		cert, err := tls.LoadX509KeyPair(t.CertFile, t.KeyFile)
 		if err != nil {
-			return nil, fmt.Errorf("cert_file: load with key_file: %w", err)
+			return nil, &KeyError{"cert_file", fmt.Errorf("load with key_file: %w", err)}
 		}
 		c.Certificates = []tls.Certificate{cert}
 	}
 	return c, nil
 }
+
+// KeyError is a problem with one key of a block, named relative to the
+// block (ca_file of a tls block).
+type KeyError struct {
+	Key string
+	Err error
+}
+
+func (e *KeyError) Error() string { return e.Key + ": " + e.Err.Error() }
+
+func (e *KeyError) Unwrap() error { return e.Err }
 
 // TLSHint says which key of the tls block under key (e.g.
 // "source.kafka.tls") to check when err is a failed TLS handshake; "" when
@@ -124,9 +135,11 @@ type NATSAuth struct {
 
 // validateTLS checks a tls block that is switched on.
 func validateTLS(bad func(key, format string, args ...any), key string, t TLS) {
-	if _, err := t.Config(); err != nil {
-		field, msg, _ := strings.Cut(err.Error(), ": ")
-		bad(key+"."+field, "%s", msg)
+	_, err := t.Config()
+	if ke, ok := errors.AsType[*KeyError](err); ok {
+		bad(key+"."+ke.Key, "%v", ke.Err)
+	} else if err != nil {
+		bad(key, "%v", err)
 	}
 }
 
