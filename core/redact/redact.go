@@ -140,10 +140,18 @@ func maskParam(m string) string {
 	return sub[1] + sub[2] + masked
 }
 
+// secretName matches a key that names a secret as a whole.
+var secretName = regexp.MustCompile(`(?i)^` + secretKey + `$`)
+
 // Attr is a slog ReplaceAttr function: it masks the credentials in every
-// logged string, error and value (the message included), so that no log line
-// shows a secret whichever package logged it.
+// logged string, error and value (the message included), and the whole value
+// of a key that names a secret (password=...), so that no log line shows a
+// secret whichever package logged it.
 func Attr(_ []string, a slog.Attr) slog.Attr {
+	if a.Value.Kind() != slog.KindGroup && secretName.MatchString(a.Key) {
+		a.Value = slog.StringValue(Mask)
+		return a
+	}
 	switch a.Value.Kind() {
 	case slog.KindString:
 		if s := a.Value.String(); String(s) != s {

@@ -67,16 +67,16 @@ func TestAttrMasksEveryLoggedValueAndTheMessage(t *testing.T) {
 	log.With("url", "nats://u:Secret1@h:4222").Error("connect to postgres://app:Secret2@db/app failed",
 		"err", fmt.Errorf("dial: %w", errors.New("parse \"postgres://app:Secret3@db:x\": invalid port")),
 		"config", map[string]any{"dsn": "host=db password=Secret4"},
-		slog.Group("sink", "url", "nats://Secret5@h"),
+		slog.Group("sink", "url", "nats://Secret5@h", "sasl_password", "Secret6"),
 		"n", 3)
 	got := out.String()
-	for _, secret := range []string{"Secret1", "Secret2", "Secret3", "Secret4", "Secret5"} {
+	for _, secret := range []string{"Secret1", "Secret2", "Secret3", "Secret4", "Secret5", "Secret6"} {
 		if strings.Contains(got, secret) {
 			t.Errorf("log shows %s: %s", secret, got)
 		}
 	}
 	for _, want := range []string{"url=nats://u:xxxxx@h:4222", `msg="connect to postgres://app:xxxxx@db/app failed"`,
-		`err="dial: parse \"postgres://app:xxxxx@db:x\": invalid port"`, "sink.url=nats://xxxxx@h", "n=3"} {
+		`err="dial: parse \"postgres://app:xxxxx@db:x\": invalid port"`, "sink.url=nats://xxxxx@h", "sink.sasl_password=xxxxx", "n=3"} {
 		if !strings.Contains(got, want) {
 			t.Errorf("log %q\nlacks %q", got, want)
 		}
