@@ -14,6 +14,7 @@ import (
 	"github.com/pgtrail/pgtrail/core/config"
 	"github.com/pgtrail/pgtrail/core/metrics"
 	"github.com/pgtrail/pgtrail/core/pipeline"
+	"github.com/pgtrail/pgtrail/core/redact"
 	"github.com/pgtrail/pgtrail/core/retry"
 	"github.com/pgtrail/pgtrail/transports/pglogrepl"
 )
@@ -170,7 +171,7 @@ func (a *app) statusCmd() *cobra.Command {
 			for _, s := range sinks {
 				health := "ok"
 				if err := s.Check(ctx); err != nil {
-					health = err.Error()
+					health = redact.Error(err)
 				}
 				fmt.Fprintf(w, "sink %s\t%s\n", s.Name(), health)
 			}

@@ -5,6 +5,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"os/signal"
@@ -14,6 +15,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/pgtrail/pgtrail/core/config"
+	"github.com/pgtrail/pgtrail/core/redact"
 	"github.com/pgtrail/pgtrail/plugins/host"
 	"github.com/pgtrail/pgtrail/plugins/sdk"
 	"github.com/pgtrail/pgtrail/sinks/clickhouse"
@@ -65,7 +67,7 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := root().ExecuteContext(ctx); err != nil {
-		fmt.Fprintln(os.Stderr, "pgtrail:", err)
+		fmt.Fprintln(os.Stderr, "pgtrail:", redact.Error(err))
 		os.Exit(1)
 	}
 }
@@ -97,7 +99,7 @@ func root() *cobra.Command {
 				return err
 			}
 			a.cfg = cfg
-			a.log = newLogger(cfg.Log)
+			a.log = newLogger(cfg.Log, os.Stderr)
 			return nil
 		},
 	}
@@ -107,14 +109,16 @@ func root() *cobra.Command {
 	return cmd
 }
 
-func newLogger(c config.Log) *slog.Logger {
+// newLogger is the process logger, writing to w; every value it writes has
+// its credentials masked.
+func newLogger(c config.Log, w io.Writer) *slog.Logger {
 	var level slog.Level
 	_ = level.UnmarshalText([]byte(c.Level))
-	opts := &slog.HandlerOptions{Level: level}
+	opts := &slog.HandlerOptions{Level: level, ReplaceAttr: redact.Attr}
 	if c.Format == "json" {
-		return slog.New(slog.NewJSONHandler(os.Stderr, opts))
+		return slog.New(slog.NewJSONHandler(w, opts))
 	}
-	return slog.New(slog.NewTextHandler(os.Stderr, opts))
+	return slog.New(slog.NewTextHandler(w, opts))
 }
 
 func versionCmd() *cobra.Command {

@@ -14,6 +14,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/pgtrail/pgtrail/core/config"
+	"github.com/pgtrail/pgtrail/core/redact"
 	"github.com/pgtrail/pgtrail/plugins/host"
 	"github.com/pgtrail/pgtrail/plugins/sdk"
 	"github.com/pgtrail/pgtrail/sinks/postgres"
@@ -58,12 +59,12 @@ func (a *app) pluginsCmd() *cobra.Command {
 			}
 			// Plugins are started only to ask their version: keep their
 			// start and exit out of the listing.
-			a.log = newLogger(config.Log{Level: "error"})
+			a.log = newLogger(config.Log{Level: "error"}, os.Stderr)
 			for _, path := range slices.Sorted(maps.Keys(paths)) {
 				// Asking the plugin itself is the only way to know its version.
 				d, err := host.Describe(ctx, paths[path], a.hostOptions(nil))
 				if err != nil {
-					fmt.Fprintf(w, "%s\t-\texternal\t%s\n", path, strings.ReplaceAll(err.Error(), "\n", " "))
+					fmt.Fprintf(w, "%s\t-\texternal\t%s\n", path, strings.ReplaceAll(redact.Error(err), "\n", " "))
 					continue
 				}
 				fmt.Fprintf(w, "%s (%s)\t%s\texternal\t%s\n", d.Name, path, d.Version, d.Summary)

@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"gopkg.in/yaml.v3"
@@ -68,6 +69,8 @@ type JetStream struct {
 	// pgtrail never relies on redelivery (it restarts from the ack floor),
 	// so it is long: a big transaction stays unacked until it is complete.
 	AckWait Duration `yaml:"ack_wait"`
+	TLS     TLS      `yaml:"tls"`
+	Auth    NATSAuth `yaml:"auth"`
 }
 
 // Kafka is Debezium change events read from Kafka topics.
@@ -77,6 +80,8 @@ type Kafka struct {
 	Group   string   `yaml:"group"`
 	// DLQSuffix names the topic that receives a topic's malformed messages.
 	DLQSuffix string `yaml:"dlq_suffix"`
+	TLS       TLS    `yaml:"tls"`
+	SASL      SASL   `yaml:"sasl"`
 }
 
 // Debezium says how Debezium's connector was configured, where it matters for
@@ -223,6 +228,9 @@ func defaults() Config {
 
 // fill applies the defaults that depend on other values.
 func (c *Config) fill() {
+	for _, s := range []*SASL{&c.Source.Kafka.SASL, &c.Publish.Kafka.SASL} {
+		s.Mechanism = strings.ToLower(s.Mechanism) // Kafka's docs write them upper case
+	}
 	if js := &c.Source.JetStream; js.DLQSubject == "" && js.Subject != "" {
 		js.DLQSubject = js.Subject + ".dlq"
 	}

@@ -45,6 +45,7 @@ func (c *Config) validate() error {
 		if js.AckWait <= 0 {
 			bad("source.jetstream.ack_wait", "must be positive (e.g. 30m)")
 		}
+		validateNATS(bad, "source.jetstream", js.URL, js.TLS, js.Auth)
 	case "kafka":
 		k := c.Source.Kafka
 		if len(k.Brokers) == 0 {
@@ -55,6 +56,8 @@ func (c *Config) validate() error {
 		}
 		required("source.kafka.group", k.Group)
 		required("source.kafka.dlq_suffix", k.DLQSuffix)
+		validateTLS(bad, "source.kafka.tls", k.TLS)
+		validateSASL(bad, "source.kafka.sasl", k.SASL)
 	default:
 		bad("source.type", "%q is not one of postgres, jetstream, kafka", c.Source.Type)
 	}

@@ -4,13 +4,19 @@ package metrics
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
+	"io/fs"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"slices"
+	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -71,17 +77,58 @@ func (m *Metrics) SetHealth(component string, err error) {
 	m.health[component] = err
 }
 
-// Health returns the first unhealthy component's error, or nil.
+// Health returns nil, or one line for each failing component, sorted: its
+// name and the kind of failure, "sink audit: failing, connection refused
+// (see the log)". Never the error's text: it may quote a URL or a query with
+// a secret, and the log has it, redacted.
 func (m *Metrics) Health() error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	var errs []error
+	var lines []string
 	for name, err := range m.health {
 		if err != nil {
-			errs = append(errs, errors.New(name+": "+err.Error()))
+			lines = append(lines, name+": failing, "+class(err)+" (see the log)")
 		}
 	}
-	return errors.Join(errs...)
+	if len(lines) == 0 {
+		return nil
+	}
+	slices.Sort(lines)
+	return errors.New(strings.Join(lines, "\n"))
+}
+
+// class names the kind of failure err is, from its type: timeout, connection
+// refused, connection lost, host not found, TLS, network, permission denied,
+// not found, canceled, or error for any other.
+func class(err error) string {
+	var (
+		netErr net.Error
+		dnsErr *net.DNSError
+		opErr  *net.OpError
+		record tls.RecordHeaderError
+		verify *tls.CertificateVerificationError
+	)
+	switch {
+	case errors.Is(err, context.DeadlineExceeded), errors.As(err, &netErr) && netErr.Timeout():
+		return "timeout"
+	case errors.Is(err, context.Canceled):
+		return "canceled"
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return "connection refused"
+	case errors.As(err, &dnsErr):
+		return "host not found"
+	case errors.As(err, &verify), errors.As(err, &record), errors.As(err, &opErr) && opErr.Op == "remote error":
+		return "TLS"
+	case errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE), errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
+		return "connection lost"
+	case errors.As(err, &opErr):
+		return "network"
+	case errors.Is(err, fs.ErrPermission):
+		return "permission denied"
+	case errors.Is(err, fs.ErrNotExist):
+		return "not found"
+	}
+	return "error"
 }
 
 // ServeProfiles makes Start also serve net/http/pprof under /debug/pprof/,

@@ -51,6 +51,7 @@ type Source struct {
 	dcfg    debezium.Config
 	log     *slog.Logger
 	metrics *metrics.Metrics
+	clients clients
 	group   *kafkago.ConsumerGroup
 	dlq     *kafkago.Writer
 	split   map[string]bool // topics with more than one partition
@@ -79,7 +80,11 @@ type entry struct {
 func Open(ctx context.Context, cfg config.Kafka, dcfg config.Debezium, log *slog.Logger, m *metrics.Metrics) (*Source, error) {
 	s := &Source{cfg: cfg, dcfg: debezium.ConfigFrom(dcfg), log: log, metrics: m, split: map[string]bool{},
 		confirmed: map[topicPartition]int64{}, committed: map[topicPartition]int64{}}
-	conn, err := dial(ctx, cfg.Brokers)
+	var err error
+	if s.clients, err = newClients(cfg); err != nil {
+		return nil, err
+	}
+	conn, err := dial(ctx, s.clients.dialer, cfg.Brokers)
 	if err != nil {
 		return nil, err
 	}
@@ -104,7 +109,7 @@ func Open(ctx context.Context, cfg config.Kafka, dcfg config.Debezium, log *slog
 	}
 	s.group, err = kafkago.NewConsumerGroup(kafkago.ConsumerGroupConfig{
 		ID: cfg.Group, Brokers: cfg.Brokers, Topics: cfg.Topics, StartOffset: kafkago.FirstOffset,
-		WatchPartitionChanges: true,
+		WatchPartitionChanges: true, Dialer: s.clients.dialer,
 		// A member that died (kill -9) holds its partitions until its session
 		// times out: keep that short, its successor is waiting.
 		SessionTimeout: 10 * time.Second, RebalanceTimeout: 10 * time.Second,
@@ -112,23 +117,24 @@ func Open(ctx context.Context, cfg config.Kafka, dcfg config.Debezium, log *slog
 	if err != nil {
 		return nil, fmt.Errorf("consumer group %q: %w", cfg.Group, err)
 	}
-	s.dlq = &kafkago.Writer{Addr: kafkago.TCP(cfg.Brokers...), RequiredAcks: kafkago.RequireAll,
+	s.dlq = &kafkago.Writer{Addr: kafkago.TCP(cfg.Brokers...), Transport: s.clients.transport, RequiredAcks: kafkago.RequireAll,
 		AllowAutoTopicCreation: true, BatchTimeout: 5 * time.Millisecond}
 	return s, nil
 }
 
-func dial(ctx context.Context, brokers []string) (*kafkago.Conn, error) {
+func dial(ctx context.Context, d *kafkago.Dialer, brokers []string) (*kafkago.Conn, error) {
 	var errs []error
 	for _, b := range brokers {
 		dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		conn, err := kafkago.DialContext(dctx, "tcp", b)
+		conn, err := d.DialContext(dctx, "tcp", b)
 		cancel()
 		if err == nil {
 			return conn, nil
 		}
 		errs = append(errs, err)
 	}
-	return nil, fmt.Errorf("connect to Kafka %v: %w (is Kafka running, and is source.kafka.brokers right?)", brokers, errors.Join(errs...))
+	err := errors.Join(errs...)
+	return nil, fmt.Errorf("connect to Kafka %v: %w (%s)", brokers, err, hint(err))
 }
 
 // Run takes part in the group until ctx ends, reading every partition it is
@@ -218,7 +224,7 @@ func (s *Source) read(ctx, gctx context.Context, out chan<- []pipeline.Event, to
 	defer cancel()
 	stop := context.AfterFunc(ctx, cancel)
 	defer stop()
-	r := kafkago.NewReader(kafkago.ReaderConfig{Brokers: s.cfg.Brokers, Topic: topic, Partition: p.ID,
+	r := kafkago.NewReader(kafkago.ReaderConfig{Brokers: s.cfg.Brokers, Topic: topic, Partition: p.ID, Dialer: s.clients.dialer,
 		MinBytes: 1, MaxBytes: 16 << 20, MaxWait: 250 * time.Millisecond})
 	defer r.Close()
 	start := p.Offset
