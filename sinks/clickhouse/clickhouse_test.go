@@ -309,7 +309,7 @@ func TestConfigErrorsNameTheKey(t *testing.T) {
 func TestHTTPSWithOwnCAAndClientCertificate(t *testing.T) {
 	database := server.NewDatabase(t)
 	certs := server.Certs()
-	tlsKeys := map[string]any{"url": server.HTTPSURL(), "ca_file": certs.CA, "cert_file": certs.ClientCert, "key_file": certs.ClientKey}
+	tlsKeys := map[string]any{"url": server.HTTPSURL(), "ca_file": certs.CAFile, "cert_file": certs.ClientCert, "key_file": certs.ClientKey}
 	s := configured(t, config(t, database, tlsKeys))
 	if err := s.Setup(ctx); err != nil {
 		t.Fatalf("Setup over HTTPS: %v", err)
@@ -362,7 +362,7 @@ func TestTLSConfigErrorsNameTheKey(t *testing.T) {
 	notPEM := filepath.Join(t.TempDir(), "ca.txt")
 	os.WriteFile(notPEM, []byte("not a certificate"), 0o600)
 	for raw, want := range map[string]string{
-		`{"url":"http://db:8123","ca_file":"` + certs.CA + `"}`:                                                 "TLS settings for an http:// URL: use https://",
+		`{"url":"http://db:8123","ca_file":"` + certs.CAFile + `"}`:                                             "TLS settings for an http:// URL: use https://",
 		`{"url":"https://db:8123","cert_file":"` + certs.ClientCert + `"}`:                                      "config.cert_file: cert_file and key_file go together",
 		`{"url":"https://db:8123","ca_file":"/nonexistent/ca.pem"}`:                                             "config.ca_file: open /nonexistent/ca.pem: no such file",
 		`{"url":"https://db:8123","ca_file":"` + notPEM + `"}`:                                                  "config.ca_file: " + notPEM + " holds no PEM certificate",

@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/pgtrail/pgtrail/test/testbed"
+	"github.com/pgtrail/pgtrail/test/tlstest"
 )
 
 // The server's user and password: the package's default user, given a password.
@@ -44,7 +45,7 @@ type Server struct {
 	tcpPort  int
 	// HTTPS, with certificates of a private CA; clients must present one.
 	httpsPort int
-	certs     testbed.Certs
+	certs     *tlstest.PKI
 	version   string
 }
 
@@ -229,7 +230,7 @@ func (s *Server) HTTPSURL() string { return fmt.Sprintf("https://127.0.0.1:%d", 
 
 // Certs are the PEM files of the CA, the server's certificate and a client
 // certificate for the HTTPS interface.
-func (s *Server) Certs() testbed.Certs { return s.certs }
+func (s *Server) Certs() *tlstest.PKI { return s.certs }
 
 // HTTPPort and TCPPort are the server's ports on 127.0.0.1.
 func (s *Server) HTTPPort() int { return s.httpPort }

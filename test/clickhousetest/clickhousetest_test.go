@@ -86,7 +86,7 @@ func TestSecondServerRunsBesideAndStopsTwice(t *testing.T) {
 // certificate of that CA is refused.
 func TestServerAnswersOverHTTPSOnlyToClientsWithACertificate(t *testing.T) {
 	certs := server.Certs()
-	pem, err := os.ReadFile(certs.CA)
+	pem, err := os.ReadFile(certs.CAFile)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -6,7 +6,7 @@ import (
 	"path/filepath"
 	"regexp"
 
-	"github.com/pgtrail/pgtrail/test/testbed"
+	"github.com/pgtrail/pgtrail/test/tlstest"
 )
 
 var openSSLServer = regexp.MustCompile(`(?s)(<openSSL>\s*<server>).*?(</server>)`)
@@ -18,7 +18,7 @@ func (s *Server) serveTLS(cfg string) (string, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return "", fmt.Errorf("create %s: %w", dir, err)
 	}
-	certs, err := testbed.WriteCerts(dir)
+	certs, err := tlstest.Write(dir)
 	if err != nil {
 		return "", err
 	}
@@ -35,6 +35,6 @@ func (s *Server) serveTLS(cfg string) (string, error) {
             <cacheSessions>true</cacheSessions>
             <disableProtocols>sslv2,sslv3</disableProtocols>
             <preferServerCiphers>true</preferServerCiphers>
-        `, certs.ServerCert, certs.ServerKey, certs.CA)
+        `, certs.ServerCert, certs.ServerKey, certs.CAFile)
 	return openSSLServer.ReplaceAllString(cfg, "${1}"+server+"${2}"), nil
 }

@@ -11,6 +11,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"fmt"
 	"math/big"
 	"net"
 	"os"
@@ -30,10 +31,19 @@ type PKI struct {
 }
 
 // New makes a fresh CA (each call another one, so that a test has a wrong
-// CA at hand) and its server and client certificates.
+// CA at hand) and its server and client certificates, in a temp dir.
 func New(t testing.TB) *PKI {
 	t.Helper()
-	dir := t.TempDir()
+	p, err := Write(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// Write makes a fresh CA and its server and client certificates in dir, for
+// test beds that start before any test (and so have no testing.TB).
+func Write(dir string) (*PKI, error) {
 	p := &PKI{
 		CAFile:     filepath.Join(dir, "ca.pem"),
 		ServerCert: filepath.Join(dir, "server.pem"), ServerKey: filepath.Join(dir, "server-key.pem"),
@@ -41,29 +51,35 @@ func New(t testing.TB) *PKI {
 	}
 	var err error
 	if p.caKey, err = ecdsa.GenerateKey(elliptic.P256(), rand.Reader); err != nil {
-		t.Fatal(err)
+		return nil, fmt.Errorf("generate CA key: %w", err)
 	}
 	tmpl := template("pgtrail test CA")
 	tmpl.IsCA, tmpl.BasicConstraintsValid = true, true
 	tmpl.KeyUsage = x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &p.caKey.PublicKey, p.caKey)
 	if err != nil {
-		t.Fatal(err)
+		return nil, fmt.Errorf("sign CA certificate: %w", err)
 	}
 	if p.ca, err = x509.ParseCertificate(der); err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
-	writePEM(t, p.CAFile, "CERTIFICATE", der)
+	if err := writePEM(p.CAFile, "CERTIFICATE", der); err != nil {
+		return nil, err
+	}
 
 	server := template("127.0.0.1")
 	server.IPAddresses, server.DNSNames = []net.IP{net.IPv4(127, 0, 0, 1)}, []string{"localhost"}
 	server.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}
-	p.serverPair = p.sign(t, server, p.ServerCert, p.ServerKey)
+	if p.serverPair, err = p.sign(server, p.ServerCert, p.ServerKey); err != nil {
+		return nil, err
+	}
 
 	client := template("pgtrail")
 	client.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}
-	p.sign(t, client, p.ClientCert, p.ClientKey)
-	return p
+	if _, err = p.sign(client, p.ClientCert, p.ClientKey); err != nil {
+		return nil, err
+	}
+	return p, nil
 }
 
 func template(cn string) *x509.Certificate {
@@ -76,34 +92,33 @@ func template(cn string) *x509.Certificate {
 }
 
 // sign issues tmpl under the CA and writes the certificate and its key.
-func (p *PKI) sign(t testing.TB, tmpl *x509.Certificate, certFile, keyFile string) tls.Certificate {
-	t.Helper()
+func (p *PKI) sign(tmpl *x509.Certificate, certFile, keyFile string) (tls.Certificate, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
-		t.Fatal(err)
+		return tls.Certificate{}, fmt.Errorf("generate key: %w", err)
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, p.ca, &key.PublicKey, p.caKey)
 	if err != nil {
-		t.Fatal(err)
+		return tls.Certificate{}, fmt.Errorf("sign %s: %w", certFile, err)
 	}
 	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
 	if err != nil {
-		t.Fatal(err)
+		return tls.Certificate{}, fmt.Errorf("encode key: %w", err)
 	}
-	writePEM(t, certFile, "CERTIFICATE", der)
-	writePEM(t, keyFile, "PRIVATE KEY", keyDER)
-	pair, err := tls.LoadX509KeyPair(certFile, keyFile)
-	if err != nil {
-		t.Fatal(err)
+	if err := writePEM(certFile, "CERTIFICATE", der); err != nil {
+		return tls.Certificate{}, err
 	}
-	return pair
+	if err := writePEM(keyFile, "PRIVATE KEY", keyDER); err != nil {
+		return tls.Certificate{}, err
+	}
+	return tls.LoadX509KeyPair(certFile, keyFile)
 }
 
-func writePEM(t testing.TB, path, typ string, der []byte) {
-	t.Helper()
+func writePEM(path, typ string, der []byte) error {
 	if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
-		t.Fatal(err)
+		return fmt.Errorf("write %s: %w", path, err)
 	}
+	return nil
 }
 
 // ServerConfig is a server's TLS config that requires a client certificate
