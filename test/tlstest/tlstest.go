@@ -1,5 +1,5 @@
-// Package tlstest makes the certificates that the TLS tests of the broker
-// transports use: a CA, a server certificate for 127.0.0.1 and localhost, and
+// Package tlstest makes the certificates of the TLS tests (brokers, the ClickHouse
+// test bed): a CA, a server certificate for 127.0.0.1 and localhost, and
 // a client certificate, all signed by the CA and written as PEM files.
 package tlstest
 
