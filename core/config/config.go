@@ -24,6 +24,7 @@ type Config struct {
 	HTTP     HTTP     `yaml:"http"`
 	Log      Log      `yaml:"log"`
 	Publish  Publish  `yaml:"publish"` // where `pgtrail capture` publishes
+	UI       UI       `yaml:"ui"`      // the activity log: API and web UI
 }
 
 // Source selects the ingress; only the section named by Type is required.
@@ -145,6 +146,11 @@ func (d Duration) String() string { return time.Duration(d).String() }
 // it (explicit); otherwise DATABASE_URL alone is enough to run, so the defaults
 // capture and store into that database.
 func Load(path string, explicit bool) (*Config, error) {
+	return load(path, explicit, (*Config).validate)
+}
+
+// load reads and decodes the file at path and checks it with validate.
+func load(path string, explicit bool, validate func(*Config) error) (*Config, error) {
 	data, err := os.ReadFile(path)
 	switch {
 	case errors.Is(err, fs.ErrNotExist) && explicit:
@@ -157,15 +163,15 @@ func Load(path string, explicit bool) (*Config, error) {
 	case err != nil:
 		return nil, fmt.Errorf("load config: %w", err)
 	}
-	cfg, err := parse(data)
+	cfg, err := parse(data, validate)
 	if err != nil {
 		return nil, fmt.Errorf("load config %s: %w", path, err)
 	}
 	return cfg, nil
 }
 
-// parse turns the file's bytes (nil for none) into a validated Config.
-func parse(data []byte) (*Config, error) {
+// parse turns the file's bytes (nil for none) into a Config checked by validate.
+func parse(data []byte, validate func(*Config) error) (*Config, error) {
 	var root yaml.Node
 	if err := yaml.Unmarshal(data, &root); err != nil {
 		return nil, err
@@ -176,11 +182,13 @@ func parse(data []byte) (*Config, error) {
 		doc := root.Content[0]
 		expandNode(doc, "", &errs)
 		decodeNode(doc, reflectValue(&cfg), "", &errs)
+		cfg.markUI(doc)
 	}
 	cfg.fill()
+	cfg.fillUI()
 	// Validate even after decode errors (a failed field keeps its default), so
 	// one run lists every problem.
-	if err := errors.Join(append(errs, cfg.validate())...); err != nil {
+	if err := errors.Join(append(errs, validate(&cfg))...); err != nil {
 		return nil, err
 	}
 	return &cfg, nil
