@@ -185,7 +185,9 @@ func parse(data []byte, validate func(*Config) error) (*Config, error) {
 		cfg.markUI(doc)
 	}
 	cfg.fill()
-	cfg.fillUI()
+	if cfg.UI.Enabled {
+		cfg.fillUI()
+	}
 	// Validate even after decode errors (a failed field keeps its default), so
 	// one run lists every problem.
 	if err := errors.Join(append(errs, validate(&cfg))...); err != nil {

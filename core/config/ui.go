@@ -156,6 +156,11 @@ func Loopback(listen string) bool {
 // server that only reads the audit table has no source).
 func LoadUI(path string, explicit, serving bool) (*Config, error) {
 	cfg, err := load(path, explicit, func(c *Config) error {
+		// The read side is these commands' whole config, ui: or not.
+		if !c.UI.Enabled {
+			c.UI.Enabled = true
+			c.fillUI()
+		}
 		var errs []error
 		c.validateUI(func(key, format string, args ...any) {
 			errs = append(errs, fmt.Errorf("%s: %s", key, fmt.Sprintf(format, args...)))
@@ -168,6 +173,5 @@ func LoadUI(path string, explicit, serving bool) (*Config, error) {
 	if err != nil {
 		return nil, err
 	}
-	cfg.UI.Enabled = true
 	return cfg, nil
 }
