@@ -59,6 +59,7 @@ type api struct {
 	t     *testing.T
 	base  string // http://127.0.0.1:port
 	token string
+	cfg   string // the config file, for CLI commands
 }
 
 // call sends a request and decodes the JSON answer into out (when not nil),
@@ -119,8 +120,8 @@ func startActivityLog(t *testing.T, url, extraUI string) (*pgx.Conn, api) {
 	t.Helper()
 	port := freePort(t)
 	extra := fmt.Sprintf("http:\n  listen: 127.0.0.1:%d\nui:\n  statement_timeout: 5s\n%s", port, extraUI)
-	conn, _, _ := setupAndStart(t, url, extra, "")
-	return conn, api{t: t, base: fmt.Sprintf("http://127.0.0.1:%d", port)}
+	conn, cfg, _ := setupAndStart(t, url, extra, "")
+	return conn, api{t: t, base: fmt.Sprintf("http://127.0.0.1:%d", port), cfg: cfg}
 }
 
 // strs lists the changes as strings, for comparing sequences.
