@@ -294,9 +294,9 @@ func TestRevertReportsWhatTheTrailCannotUndo(t *testing.T) {
 	}
 	var e struct{ Error string }
 	for q, want := range map[string]string{
-		"":                          "give exactly one of change=ID",
-		"?change=x":                 `change: "x" is not a change id`,
-		"?transaction=7":            `transaction: "7" is not DATABASE:TRANSACTION_ID`,
+		"":               "give exactly one of change=ID",
+		"?change=x":      `change: "x" is not a change id`,
+		"?transaction=7": `transaction: "7" is not DATABASE:TRANSACTION_ID`,
 	} {
 		if status := a.call("GET", "/api/v1/revert"+q, nil, &e); status != http.StatusBadRequest || !strings.Contains(e.Error, want) {
 			t.Errorf("revert%s: %d %q, want 400 with %q", q, status, e.Error, want)
