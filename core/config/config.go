@@ -50,6 +50,11 @@ type Postgres struct {
 	// counts toward the batch's flush_interval, so below it it adds no
 	// latency. 0 reads at once.
 	Coalesce Duration `yaml:"coalesce"`
+	// ReplicaIdentity "full" makes setup and run set REPLICA IDENTITY FULL
+	// on every captured table, so updates and deletes carry the whole old
+	// row (before images, reverts) at some WAL cost; "" only reports the
+	// tables without it.
+	ReplicaIdentity string `yaml:"replica_identity"`
 }
 
 // JetStream is Debezium change events read from a NATS JetStream stream.

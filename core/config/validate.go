@@ -88,6 +88,9 @@ func (c *Config) validate() error {
 			}
 		}
 	}
+	if !slices.Contains([]string{"", "default", "full"}, pg.ReplicaIdentity) {
+		bad("source.postgres.replica_identity", "%q is not full (set REPLICA IDENTITY FULL on captured tables) or default (leave it, report only)", pg.ReplicaIdentity)
+	}
 	if pg.StatusInterval <= 0 {
 		bad("source.postgres.status_interval", "must be positive (e.g. 10s)")
 	}

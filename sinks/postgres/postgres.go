@@ -227,7 +227,6 @@ func (s *Sink) Setup(ctx context.Context) error {
 		// The comment tells native capture never to store this table's rows,
 		// wherever it lives (transports/pglogrepl.AuditTableComment).
 		`COMMENT ON TABLE ` + s.target + ` IS 'pgtrail audit table: every row change, with its context'`,
-		`CREATE INDEX IF NOT EXISTS ` + idx("table_primary_key_idx") + ` ON ` + s.target + ` ("table", primary_key)`,
 		`CREATE INDEX IF NOT EXISTS ` + idx("context_idx") + ` ON ` + s.target + ` USING gin (context jsonb_path_ops)`,
 		`CREATE INDEX IF NOT EXISTS ` + idx("before_idx") + ` ON ` + s.target + ` USING gin (before jsonb_path_ops)`,
 		`CREATE INDEX IF NOT EXISTS ` + idx("after_idx") + ` ON ` + s.target + ` USING gin (after jsonb_path_ops)`,
@@ -236,6 +235,10 @@ func (s *Sink) Setup(ctx context.Context) error {
 		if _, err := s.pool.Exec(ctx, q); err != nil {
 			return fmt.Errorf("set up audit table %s: %w", s.target, err)
 		}
+	}
+	// By ("table", primary_key) too: the history index (readindexes.go).
+	if err := s.addReadIndexes(ctx); err != nil {
+		return err
 	}
 	now := time.Now().UTC()
 	return s.ensurePartitions(ctx, []time.Time{now, now.AddDate(0, 1, 0)})

@@ -36,11 +36,12 @@ func inputText(v json.RawMessage, t *pgType) (text string, null bool, err error)
 	}
 	switch t.kind {
 	case jsonKind:
-		var b bytes.Buffer
-		if err := json.Compact(&b, v); err != nil {
-			return "", false, err
+		// As the trail holds it: jsonb's text, which a json column had
+		// lost anyway when the audit table stored it.
+		if !json.Valid(v) {
+			return "", false, fmt.Errorf("not JSON: %s", v)
 		}
-		return b.String(), false, nil
+		return string(v), false, nil
 	case arrayKind:
 		if v[0] == '"' {
 			break // int2vector and oidvector are arrays stored as their text
