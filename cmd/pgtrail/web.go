@@ -22,6 +22,7 @@ import (
 	"github.com/pgtrail/pgtrail/web/api"
 	"github.com/pgtrail/pgtrail/web/revert"
 	"github.com/pgtrail/pgtrail/web/trail"
+	"github.com/pgtrail/pgtrail/web/ui"
 )
 
 // uiCommands are the config annotations of the read side's commands: they
@@ -68,6 +69,7 @@ func (a *app) mountWeb(ctx context.Context, m *metrics.Metrics) error {
 	}
 	o.Revert = src
 	m.Mount("/api/", api.New(o))
+	m.Mount("/", ui.Handler())
 	go func() {
 		<-ctx.Done()
 		store.Close()
