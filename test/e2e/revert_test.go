@@ -264,13 +264,18 @@ func TestRevertReportsWhatTheTrailCannotUndo(t *testing.T) {
 	c := connect(t, dbURL)
 	exec1(t, c, `CREATE TABLE plain (id int PRIMARY KEY, v text); -- default replica identity: key-only before images
 		CREATE TABLE logs (id int PRIMARY KEY, v text); ALTER TABLE logs REPLICA IDENTITY FULL;
-		CREATE TABLE nokey (v text); ALTER TABLE nokey REPLICA IDENTITY FULL`)
+		CREATE TABLE nokey (v text); ALTER TABLE nokey REPLICA IDENTITY FULL;
+		CREATE TABLE grown (id int PRIMARY KEY, v text); ALTER TABLE grown REPLICA IDENTITY FULL;
+		CREATE TABLE shrunk (id int PRIMARY KEY, v text); ALTER TABLE shrunk REPLICA IDENTITY FULL`)
 	conn, a := startActivityLog(t, dbURL, "  revert:\n    apply: true\n")
-	exec1(t, conn, `INSERT INTO plain VALUES (1, 'a'), (2, 'b'); INSERT INTO logs VALUES (1, 'x'); INSERT INTO nokey VALUES ('n')`)
+	exec1(t, conn, `INSERT INTO plain VALUES (1, 'a'), (2, 'b'); INSERT INTO logs VALUES (1, 'x'); INSERT INTO nokey VALUES ('n');
+		INSERT INTO grown VALUES (1, 'g'); INSERT INTO shrunk VALUES (1, 's')`)
 	txn(t, conn, `SELECT pgtrail.set_context('{"request":"mixed"}')`,
 		`UPDATE plain SET v = 'changed' WHERE id = 1`, `DELETE FROM plain WHERE id = 2`,
-		`TRUNCATE logs`, `UPDATE nokey SET v = 'm'`)
-	waitForChanges(t, conn, 8, 30*time.Second)
+		`TRUNCATE logs`, `UPDATE nokey SET v = 'm'`, `DELETE FROM grown`, `UPDATE shrunk SET v = 't'`)
+	waitForChanges(t, conn, 12, 30*time.Second)
+	// The tables change shape since.
+	exec1(t, conn, `ALTER TABLE grown ADD COLUMN w int; ALTER TABLE shrunk DROP COLUMN v`)
 	sel := "/api/v1/revert?context=" + url.QueryEscape(`{"request":"mixed"}`)
 	var p revertPlan
 	a.get(sel, &p)
@@ -281,6 +286,8 @@ func TestRevertReportsWhatTheTrailCannotUndo(t *testing.T) {
 	slices.Sort(reasons)
 	want := []string{
 		"a TRUNCATE removed every row of the table, and the trail does not hold them",
+		`column "v" is no longer in public.shrunk`,
+		"public.grown has columns added since the delete (w): what the row would hold in them is not in the trail",
 		"table public.nokey has no primary key (nor replica identity index) to find the row by",
 		"the before image lacks id, v: public.plain was captured without REPLICA IDENTITY FULL, so what the update replaced is not in the trail",
 		"the before image lacks v: public.plain was captured without REPLICA IDENTITY FULL, so the deleted row is not in the trail",

@@ -276,6 +276,11 @@ func (t *table) undoDelete(c trail.Change, pk string, before map[string]json.Raw
 		vals = append(vals, lit)
 		identity = identity || cd.always
 	}
+	if len(lacking) > 0 && len(before) > len(t.key) {
+		// A whole old row: the columns came later, and what they would hold is not known.
+		return inverse{}, fmt.Errorf("%s.%s has columns added since the delete (%s): what the row would hold in them is not in the trail",
+			c.Schema, c.Table, strings.Join(lacking, ", "))
+	}
 	if len(lacking) > 0 {
 		return inverse{}, fmt.Errorf("the before image lacks %s: %s.%s was captured without REPLICA IDENTITY FULL, "+
 			"so the deleted row is not in the trail", strings.Join(lacking, ", "), c.Schema, c.Table)
