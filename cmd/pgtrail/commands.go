@@ -89,6 +89,9 @@ func (a *app) run(ctx context.Context) error {
 // confirmed position; a failure at start-up is for the user to fix.
 func (a *app) supervise(ctx context.Context, what string, once func(context.Context, *metrics.Metrics, *bool) error) error {
 	m := metrics.New()
+	if err := a.mountWeb(ctx, m); err != nil {
+		return err
+	}
 	if a.pprof {
 		if a.cfg.HTTP.Listen == "" {
 			return errors.New("--pprof serves on http.listen, which is off: set http.listen (e.g. 127.0.0.1:9187)")

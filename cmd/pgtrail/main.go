@@ -91,7 +91,11 @@ func root() *cobra.Command {
 			if cmd.Annotations["config"] == "none" {
 				return nil
 			}
-			cfg, err := config.Load(a.configPath, cmd.Flags().Changed("config"))
+			load := config.Load
+			if read, ok := uiCommands[cmd.Annotations["config"]]; ok {
+				load = func(path string, explicit bool) (*config.Config, error) { return config.LoadUI(path, explicit, read) }
+			}
+			cfg, err := load(a.configPath, cmd.Flags().Changed("config"))
 			if err != nil && cmd.Annotations["config"] == "optional" {
 				cfg, err = &config.Config{Log: config.Log{Level: "info", Format: "text"}}, nil
 			}
@@ -106,6 +110,7 @@ func root() *cobra.Command {
 	cmd.PersistentFlags().StringVar(&a.configPath, "config", config.DefaultPath, "config file (without one, DATABASE_URL alone is enough)")
 	cmd.AddCommand(a.setupCmd(), a.runCmd(), a.statusCmd(), a.teardownCmd(), a.pluginsCmd(), versionCmd(), serveSinkCmd())
 	cmd.AddCommand(a.captureCmd())
+	cmd.AddCommand(a.serveCmd(), a.historyCmd(), a.revertCmd())
 	return cmd
 }
 

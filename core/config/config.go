@@ -25,6 +25,7 @@ type Config struct {
 	HTTP     HTTP     `yaml:"http"`
 	Log      Log      `yaml:"log"`
 	Publish  Publish  `yaml:"publish"` // where `pgtrail capture` publishes
+	UI       UI       `yaml:"ui"`      // the activity log: API and web UI
 }
 
 // Source selects the ingress; only the section named by Type is required.
@@ -55,6 +56,11 @@ type Postgres struct {
 	// replication connection for stalled and reconnects; it also bounds
 	// each query capture makes. 0: the server's wal_sender_timeout.
 	ReceiveTimeout Duration `yaml:"receive_timeout"`
+	// ReplicaIdentity "full" makes setup and run set REPLICA IDENTITY FULL
+	// on every captured table, so updates and deletes carry the whole old
+	// row (before images, reverts) at some WAL cost; "" only reports the
+	// tables without it.
+	ReplicaIdentity string `yaml:"replica_identity"`
 }
 
 // JetStream is Debezium change events read from a NATS JetStream stream.
@@ -160,6 +166,11 @@ func (d Duration) String() string { return time.Duration(d).String() }
 // it (explicit); otherwise DATABASE_URL alone is enough to run, so the defaults
 // capture and store into that database.
 func Load(path string, explicit bool) (*Config, error) {
+	return load(path, explicit, (*Config).validate)
+}
+
+// load reads and decodes the file at path and checks it with validate.
+func load(path string, explicit bool, validate func(*Config) error) (*Config, error) {
 	data, err := os.ReadFile(path)
 	switch {
 	case errors.Is(err, fs.ErrNotExist) && explicit:
@@ -172,15 +183,15 @@ func Load(path string, explicit bool) (*Config, error) {
 	case err != nil:
 		return nil, fmt.Errorf("load config: %w", err)
 	}
-	cfg, err := parse(data)
+	cfg, err := parse(data, validate)
 	if err != nil {
 		return nil, fmt.Errorf("load config %s: %w", path, err)
 	}
 	return cfg, nil
 }
 
-// parse turns the file's bytes (nil for none) into a validated Config.
-func parse(data []byte) (*Config, error) {
+// parse turns the file's bytes (nil for none) into a Config checked by validate.
+func parse(data []byte, validate func(*Config) error) (*Config, error) {
 	var root yaml.Node
 	if err := yaml.Unmarshal(data, &root); err != nil {
 		return nil, err
@@ -191,11 +202,15 @@ func parse(data []byte) (*Config, error) {
 		doc := root.Content[0]
 		expandNode(doc, "", &errs)
 		decodeNode(doc, reflectValue(&cfg), "", &errs)
+		cfg.markUI(doc)
 	}
 	cfg.fill()
+	if cfg.UI.Enabled {
+		cfg.fillUI()
+	}
 	// Validate even after decode errors (a failed field keeps its default), so
 	// one run lists every problem.
-	if err := errors.Join(append(errs, cfg.validate())...); err != nil {
+	if err := errors.Join(append(errs, validate(&cfg))...); err != nil {
 		return nil, err
 	}
 	return &cfg, nil

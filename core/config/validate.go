@@ -91,6 +91,9 @@ func (c *Config) validate() error {
 			}
 		}
 	}
+	if !slices.Contains([]string{"", "default", "full"}, pg.ReplicaIdentity) {
+		bad("source.postgres.replica_identity", "%q is not full (set REPLICA IDENTITY FULL on captured tables) or default (leave it, report only)", pg.ReplicaIdentity)
+	}
 	if pg.StatusInterval <= 0 {
 		bad("source.postgres.status_interval", "must be positive (e.g. 10s)")
 	}
@@ -141,13 +144,20 @@ func (c *Config) validate() error {
 			bad("http.listen", "%q is not host:port (e.g. 127.0.0.1:9187, or \"\" to disable)", l)
 		}
 	}
+	c.validateLog(bad)
+	if c.UI.Enabled {
+		c.validateUI(bad, true)
+	}
+	return errors.Join(errs...)
+}
+
+func (c *Config) validateLog(bad func(key, format string, args ...any)) {
 	if !slices.Contains([]string{"debug", "info", "warn", "error"}, c.Log.Level) {
 		bad("log.level", "%q is not one of debug, info, warn, error", c.Log.Level)
 	}
 	if !slices.Contains([]string{"text", "json"}, c.Log.Format) {
 		bad("log.format", "%q is not one of text, json", c.Log.Format)
 	}
-	return errors.Join(errs...)
 }
 
 func validPattern(p string) bool {

@@ -39,6 +39,7 @@ type Metrics struct {
 	mu     sync.Mutex
 	health map[string]error
 	pprof  bool
+	mounts map[string]http.Handler
 }
 
 // New registers pgtrail's metrics and the Go runtime's in a fresh registry.
@@ -135,6 +136,15 @@ func class(err error) string {
 // for profiling a running pgtrail.
 func (m *Metrics) ServeProfiles() { m.pprof = true }
 
+// Mount makes Start also serve h at pattern (the activity log's API and UI
+// under "/"). Call it before Start.
+func (m *Metrics) Mount(pattern string, h http.Handler) {
+	if m.mounts == nil {
+		m.mounts = map[string]http.Handler{}
+	}
+	m.mounts[pattern] = h
+}
+
 // Start listens on addr now, so a busy port is reported at start-up, and
 // answers /metrics and /healthz until ctx ends.
 func (m *Metrics) Start(ctx context.Context, addr string, log *slog.Logger) error {
@@ -153,6 +163,9 @@ func (m *Metrics) Start(ctx context.Context, addr string, log *slog.Logger) erro
 		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
 		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	}
+	for pattern, h := range m.mounts {
+		mux.Handle(pattern, h)
 	}
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {

@@ -239,7 +239,6 @@ func (s *Sink) Setup(ctx context.Context) error {
 	// Once the table is known to be pgtrail's own:
 	more := []string{
 		`COMMENT ON TABLE ` + s.target + ` IS 'pgtrail audit table: every row change, with its context'`,
-		`CREATE INDEX IF NOT EXISTS ` + idx("table_primary_key_idx") + ` ON ` + s.target + ` ("table", primary_key)`,
 		`CREATE INDEX IF NOT EXISTS ` + idx("context_idx") + ` ON ` + s.target + ` USING gin (context jsonb_path_ops)`,
 		`CREATE INDEX IF NOT EXISTS ` + idx("before_idx") + ` ON ` + s.target + ` USING gin (before jsonb_path_ops)`,
 		`CREATE INDEX IF NOT EXISTS ` + idx("after_idx") + ` ON ` + s.target + ` USING gin (after jsonb_path_ops)`,
@@ -259,6 +258,10 @@ func (s *Sink) Setup(ctx context.Context) error {
 		return err
 	}
 	if err := exec(more); err != nil {
+		return err
+	}
+	// By ("table", primary_key) too: the history index (readindexes.go).
+	if err := s.addReadIndexes(ctx); err != nil {
 		return err
 	}
 	now := time.Now().UTC()

@@ -94,8 +94,9 @@ func TestSetupMakesTheAuditTableWithItsKeyAndIndexes(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := []string{
-		"btree (\"table\", primary_key)",
+		"btree (\"table\", primary_key, committed_at)",
 		"btree (committed_at, id)",
+		"btree (transaction_id)",
 		"gin (after jsonb_path_ops)",
 		"gin (before jsonb_path_ops)",
 		"gin (context jsonb_path_ops)",

@@ -130,6 +130,9 @@ func (d *decoder) relation(ctx context.Context, m *repl.RelationMessage) error {
 		}
 		r.store = !own
 	}
+	if m.ReplicaIdentity != 'f' && r.store && wantsFull(d.cfg) {
+		d.fullOnFirstSight(ctx, m.RelationID, r)
+	}
 	if m.ReplicaIdentity == 'f' && r.store {
 		key, err := d.primaryKey(ctx, m.RelationID, m.Columns)
 		if err != nil {

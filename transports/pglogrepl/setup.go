@@ -117,6 +117,9 @@ func setup(ctx context.Context, cfg config.Postgres, log *slog.Logger, explicit 
 	if err := setupHelpers(ctx, conn, log); err != nil {
 		return err
 	}
+	if err := replicaIdentity(ctx, conn, cfg, log); err != nil {
+		return err
+	}
 	return setupSlot(ctx, conn, cfg, log, explicit)
 }
 
