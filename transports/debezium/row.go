@@ -159,18 +159,14 @@ func (d *Decoder) row(op string, p *payload, rs *rowSchemas, key []byte) (decode
 	if src.TxID != nil {
 		xid = *src.TxID
 	}
+	committed, err := commitTime(src)
+	if err != nil {
+		return decoded{}, err
+	}
 	c := &change.Change{
 		Database: src.DB, Schema: src.Schema, Table: src.Table, Operation: operations[op],
 		Before: change.Empty, After: change.Empty,
-		TransactionID: xid, CommittedAt: commitTime(src), QueuedAt: time.Now(),
-	}
-	if c.CommittedAt.IsZero() {
-		var ms int64
-		if json.Unmarshal(p.TsMs, &ms) == nil && ms > 0 {
-			c.CommittedAt = time.UnixMilli(ms).UTC()
-		} else {
-			c.CommittedAt = c.QueuedAt.UTC()
-		}
+		TransactionID: xid, CommittedAt: committed, QueuedAt: time.Now(),
 	}
 	r := decoded{c: c, xid: xid, lsn: *src.LSN, seqHint: lastCommit(src)}
 	if op == "t" {
@@ -417,6 +413,10 @@ type schema struct {
 	shaped bool
 }
 
+// maxSchemaBytes bounds the schemas a Decoder keeps, which messages of any
+// size can fill.
+const maxSchemaBytes = 32 << 20
+
 // rowSchemas returns the column schemas of an envelope's schema, cached:
 // every message of a table carries the same one.
 func (d *Decoder) rowSchemas(raw json.RawMessage) (*rowSchemas, error) {
@@ -435,10 +435,12 @@ func (d *Decoder) rowSchemas(raw json.RawMessage) (*rowSchemas, error) {
 			}
 		}
 	}
-	if len(d.schemas) >= 512 {
+	if len(d.schemas) >= 512 || d.schemaBytes+len(raw) > maxSchemaBytes {
 		clear(d.schemas)
+		d.schemaBytes = 0
 	}
 	d.schemas[string(raw)] = rs
+	d.schemaBytes += len(raw)
 	return rs, nil
 }
 
