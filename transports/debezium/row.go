@@ -143,6 +143,36 @@ func find(cols []column, name string) (json.RawMessage, bool) {
 	return nil, false
 }
 
+// placesOf maps the names of cols to their first place.
+func placesOf(cols []column) map[string]int {
+	at := make(map[string]int, len(cols))
+	for i := len(cols) - 1; i >= 0; i-- {
+		at[cols[i].name] = i
+	}
+	return at
+}
+
+// byName finds columns by name: find's scan for a few, a map for many, so
+// that a message of many columns costs linear time, not quadratic.
+type byName struct {
+	cols []column
+	at   map[string]int
+}
+
+func (b *byName) find(name string) (json.RawMessage, bool) {
+	if len(b.cols) <= 16 {
+		return find(b.cols, name)
+	}
+	if b.at == nil {
+		b.at = placesOf(b.cols)
+	}
+	i, ok := b.at[name]
+	if !ok {
+		return nil, false
+	}
+	return b.cols[i].raw, true
+}
+
 func isNull(raw json.RawMessage) bool { return string(bytes.TrimSpace(raw)) == "null" }
 
 // physicalTable is the key field Debezium's ByLogicalTableRouter adds when it
@@ -254,11 +284,6 @@ func names(cols []column) []string {
 	return out
 }
 
-func hasColumn(cols []column, name string) bool {
-	_, ok := find(cols, name)
-	return ok
-}
-
 // keyOnly reports whether a before image holds only the key: with REPLICA
 // IDENTITY DEFAULT PostgreSQL sends the key columns alone, which Debezium
 // pads with nulls; native capture stores the key columns only.
@@ -267,8 +292,9 @@ func keyOnly(before, key []column) bool {
 		return false
 	}
 	padded := false
+	keys := byName{cols: key}
 	for _, col := range before {
-		if hasColumn(key, col.name) {
+		if _, ok := keys.find(col.name); ok {
 			continue
 		}
 		if !isNull(col.raw) {
@@ -286,11 +312,12 @@ func (d *Decoder) image(cols, old []column, rs *rowSchemas) (json.RawMessage, []
 	buf := make([]byte, 0, 256)
 	buf = append(buf, '{')
 	var toast []string
+	olds := byName{cols: old}
 	first := true
 	for _, col := range cols {
 		raw := col.raw
 		if d.isPlaceholder(raw) {
-			if v, ok := find(old, col.name); ok && !d.isPlaceholder(v) {
+			if v, ok := olds.find(col.name); ok && !d.isPlaceholder(v) {
 				raw = v
 			} else {
 				toast = append(toast, col.name)
@@ -345,15 +372,16 @@ func (d *Decoder) keyColumns(key []byte, image []column) ([]column, *rowSchemas,
 			cols = append(cols, column{name, v})
 		}
 	}
-	pos := func(name string) int {
-		for i, c := range image {
-			if c.name == name {
+	if len(cols) > 1 {
+		pos := placesOf(image)
+		at := func(name string) int {
+			if i, ok := pos[name]; ok {
 				return i
 			}
+			return len(image)
 		}
-		return len(image)
+		slices.SortStableFunc(cols, func(a, b column) int { return at(a.name) - at(b.name) })
 	}
-	slices.SortStableFunc(cols, func(a, b column) int { return pos(a.name) - pos(b.name) })
 	return cols, rs, nil
 }
 
