@@ -59,6 +59,9 @@ func TestOutOfRangeSizesAndTimesAreMalformed(t *testing.T) {
 		{"MicroTimestamp before 4714 BC", schemaOf(microTimestamp, "int64"), "-210866803200000001", "timestamp -210866803200000001 µs from 1970-01-01 is outside PostgreSQL's range (4714-11-24 00:00:00 BC to 294276-12-31 23:59:59.999999)"},
 		{"Timestamp ms after 294276", schemaOf(milliTimestamp, "int64"), "9224318016000000", "timestamp 9224318016000000 ms"},
 		{"Connect Timestamp ms -2^63", schemaOf(connectTimestamp, "int64"), "-9223372036854775807", "timestamp -9223372036854775807 ms"},
+		{"ZonedTimestamp after 294276", schemaOf(zonedTimestamp, "string"), `"+294277-01-01T00:00:00Z"`, `timestamp "+294277-01-01T00:00:00Z" is outside PostgreSQL's range`},
+		{"ZonedTimestamp before 4714 BC", schemaOf(zonedTimestamp, "string"), `"-4713-11-24T00:59:59+01:00"`, `timestamp "-4713-11-24T00:59:59+01:00" is outside`},
+		{"ZonedTimestamp February 29 of 10001", schemaOf(zonedTimestamp, "string"), `"+10001-02-29T00:00:00Z"`, "10001 has no February 29"},
 		{"Interval months past int32", schemaOf(isoInterval, "string"), `"P178956971Y"`, `interval "P178956971Y" is outside PostgreSQL's range`},
 		{"Interval days past int32", schemaOf(isoInterval, "string"), `"P2147483648D"`, `interval "P2147483648D" is outside`},
 		{"Interval time past int64 µs", schemaOf(isoInterval, "string"), `"PT2562047789H"`, `interval "PT2562047789H" is outside`},
@@ -78,7 +81,10 @@ func TestOutOfRangeSizesAndTimesAreMalformed(t *testing.T) {
 }
 
 // TestValuesAtPostgresLimitsAreKept: the bounds are PostgreSQL's own, so
-// the extreme values it can hold still decode.
+// the extreme values it can hold still decode; so do a timestamptz past 9999
+// or BC, which Java writes with a signed year (time.Parse refused them: the
+// message was dead-lettered) and Debezium's infinite dates (stored as the
+// dates 5877611-06-21 and -5877611-06-22 before).
 func TestValuesAtPostgresLimitsAreKept(t *testing.T) {
 	one := base64.StdEncoding.EncodeToString([]byte{1})
 	for _, c := range []struct{ name, sch, value, want string }{
@@ -92,6 +98,10 @@ func TestValuesAtPostgresLimitsAreKept(t *testing.T) {
 		{"timestamp 4714-11-24 BC", schemaOf(microTimestamp, "int64"), "-210866803200000000", `"-4713-11-24T00:00:00"`},
 		{"timestamp µs max", schemaOf(microTimestamp, "int64"), "9223372036854775807", `"294247-01-10T04:00:54.775807"`},
 		{"timestamp ms 294276-12-31", schemaOf(milliTimestamp, "int64"), "9224318015999999", `"294276-12-31T23:59:59.999"`},
+		{"timestamptz past 9999", schemaOf(zonedTimestamp, "string"), `"+10000-02-29T01:02:03.5Z"`, `"10000-02-29T01:02:03.5Z"`},
+		{"timestamptz 44 BC", schemaOf(zonedTimestamp, "string"), `"-0043-03-15T12:00:00+01:00"`, `"-0043-03-15T11:00:00Z"`},
+		{"timestamptz 4714-11-24 BC", schemaOf(zonedTimestamp, "string"), `"-4713-11-24T00:00:00Z"`, `"-4713-11-24T00:00:00Z"`},
+		{"timestamptz 294276-12-31", schemaOf(zonedTimestamp, "string"), `"+294276-12-31T23:59:59.999999Z"`, `"294276-12-31T23:59:59.999999Z"`},
 		{"decimal scale 16383", param(decimalJSON, "16383"), `"` + one + `"`, `"0.` + strings.Repeat("0", 16382) + `1"`},
 		{"decimal scale -1000", param(decimalJSON, "-1000"), `"` + one + `"`, `"1` + strings.Repeat("0", 1000) + `"`},
 		{"Bits padded", param(bitsJSON, "12"), `"BQA="`, `"000000000101"`},

@@ -144,11 +144,14 @@ func (d *Decoder) appendValue(dst []byte, s *schema, raw json.RawMessage) ([]byt
 		case "infinity", "-infinity":
 			return values.AppendInfinity(dst, str[0] == '-'), nil
 		}
-		t, err := time.Parse(time.RFC3339Nano, str)
+		t, err := parseZoned(str)
 		if err != nil {
 			return dst, err
 		}
-		return values.AppendTimestamp(dst, t, true), nil // Parse reads years 0000 to 9999 only: within range
+		if !values.InTimestampRange(t) {
+			return dst, fmt.Errorf("timestamp %q is outside PostgreSQL's range (%s)", str, values.TimestampRange)
+		}
+		return values.AppendTimestamp(dst, t, true), nil
 	case debeziumDate, connectDate:
 		n, err := integer(raw)
 		if err != nil {
@@ -575,6 +578,32 @@ func appendBits(dst, b []byte, length string) ([]byte, error) {
 		dst = append(dst, bit)
 	}
 	return append(dst, '"'), nil
+}
+
+// parseZoned parses a ZonedTimestamp, ISO 8601 as Java writes it: a year
+// past 9999 is signed ("+10000-01-01T00:00:00Z"), and so is one before 1 BC
+// ("-0043-03-15T12:00:00Z" is 44 BC), which time.Parse does not read.
+func parseZoned(s string) (time.Time, error) {
+	if len(s) == 0 || s[0] != '+' && s[0] != '-' {
+		return time.Parse(time.RFC3339Nano, s)
+	}
+	digits, rest, ok := strings.Cut(s[1:], "-")
+	year, err := strconv.Atoi(digits)
+	if !ok || err != nil || len(digits) < 4 || len(digits) > 9 || digits[0] == '+' || digits[0] == '-' {
+		return time.Time{}, fmt.Errorf("timestamp %q is not ISO 8601", s)
+	}
+	if s[0] == '-' {
+		year = -year
+	}
+	t, err := time.Parse(time.RFC3339Nano, "2000-"+rest) // a leap year: February 29 parses
+	if err != nil {
+		return time.Time{}, fmt.Errorf("timestamp %q is not ISO 8601: %w", s, err)
+	}
+	y := time.Date(year, t.Month(), t.Day(), t.Hour(), t.Minute(), t.Second(), t.Nanosecond(), t.Location())
+	if y.Day() != t.Day() {
+		return time.Time{}, fmt.Errorf("timestamp %q: %d has no February 29", s, year)
+	}
+	return y, nil
 }
 
 // textOf renders a canonical JSON value as the text PostgreSQL prints for it
