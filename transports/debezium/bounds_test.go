@@ -266,3 +266,37 @@ func TestWideMessagesDecodeInLinearTime(t *testing.T) {
 		}
 	}
 }
+
+// TestNamesAndImagesNoSinkCanStoreAreMalformed: a NUL in a database, table or
+// column name went into the record (a name, or a key of the after image's
+// JSON as \u0000), which PostgreSQL's text and jsonb refuse: every write of
+// the batch failed. A column named twice whose old value is taken for a
+// placeholder was copied each time: 1 kB of old value and a few hundred
+// bytes of names made megabytes. Each is the message's error now. A name
+// that is not UTF-8 is read as encoding/json reads strings, with U+FFFD.
+func TestNamesAndImagesNoSinkCanStoreAreMalformed(t *testing.T) {
+	src := `"source":{"db":"app","schema":"public","table":"t","txId":7,"lsn":100,"ts_us":1}`
+	many := strings.Repeat(`,"v":"__debezium_unavailable_value"`, 1000)
+	for _, c := range []struct{ key, value, reason, want string }{
+		{"", `{"op":"c","after":{"id":1},"source":{"db":"a\u0000pp","schema":"public","table":"t","txId":7,"lsn":100,"ts_us":1}}`,
+			ReasonNoSource, `source.db "a\x00pp" holds a NUL character`},
+		{"", `{"op":"c","after":{"id":1,"n\u0000te":2},` + src + `}`, ReasonBadValue, `after: column name "n\x00te" holds a NUL character`},
+		{`{"i\u0000d":1}`, `{"op":"c","after":{"id":1},` + src + `}`, ReasonBadValue, `key: column name "i\x00d" holds a NUL character`},
+		{"", `{"op":"u","before":{"v":"` + strings.Repeat("x", 1000) + `"},"after":{"v":"__debezium_unavailable_value"` + many + `},` + src + `}`,
+			ReasonBadValue, `column "v" appears twice`},
+	} {
+		evs, err := NewDecoder(Config{}).Decode([]byte(c.key), []byte(c.value))
+		var bad *Malformed
+		if !errors.As(err, &bad) || bad.Reason != c.reason || !strings.Contains(err.Error(), c.want) {
+			size := 0
+			for _, ev := range evs {
+				size += len(ev.Change.After)
+			}
+			t.Errorf("%.80s: got %v (%d bytes of after), want a malformed %s error saying %q", c.value, err, size, c.reason, c.want)
+		}
+	}
+	evs, err := NewDecoder(Config{}).Decode(nil, []byte("{\"op\":\"u\",\"before\":null,\"after\":{\"\xffv\":\"__debezium_unavailable_value\",\"w\":1},"+src+"}"))
+	if err != nil || string(evs[0].Change.After) != `{"w":1}` || fmt.Sprint(evs[0].Change.UnchangedToast) != "[\ufffdv]" {
+		t.Fatalf("a name that is not UTF-8: %v %v", evs, err)
+	}
+}

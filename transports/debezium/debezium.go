@@ -361,6 +361,11 @@ func (d *Decoder) decode(key, value []byte) ([]Event, error) {
 	if src.Schema == "" || src.Table == "" {
 		return nil, malformed(ReasonNoSource, "source without schema or table")
 	}
+	for _, f := range [...][2]string{{"db", src.DB}, {"schema", src.Schema}, {"table", src.Table}} {
+		if strings.IndexByte(f[1], 0) >= 0 {
+			return nil, malformed(ReasonNoSource, "source.%s %q holds a NUL character, which no PostgreSQL name can hold", f[0], f[1])
+		}
+	}
 	r, err := d.row(op, &p, rs, key)
 	if err != nil {
 		return nil, err

@@ -6,7 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/pgtrail/pgtrail/core/change"
 	"github.com/pgtrail/pgtrail/core/values"
@@ -36,7 +38,7 @@ func columns(raw json.RawMessage) ([]column, error) {
 		end := skipString(raw, i)
 		name := raw[i+1 : end-1]
 		var key string
-		if bytes.IndexByte(name, '\\') >= 0 {
+		if bytes.IndexByte(name, '\\') >= 0 || !utf8.Valid(name) { // decoded as encoding/json does: U+FFFD for bytes that are not UTF-8
 			if err := json.Unmarshal(raw[i:end], &key); err != nil {
 				return nil, err
 			}
@@ -143,6 +145,17 @@ func find(cols []column, name string) (json.RawMessage, bool) {
 	return nil, false
 }
 
+// checkNames refuses a column name no PostgreSQL column has: one holding
+// NUL, which neither the audit table's text nor its jsonb can hold.
+func checkNames(cols []column) error {
+	for _, c := range cols {
+		if strings.IndexByte(c.name, 0) >= 0 {
+			return fmt.Errorf("column name %q holds a NUL character, which no PostgreSQL name can hold", c.name)
+		}
+	}
+	return nil
+}
+
 // placesOf maps the names of cols to their first place.
 func placesOf(cols []column) map[string]int {
 	at := make(map[string]int, len(cols))
@@ -203,10 +216,16 @@ func (d *Decoder) row(op string, p *payload, rs *rowSchemas, key []byte) (decode
 		return r, nil
 	}
 	before, err := columns(p.Before)
+	if err == nil {
+		err = checkNames(before)
+	}
 	if err != nil {
 		return r, malformed(ReasonBadValue, "before: %v", err)
 	}
 	after, err := columns(p.After)
+	if err == nil {
+		err = checkNames(after)
+	}
 	if err != nil {
 		return r, malformed(ReasonBadValue, "after: %v", err)
 	}
@@ -313,11 +332,21 @@ func (d *Decoder) image(cols, old []column, rs *rowSchemas) (json.RawMessage, []
 	buf = append(buf, '{')
 	var toast []string
 	olds := byName{cols: old}
+	var taken map[string]bool // the old values taken, each once
 	first := true
 	for _, col := range cols {
 		raw := col.raw
 		if d.isPlaceholder(raw) {
 			if v, ok := olds.find(col.name); ok && !d.isPlaceholder(v) {
+				// A column named twice would copy one old value twice:
+				// a message could then grow without bound.
+				if taken[col.name] {
+					return nil, nil, malformed(ReasonBadValue, "column %q appears twice", col.name)
+				}
+				if taken == nil {
+					taken = map[string]bool{}
+				}
+				taken[col.name] = true
 				raw = v
 			} else {
 				toast = append(toast, col.name)
@@ -355,6 +384,9 @@ func (d *Decoder) keyColumns(key []byte, image []column) ([]column, *rowSchemas,
 			rs = keySchemas(sch)
 		}
 		all, err := columns(body)
+		if err == nil {
+			err = checkNames(all)
+		}
 		if err != nil {
 			return nil, nil, malformed(ReasonBadValue, "key: %v", err)
 		}
