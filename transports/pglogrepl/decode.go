@@ -66,7 +66,7 @@ func (d *decoder) decode(ctx context.Context, xld repl.XLogData, emit func(pipel
 		}
 		return d.row(ctx, xld.WALStart, m.relID, m.op, oldImage{m.old, m.oldKeyOnly}, m.new, emit)
 	}
-	msg, err := repl.ParseV2(xld.WALData, false)
+	msg, err := parseV2(xld.WALData)
 	if err != nil {
 		return fmt.Errorf("parse pgoutput message at %s: %w", xld.WALStart, err)
 	}
@@ -98,6 +98,17 @@ func (d *decoder) decode(ctx context.Context, xld repl.XLogData, emit func(pipel
 		}
 	}
 	return nil // type and origin messages carry nothing pgtrail stores
+}
+
+// parseV2 is repl.ParseV2, which panics on some malformed messages (a
+// logical message's length past its end): an error instead.
+func parseV2(data []byte) (msg repl.Message, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			msg, err = nil, fmt.Errorf("malformed message: %v", p)
+		}
+	}()
+	return repl.ParseV2(data, false)
 }
 
 // relation records a table's shape. pgoutput sends it before the first change
