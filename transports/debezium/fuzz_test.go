@@ -72,7 +72,7 @@ func checkEvent(t *testing.T, ev Event) int {
 	}
 	c := ev.Change
 	for name, img := range map[string][]byte{"before": c.Before, "after": c.After} {
-		if len(img) == 0 || img[0] != '{' || !values.Embeddable(img) {
+		if len(img) == 0 || img[0] != '{' || !values.Embeddable(img) || !utf8.Valid(img) {
 			t.Fatalf("%s is not a JSON object jsonb takes: %.300q", name, img)
 		}
 	}
@@ -180,6 +180,7 @@ func hostileMessages() [][]byte {
 		typedEvent(`{"type":"bytes"}`, `"`+strings.Repeat("A", 4000)+`"`),
 		[]byte(`{"op":"c","after":{"v":` + deep + `},"source":{"db":"app","schema":"public","table":"t","txId":7,"lsn":100,"ts_us":1}}`),
 		[]byte(`{"op":"c","after":{"id":1,"v":1e1000000,"a\u0000":2,"` + "\xff" + `":3},"source":{"db":"app","schema":"public","table":"t","txId":7,"lsn":100,"ts_us":1}}`),
+		[]byte(`{"op":"c","after":{"id":1,"v":{"` + "\xff" + `":["` + "a\xe4\xb8" + `"]}},"source":{"db":"app","schema":"public","table":"t","txId":7,"lsn":100,"ts_us":1}}`),
 		[]byte(`{"op":"c","after":{"id":1},"source":{"db":"a\u0000pp","schema":"public","table":"t","txId":7,"lsn":100,"ts_us":1}}`),
 		[]byte(`{"op":"u","before":{"v":"` + strings.Repeat("x", 1000) + `"},"after":{"v":"__debezium_unavailable_value","v":"__debezium_unavailable_value","v":"__debezium_unavailable_value"},"source":{"db":"app","schema":"public","table":"t","txId":7,"lsn":100,"ts_us":1}}`),
 		[]byte(`{"op":"m","source":{"db":"app","txId":7,"lsn":100},"message":{"prefix":"_bemi","content":"eyJhIjoiXHUwMDAwIn0="}}`),

@@ -300,12 +300,31 @@ func appendUntyped(dst []byte, raw json.RawMessage) ([]byte, error) {
 		if err := json.Compact(&buf, raw); err != nil {
 			return dst, err
 		}
-		return values.AppendJSON(dst, buf.Bytes()), nil
+		return values.AppendJSON(dst, validUTF8(buf.Bytes())), nil
 	}
 	if !json.Valid(raw) {
 		return dst, fmt.Errorf("invalid JSON %q", raw)
 	}
 	return append(dst, raw...), nil
+}
+
+// validUTF8 returns JSON text with each byte that is not UTF-8 (valid JSON
+// has them in strings only) made U+FFFD, as encoding/json decodes strings.
+func validUTF8(text []byte) []byte {
+	if utf8.Valid(text) {
+		return text
+	}
+	out := make([]byte, 0, len(text)+16)
+	for len(text) > 0 {
+		r, n := utf8.DecodeRune(text)
+		if r == utf8.RuneError && n == 1 {
+			out = utf8.AppendRune(out, utf8.RuneError)
+		} else {
+			out = append(out, text[:n]...)
+		}
+		text = text[n:]
+	}
+	return out
 }
 
 // stringOf decodes a JSON string. One that holds NUL is no PostgreSQL value
