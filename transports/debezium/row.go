@@ -156,15 +156,6 @@ func checkNames(cols []column) error {
 	return nil
 }
 
-// placesOf maps the names of cols to their first place.
-func placesOf(cols []column) map[string]int {
-	at := make(map[string]int, len(cols))
-	for i := len(cols) - 1; i >= 0; i-- {
-		at[cols[i].name] = i
-	}
-	return at
-}
-
 // byName finds columns by name: find's scan for a few, a map for many, so
 // that a message of many columns costs linear time, not quadratic.
 type byName struct {
@@ -172,18 +163,28 @@ type byName struct {
 	at   map[string]int
 }
 
-func (b *byName) find(name string) (json.RawMessage, bool) {
+// index is the place of the first column named name, -1 for none.
+func (b *byName) index(name string) int {
 	if len(b.cols) <= 16 {
-		return find(b.cols, name)
+		return slices.IndexFunc(b.cols, func(c column) bool { return c.name == name })
 	}
 	if b.at == nil {
-		b.at = placesOf(b.cols)
+		b.at = make(map[string]int, len(b.cols))
+		for i := len(b.cols) - 1; i >= 0; i-- { // the first of a name wins, as with find
+			b.at[b.cols[i].name] = i
+		}
 	}
-	i, ok := b.at[name]
-	if !ok {
-		return nil, false
+	if i, ok := b.at[name]; ok {
+		return i
 	}
-	return b.cols[i].raw, true
+	return -1
+}
+
+func (b *byName) find(name string) (json.RawMessage, bool) {
+	if i := b.index(name); i >= 0 {
+		return b.cols[i].raw, true
+	}
+	return nil, false
 }
 
 func isNull(raw json.RawMessage) bool { return string(bytes.TrimSpace(raw)) == "null" }
@@ -405,14 +406,14 @@ func (d *Decoder) keyColumns(key []byte, image []column) ([]column, *rowSchemas,
 		}
 	}
 	if len(cols) > 1 {
-		pos := placesOf(image)
-		at := func(name string) int {
-			if i, ok := pos[name]; ok {
+		images := byName{cols: image}
+		place := func(name string) int {
+			if i := images.index(name); i >= 0 {
 				return i
 			}
 			return len(image)
 		}
-		slices.SortStableFunc(cols, func(a, b column) int { return at(a.name) - at(b.name) })
+		slices.SortStableFunc(cols, func(a, b column) int { return place(a.name) - place(b.name) })
 	}
 	return cols, rs, nil
 }
