@@ -83,3 +83,16 @@ clean:
 .PHONY: bench
 bench: build
 	$(GO) run ./test/bench -bin $(BIN) $(if $(FULL),-full)
+
+# fuzz runs every fuzz target (func Fuzz* in a _test.go file) for FUZZTIME
+# each; `make test` runs their seeds only. Findings are written under the
+# package's testdata/fuzz, where `go test` then runs them as seeds.
+FUZZTIME ?= 30s
+.PHONY: fuzz
+fuzz:
+	@for pkg in $$($(GO) list -f '{{if .TestGoFiles}}{{.ImportPath}}{{end}}' ./...); do \
+		for name in $$(cat $$($(GO) list -f '{{range .TestGoFiles}}{{$$.Dir}}/{{.}} {{end}}' $$pkg) | grep -o '^func Fuzz[A-Za-z0-9_]*' | cut -d' ' -f2); do \
+			echo "fuzz $$pkg $$name for $(FUZZTIME)"; \
+			$(GO) test $$pkg -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME) -timeout 30m || exit 1; \
+		done; \
+	done

@@ -3,6 +3,7 @@ package pglogrepl
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"log/slog"
@@ -68,7 +69,7 @@ func (d *decoder) decode(ctx context.Context, xld repl.XLogData, emit func(pipel
 		}
 		return d.row(ctx, xld.WALStart, m.relID, m.op, oldImage{m.old, m.oldKeyOnly}, m.new, emit)
 	}
-	msg, err := repl.ParseV2(xld.WALData, false)
+	msg, err := parseV2(xld.WALData)
 	if err != nil {
 		return fmt.Errorf("parse pgoutput message at %s: %w", xld.WALStart, err)
 	}
@@ -100,6 +101,22 @@ func (d *decoder) decode(ctx context.Context, xld repl.XLogData, emit func(pipel
 		}
 	}
 	return nil // type and origin messages carry nothing pgtrail stores
+}
+
+// parseV2 is repl.ParseV2, which panics on some malformed messages (a
+// logical message's length past its end): an error instead. A truncate's
+// relation count sizes an allocation before it is read (up to 16 GB, which
+// would end the process): it is checked against the message's length first.
+func parseV2(data []byte) (msg repl.Message, err error) {
+	if len(data) >= 5 && data[0] == 'T' && uint64(len(data)) < 6+4*uint64(binary.BigEndian.Uint32(data[1:])) {
+		return nil, fmt.Errorf("malformed message: truncate of %d relations in %d bytes", binary.BigEndian.Uint32(data[1:]), len(data))
+	}
+	defer func() {
+		if p := recover(); p != nil {
+			msg, err = nil, fmt.Errorf("malformed message: %v", p)
+		}
+	}()
+	return repl.ParseV2(data, false)
 }
 
 // relation records a table's shape. pgoutput sends it before the first change
