@@ -50,7 +50,7 @@ func FuzzParse(f *testing.F) {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
-		cfg, err := parse(data)
+		cfg, err := parse(data, (*Config).validate)
 		if (cfg == nil) == (err == nil) {
 			t.Fatalf("config %v and error %v", cfg, err)
 		}
