@@ -3,6 +3,8 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"io"
+	"log/slog"
 	"os"
 	"os/exec"
 	"os/user"
@@ -15,6 +17,15 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	dto "github.com/prometheus/client_model/go"
+
+	"github.com/pgtrail/pgtrail/core/config"
+	"github.com/pgtrail/pgtrail/core/metrics"
+	"github.com/pgtrail/pgtrail/core/pipeline"
+	"github.com/pgtrail/pgtrail/plugins/host"
+	"github.com/pgtrail/pgtrail/plugins/sdk"
+	"github.com/pgtrail/pgtrail/sinks/postgres"
+	"github.com/pgtrail/pgtrail/transports/pglogrepl"
 )
 
 // TestValuesJSONBCannotHoldAreStoredInTheirSafeForm writes what the json
@@ -329,4 +340,67 @@ func terminateSink(t *testing.T, audit *pgx.Conn) {
 	t.Helper()
 	exec1(t, audit, `SELECT pg_terminate_backend(pid) FROM pg_stat_activity
 		WHERE application_name = 'pgtrail-sink' AND datname = current_database()`)
+}
+
+// TestAStringOverTheLimitIsStoredAsAMarker runs capture, the pipeline and
+// the PostgreSQL sink in this process, with the string limit lowered to
+// 1 MiB (jsonb's own, 2^28-1 bytes, is proven against the server by
+// core/values' TestStorableAgreesWithPostgreSQL): a 3 MiB text value is
+// stored as a marker of its size and SHA-256, the row's other columns as
+// they are, and the trail goes on.
+func TestAStringOverTheLimitIsStoredAsAMarker(t *testing.T) {
+	url := cluster.NewDatabase(t)
+	conn := connect(t, url)
+	exec1(t, conn, `CREATE TABLE notes (id int PRIMARY KEY, title text, body text)`)
+	path := writeConfig(t, url, "", "")
+	if out, err := pgtrail(t, path, "setup"); err != nil {
+		t.Fatalf("setup: %v\n%s", err, out)
+	}
+	cfg, err := config.Load(path, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	m := metrics.New()
+	sink, err := host.Load(ctx, config.Sink{Name: "audit", Plugin: "postgres", InProcess: true, Config: map[string]any{"url": url}},
+		host.Options{Builtins: host.Builtins{"postgres": func() sdk.Sink { return postgres.New() }}, Log: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sink.Close(context.Background())
+	if err := sink.Open(ctx); err != nil {
+		t.Fatal(err)
+	}
+	src, err := pglogrepl.Open(ctx, cfg.Source.Postgres, log, m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		done <- pipeline.New(src, []pipeline.Sink{sink}, pipeline.Options{MaxString: 1 << 20}, log, m).Run(ctx)
+	}()
+	defer func() { cancel(); <-done }()
+
+	exec1(t, conn, `INSERT INTO notes VALUES (1, 'big', repeat('abcé', 786432)), (2, 'small', 'x')`) // 3 MiB + 786432 bytes of é
+	waitForChanges(t, conn, 2, 60*time.Second)
+	var title, replaced, sum, wantSum string
+	var size, wantSize int
+	err = conn.QueryRow(context.Background(), `SELECT c.after->>'title', c.after->'body'->>'pgtrail_replaced', (c.after->'body'->>'bytes')::int,
+		c.after->'body'->>'sha256', octet_length(n.body), encode(sha256(convert_to(n.body, 'UTF8')), 'hex')
+		FROM pgtrail.changes c JOIN notes n ON n.id = c.primary_key::int WHERE c.primary_key = '1'`).Scan(&title, &replaced, &size, &sum, &wantSize, &wantSum)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if title != "big" || replaced != "string_too_long" || size != wantSize || sum != wantSum {
+		t.Fatalf("stored title %q, body marker %q %d %s; want big, string_too_long %d %s", title, replaced, size, sum, wantSize, wantSum)
+	}
+	if n := count(t, conn, `SELECT count(*) FROM pgtrail.changes WHERE primary_key = '2' AND after = '{"id": 2, "title": "small", "body": "x"}'`); n != 1 {
+		t.Fatal("the small row is not stored as it is")
+	}
+	var rewritten dto.Metric
+	if err := m.ValuesRewritten.WithLabelValues("string_too_long").Write(&rewritten); err != nil || rewritten.GetCounter().GetValue() != 1 {
+		t.Fatalf("pgtrail_values_rewritten_total{reason=\"string_too_long\"} = %v (%v), want 1", rewritten.GetCounter().GetValue(), err)
+	}
 }
