@@ -80,6 +80,20 @@ func (s *oneTransaction) Confirm(pos any)             { s.mu.Lock(); s.last = po
 func (s *oneTransaction) Close(context.Context) error { return nil }
 func (s *oneTransaction) confirmed() any              { s.mu.Lock(); defer s.mu.Unlock(); return s.last }
 
+// untilConfirmed runs a pipeline from src into s until src's transaction is
+// confirmed, and returns its metrics.
+func untilConfirmed(t *testing.T, src *oneTransaction, s Sink) *metrics.Metrics {
+	t.Helper()
+	m := metrics.New()
+	p := New(src, []Sink{s}, Options{BatchSize: 1000, FlushInterval: time.Millisecond}, slog.New(slog.NewTextHandler(io.Discard, nil)), m)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() { done <- p.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	waitUntil(t, "the transaction to be confirmed", func() bool { return src.confirmed() == "end" })
+	return m
+}
+
 func changes(n int, poison map[int]string) []*change.Change {
 	cs := make([]*change.Change, n)
 	for i := range cs {
@@ -117,15 +131,8 @@ func TestARefusedChangeIsFoundByBisectionAndStoredInItsSafeForm(t *testing.T) {
 			want[i].Context = json.RawMessage(ctx)
 		}
 	}
-	src, s := &oneTransaction{changes: cs, bemi: bemi}, &picky{}
-	m := metrics.New()
-	p := New(src, []Sink{s}, Options{BatchSize: 1000, FlushInterval: time.Millisecond}, slog.New(slog.NewTextHandler(io.Discard, nil)), m)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error)
-	go func() { done <- p.Run(ctx) }()
-	defer func() { cancel(); <-done }()
-	waitUntil(t, "the transaction to be confirmed", func() bool { return src.confirmed() == "end" })
-
+	s := &picky{}
+	m := untilConfirmed(t, &oneTransaction{changes: cs, bemi: bemi}, s)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if len(s.stored) != len(want) {
@@ -157,14 +164,8 @@ func TestARefusedChangeIsFoundByBisectionAndStoredInItsSafeForm(t *testing.T) {
 // however many, are retried until they succeed; nothing is replaced.
 func TestAnOutageNeverReplacesAChange(t *testing.T) {
 	cs := changes(100, nil)
-	src, s := &oneTransaction{changes: cs}, &picky{transient: 4}
-	m := metrics.New()
-	p := New(src, []Sink{s}, Options{BatchSize: 1000, FlushInterval: time.Millisecond}, slog.New(slog.NewTextHandler(io.Discard, nil)), m)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error)
-	go func() { done <- p.Run(ctx) }()
-	defer func() { cancel(); <-done }()
-	waitUntil(t, "the transaction to be confirmed", func() bool { return src.confirmed() == "end" })
+	s := &picky{transient: 4}
+	m := untilConfirmed(t, &oneTransaction{changes: cs}, s)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.writes != 5 || len(s.stored) != 100 {
@@ -187,4 +188,33 @@ func count(c prometheus.Counter) float64 {
 		panic(err)
 	}
 	return m.GetCounter().GetValue()
+}
+
+// TestValuesJSONBCannotHoldReachNoSink: a row image with a number numeric
+// cannot hold reaches the sinks in its safe form (and counted), unless the
+// pipeline hands values over verbatim, for a sink that republishes them.
+func TestValuesJSONBCannotHoldReachNoSink(t *testing.T) {
+	for _, verbatim := range []bool{false, true} {
+		after := `{"id":1,"n":1e1000000,"s":"` + strings.Repeat("x", 40) + `"}`
+		c := &change.Change{Before: change.Empty, After: json.RawMessage(after)}
+		src, s := &oneTransaction{changes: []*change.Change{c}}, &picky{}
+		m := metrics.New()
+		p := New(src, []Sink{s}, Options{FlushInterval: time.Millisecond, Verbatim: verbatim, MaxString: 39},
+			slog.New(slog.NewTextHandler(io.Discard, nil)), m)
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error)
+		go func() { done <- p.Run(ctx) }()
+		waitUntil(t, "the transaction to be confirmed", func() bool { return src.confirmed() == "end" })
+		cancel()
+		<-done
+		sum := sha256.Sum256([]byte(strings.Repeat("x", 40)))
+		want, counted := `{"id":1,"n":"1e1000000","s":{"pgtrail_replaced":"string_too_long","bytes":40,"sha256":"`+hex.EncodeToString(sum[:])+`"}}`, 1.0
+		if verbatim {
+			want, counted = after, 0
+		}
+		n := count(m.ValuesRewritten.WithLabelValues("number_out_of_range"))
+		if got := string(s.stored[0].After); got != want || n != counted {
+			t.Errorf("verbatim=%v: sink got %s (%v counted), want %s", verbatim, got, n, want)
+		}
+	}
 }
