@@ -228,6 +228,11 @@ func (s *Sink) restart(ctx context.Context) error {
 	}
 	s.resend = len(s.unsafe) > 0
 	if err := s.redeliver(ctx); err != nil {
+		if errors.As(err, new(*sdk.UnstorableBatch)) {
+			// The sink is up and refuses a batch for its data: the next
+			// call sends it again and gives it back to the pipeline.
+			return nil
+		}
 		s.b.Kill()
 		s.b = nil
 		return s.wrap("re-deliver", err)

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -133,5 +134,65 @@ func TestARefusalCrossesThePluginBoundaryAndOnlyItsChangeIsReplaced(t *testing.T
 		if poison[i] != replaced || !poison[i] && string(got.After) != string(cs[i].After) {
 			t.Fatalf("change %d (poison %v) stored with after = %s", i, poison[i], got.After)
 		}
+	}
+}
+
+// fake is a backend in this process that buffers what it takes (nothing is
+// durable) and refuses, as the sink would, a batch holding "poison".
+type fake struct {
+	inProcess
+	refuse bool
+	exited bool
+}
+
+func (f *fake) Send(_ context.Context, seq uint64, batch []*change.Change, flush bool) error {
+	if seq <= f.last || flush {
+		return nil
+	}
+	for _, c := range batch {
+		if f.refuse && bytes.Contains(c.After, []byte("poison")) {
+			return &sdk.UnstorableBatch{Seq: seq, Err: change.Unstorable(fmt.Errorf("refused"))}
+		}
+	}
+	f.last = seq
+	return nil
+}
+func (f *fake) Exited() bool { return f.exited }
+
+// TestARefusalOfABatchDeliveredAgainAfterARestartIsGivenBack: a sink
+// process took a batch with a change its successor refuses, and died. The
+// host starts a new one and delivers again what was not durable; the
+// refusal is given back to the pipeline (the refused batch and those after
+// it), instead of killing the new process and starting another, for ever.
+func TestARefusalOfABatchDeliveredAgainAfterARestartIsGivenBack(t *testing.T) {
+	backends := []*fake{{inProcess: inProcess{impl: &flaky{}}}, {inProcess: inProcess{impl: &flaky{}}, refuse: true}}
+	s := &Sink{name: "fake", opts: Options{Log: slog.New(slog.NewTextHandler(io.Discard, nil))},
+		start: func(context.Context) (backend, error) {
+			b := backends[0]
+			backends = backends[1:]
+			return b, nil
+		}}
+	ctx := context.Background()
+	if err := s.restart(ctx); err != nil {
+		t.Fatal(err)
+	}
+	batch := func(after string) []*change.Change {
+		return []*change.Change{{After: json.RawMessage(after)}}
+	}
+	for _, after := range []string{`{"ok":1}`, `{"v":"poison"}`, `{"ok":2}`} {
+		if _, err := s.Write(ctx, batch(after)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s.b.(*fake).exited = true // the process died; watch would see it
+	s.b.Kill()
+	s.b = nil
+	_, err := s.Write(ctx, batch(`{"ok":3}`))
+	var u *change.UnstorableError
+	if !errors.As(err, &u) || u.Earlier != 2 {
+		t.Fatalf("write after a restart that delivers a refused batch again: %v, want a refusal giving back 2 earlier batches", err)
+	}
+	if len(s.unsafe) != 1 || string(s.unsafe[0].batch[0].After) != `{"ok":1}` {
+		t.Fatalf("host still holds %d batches, want the one before the refused one", len(s.unsafe))
 	}
 }
