@@ -44,7 +44,7 @@ func New(log *slog.Logger, maxBytes int, bad func(prefix string), rewritten func
 	return &Stitcher{
 		MaxBytes: maxBytes,
 		OnBadContext: func(prefix string, payload []byte) {
-			if len(payload) > maxBytes {
+			if maxBytes > 0 && len(payload) > maxBytes {
 				log.Warn("context larger than pipeline.max_context_bytes; change stored with empty context",
 					"prefix", prefix, "bytes", len(payload), "max_context_bytes", maxBytes)
 			} else {
