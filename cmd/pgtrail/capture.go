@@ -59,5 +59,6 @@ func (a *app) captureOnce(ctx context.Context, m *metrics.Metrics, started *bool
 		FlushInterval: time.Duration(p.FlushInterval),
 		MaxInFlight:   p.MaxInFlight,
 		PassMessages:  true,
+		Verbatim:      true,
 	}, a.log, m).Run(ctx)
 }

@@ -146,9 +146,10 @@ func (a *app) runOnce(ctx context.Context, m *metrics.Metrics, started *bool) er
 	m.SetHealth("pipeline", nil)
 	p := a.cfg.Pipeline
 	return pipeline.New(src, ps, pipeline.Options{
-		BatchSize:     p.BatchSize,
-		FlushInterval: time.Duration(p.FlushInterval),
-		MaxInFlight:   p.MaxInFlight,
+		BatchSize:       p.BatchSize,
+		FlushInterval:   time.Duration(p.FlushInterval),
+		MaxInFlight:     p.MaxInFlight,
+		MaxContextBytes: p.MaxContextBytes,
 	}, a.log, m).Run(ctx)
 }
 

@@ -127,6 +127,9 @@ type Pipeline struct {
 	BatchSize     int      `yaml:"batch_size"`
 	FlushInterval Duration `yaml:"flush_interval"`
 	MaxInFlight   int      `yaml:"max_in_flight"`
+	// MaxContextBytes caps a context message; a larger one is a bad
+	// context (the change is stored with {}). 0: 64 KiB.
+	MaxContextBytes int `yaml:"max_context_bytes"`
 }
 
 // HTTP serves /metrics and /healthz; an empty Listen disables it.

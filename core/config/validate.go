@@ -139,6 +139,9 @@ func (c *Config) validate() error {
 	if c.Pipeline.MaxInFlight <= 0 {
 		bad("pipeline.max_in_flight", "must be positive, got %d", c.Pipeline.MaxInFlight)
 	}
+	if c.Pipeline.MaxContextBytes < 0 {
+		bad("pipeline.max_context_bytes", "must be positive (or 0 for 64 KiB), got %d", c.Pipeline.MaxContextBytes)
+	}
 	if l := c.HTTP.Listen; l != "" {
 		if _, _, err := net.SplitHostPort(l); err != nil {
 			bad("http.listen", "%q is not host:port (e.g. 127.0.0.1:9187, or \"\" to disable)", l)

@@ -36,6 +36,13 @@ type Metrics struct {
 	SlotLagBytes   prometheus.Gauge
 	ConfirmedLSN   prometheus.Gauge
 
+	// ValuesRewritten counts values jsonb cannot hold, stored in a safe
+	// form, by values.Reason.
+	ValuesRewritten *prometheus.CounterVec
+	// UnstorableChanges counts changes a sink refused for their data,
+	// stored with their images replaced by markers, by sink.
+	UnstorableChanges *prometheus.CounterVec
+
 	mu     sync.Mutex
 	health map[string]error
 	pprof  bool
@@ -63,11 +70,16 @@ func New() *Metrics {
 			Name: "pgtrail_slot_lag_bytes", Help: "WAL bytes between the server's current position and the slot's confirmed position."}),
 		ConfirmedLSN: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "pgtrail_confirmed_lsn", Help: "Last source position confirmed after every sink made it durable."}),
+		ValuesRewritten: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pgtrail_values_rewritten_total", Help: "Values jsonb cannot hold (in row images and context), stored in a safe form, by reason."}, []string{"reason"}),
+		UnstorableChanges: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pgtrail_unstorable_changes_total", Help: "Changes a sink refused for their data, stored with their images replaced by markers, by sink."}, []string{"sink"}),
 		health: map[string]error{},
 	}
 	m.Registry.MustRegister(m.ChangesRead, m.ChangesWritten, m.BatchSeconds, m.WriteErrors,
 		m.BadContext, m.DeadLetters, m.SlotLagBytes, m.ConfirmedLSN,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	m.Registry.MustRegister(m.ValuesRewritten, m.UnstorableChanges)
 	return m
 }
 

@@ -259,6 +259,11 @@ func (s *Sink) restart(ctx context.Context) error {
 	}
 	s.resend = len(s.unsafe) > 0
 	if err := s.redeliver(ctx); err != nil {
+		if errors.As(err, new(*sdk.UnstorableBatch)) {
+			// The sink is up and refuses a batch for its data: the next
+			// call sends it again and gives it back to the pipeline.
+			return nil
+		}
 		s.b.Kill()
 		s.b = nil
 		return s.wrap("re-deliver", err)
@@ -297,6 +302,7 @@ func (s *Sink) call(ctx context.Context, op string, f func(backend) error) error
 	if err == nil {
 		err = f(s.b)
 	}
+	err = s.giveBack(err)
 	if err != nil && s.b.Lost(err) {
 		s.opts.Log.Error("sink plugin process lost; it will be restarted", "sink", s.name, "err", err)
 		s.b.Kill()
@@ -407,6 +413,29 @@ func (s *Sink) Flush(ctx context.Context) error {
 	})
 }
 
+// giveBack turns a sink's refusal of batch seq for its data into the
+// pipeline's change.UnstorableError: that batch and those after it are not
+// taken (the sink stops at the refused one), so they are given back, to be
+// handed over again split, and the next batch gets the refused one's seq.
+func (s *Sink) giveBack(err error) error {
+	var ub *sdk.UnstorableBatch
+	if !errors.As(err, &ub) {
+		return err
+	}
+	i := 0
+	for i < len(s.unsafe) && s.unsafe[i].seq < ub.Seq {
+		i++
+	}
+	earlier := len(s.unsafe) - i
+	s.unsafe = s.unsafe[:i]
+	s.seq, s.resend = min(s.seq, ub.Seq-1), len(s.unsafe) > 0
+	var u *change.UnstorableError
+	if !errors.As(ub.Err, &u) {
+		u = &change.UnstorableError{Err: ub.Err}
+	}
+	return &change.UnstorableError{Err: u.Err, Earlier: earlier}
+}
+
 // release forgets the batches the backend made durable.
 func (s *Sink) release(upTo uint64) {
 	n := 0
@@ -461,6 +490,10 @@ func (p *inProcess) Send(ctx context.Context, seq uint64, batch []*change.Change
 	case seq > p.last:
 		durable, err := p.impl.Write(ctx, batch)
 		if err != nil {
+			var u *change.UnstorableError
+			if errors.As(err, &u) {
+				return &sdk.UnstorableBatch{Seq: seq, Err: err}
+			}
 			return err
 		}
 		p.last = seq

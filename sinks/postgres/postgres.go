@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 	"unicode/utf8"
@@ -361,19 +362,34 @@ func (s *Sink) write(ctx context.Context, batch []*sdk.Change) error {
 		err := s.copyDirect(ctx, batch)
 		var pgErr *pgconn.PgError
 		if err == nil || !errors.As(err, &pgErr) || pgErr.Code != "23505" {
-			return err
+			return classify(err)
 		}
 		// Some changes are stored already: a replay. Merge instead.
 		s.replaying = true
 	}
 	inserted, err := s.merge(ctx, batch)
 	if err != nil {
-		return err
+		return classify(err)
 	}
 	if inserted == int64(len(batch)) {
 		s.replaying = false
 	}
 	return nil
+}
+
+// classify marks an error of COPY or of the merge as unstorable when
+// PostgreSQL refused a value of the batch (SQLSTATE class 22, data
+// exception: a number numeric cannot hold, an escape or a byte jsonb
+// refuses; class 54, program limit exceeded: a jsonb too large or too
+// deep). Every other error, a lost connection, a read-only database
+// (25006), a full disk (53100), is the database's state, which passes: the
+// batch is written again as it is.
+func classify(err error) error {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && (strings.HasPrefix(pgErr.Code, "22") || strings.HasPrefix(pgErr.Code, "54")) {
+		return sdk.Unstorable(err)
+	}
+	return err
 }
 
 // copyDirect is the fast path: COPY straight into the audit table, a large
