@@ -18,7 +18,7 @@ func TestPluginSHA256AndEnvAreChecked(t *testing.T) {
 	} {
 		wantContains(t, loadErr(t, tc.body), tc.want)
 	}
-	cfg, err := parse([]byte("sinks: [{name: a, plugin: ./sink, sha256: " + sum + ", env: [AWS_PROFILE, PGTRAIL_*]}]"), (*Config).validate)
+	cfg, err := parse([]byte("sinks: [{name: a, plugin: ./sink, sha256: "+sum+", env: [AWS_PROFILE, PGTRAIL_*]}]"), (*Config).validate)
 	if err != nil {
 		t.Fatal(err)
 	}
