@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"slices"
 	"sync"
 	"time"
@@ -34,6 +35,9 @@ type Config struct {
 	// backend inserting into three GIN indexes is the slowest step of the
 	// whole trail; two use a second core where there is one.
 	Writers int `json:"writers"`
+	// Partitioning says how long one partition spans and how many are made
+	// ahead (partitions.go).
+	Partitioning Partitioning `json:"partitioning"`
 }
 
 // minPerWriter keeps small batches (a quiet database's) on one connection,
@@ -47,8 +51,15 @@ type Sink struct {
 	pool   *pgxpool.Pool
 	gin    cleaner
 
+	log   *slog.Logger
+
 	mu    sync.Mutex
-	parts map[string]bool // partitions known to exist
+	spans []span // partitions known to exist, sorted
+	// upkeep serialises partition creation; stopUpkeep ends the background
+	// upkeep that Open starts.
+	upkeep     sync.Mutex
+	stopUpkeep context.CancelFunc
+	upkeepDone sync.WaitGroup
 	// replaying is true until a batch goes in without a single conflict: after
 	// a restart the first batches overlap what is stored, so they go through
 	// a staging table; then plain COPY, the fast path.
@@ -56,7 +67,7 @@ type Sink struct {
 }
 
 // New returns an unconfigured sink.
-func New() *Sink { return &Sink{parts: map[string]bool{}, replaying: true} }
+func New() *Sink { return &Sink{log: sdk.Logger(), replaying: true} }
 
 // Describe names the sink.
 func (s *Sink) Describe() sdk.Description {
@@ -65,12 +76,12 @@ func (s *Sink) Describe() sdk.Description {
 
 // Configure reads the config block.
 func (s *Sink) Configure(_ context.Context, raw json.RawMessage) error {
-	cfg := Config{Schema: "pgtrail", Table: "changes", Writers: 2}
+	cfg := Config{Schema: "pgtrail", Table: "changes", Writers: 2, Partitioning: defaultPartitioning()}
 	dec := json.NewDecoder(bytes.NewReader(raw))
 	dec.DisallowUnknownFields()
 	if len(raw) > 0 {
 		if err := dec.Decode(&cfg); err != nil {
-			return fmt.Errorf("config: %w (known keys: url, schema, table, writers)", err)
+			return fmt.Errorf("config: %w (known keys: url, schema, table, writers, partitioning)", err)
 		}
 	}
 	if cfg.URL == "" {
@@ -87,6 +98,9 @@ func (s *Sink) Configure(_ context.Context, raw json.RawMessage) error {
 	}
 	if !validIdent(cfg.Table) {
 		return fmt.Errorf("config.table: %q is not a simple identifier (lowercase letters, digits, _)", cfg.Table)
+	}
+	if err := cfg.Partitioning.validate(cfg.Table); err != nil {
+		return err
 	}
 	s.cfg = cfg
 	s.target = pgx.Identifier{cfg.Schema, cfg.Table}.Sanitize()
@@ -153,6 +167,7 @@ func (s *Sink) Open(ctx context.Context) error {
 	if !exists {
 		return fmt.Errorf("audit table %s does not exist: run `pgtrail setup`", s.target)
 	}
+	s.startUpkeep()
 	return nil
 }
 
@@ -181,6 +196,10 @@ func (s *Sink) Check(ctx context.Context) error {
 
 // Close releases the connections.
 func (s *Sink) Close(context.Context) error {
+	if s.stopUpkeep != nil {
+		s.stopUpkeep()
+		s.upkeepDone.Wait()
+	}
 	s.gin.wait()
 	if s.pool != nil {
 		s.pool.Close()
@@ -190,7 +209,8 @@ func (s *Sink) Close(context.Context) error {
 }
 
 // Setup creates the schema, the partitioned audit table, its indexes and the
-// partitions for this month and the next. Idempotent.
+// partitions for now and ahead (see Partitioning), and takes the Bemi
+// trigger off them. Idempotent.
 func (s *Sink) Setup(ctx context.Context) error {
 	if err := s.connect(ctx); err != nil {
 		return err
@@ -232,13 +252,17 @@ func (s *Sink) Setup(ctx context.Context) error {
 		`CREATE INDEX IF NOT EXISTS ` + idx("before_idx") + ` ON ` + s.target + ` USING gin (before jsonb_path_ops)`,
 		`CREATE INDEX IF NOT EXISTS ` + idx("after_idx") + ` ON ` + s.target + ` USING gin (after jsonb_path_ops)`,
 	}
-	for _, q := range stmts {
+	for i, q := range stmts {
 		if _, err := s.pool.Exec(ctx, q); err != nil {
 			return fmt.Errorf("set up audit table %s: %w", s.target, err)
 		}
+		if i == 1 {
+			if err := s.checkPartitioned(ctx); err != nil {
+				return err
+			}
+		}
 	}
-	now := time.Now().UTC()
-	return s.ensurePartitions(ctx, []time.Time{now, now.AddDate(0, 1, 0)})
+	return s.premake(ctx, time.Now())
 }
 
 // Teardown drops the audit table with all its partitions.
@@ -248,34 +272,6 @@ func (s *Sink) Teardown(ctx context.Context) error {
 	}
 	if _, err := s.pool.Exec(ctx, "DROP TABLE IF EXISTS "+s.target); err != nil {
 		return fmt.Errorf("drop audit table %s: %w", s.target, err)
-	}
-	return nil
-}
-
-// ensurePartitions creates the monthly partitions that hold the given times.
-func (s *Sink) ensurePartitions(ctx context.Context, times []time.Time) error {
-	for _, t := range times {
-		start := time.Date(t.Year(), t.Month(), 1, 0, 0, 0, 0, time.UTC)
-		name := fmt.Sprintf("%s_p%04d%02d", s.cfg.Table, start.Year(), int(start.Month()))
-		s.mu.Lock()
-		known := s.parts[name]
-		s.mu.Unlock()
-		if known {
-			continue
-		}
-		q := fmt.Sprintf(`CREATE TABLE IF NOT EXISTS %s PARTITION OF %s FOR VALUES FROM ('%s') TO ('%s')`,
-			pgx.Identifier{s.cfg.Schema, name}.Sanitize(), s.target,
-			start.Format(time.RFC3339), start.AddDate(0, 1, 0).Format(time.RFC3339))
-		if _, err := s.pool.Exec(ctx, q); err != nil {
-			var pgErr *pgconn.PgError
-			// Another writer may have made it between our check and create.
-			if !errors.As(err, &pgErr) || pgErr.Code != "42P07" {
-				return fmt.Errorf("create partition %s: %w", name, err)
-			}
-		}
-		s.mu.Lock()
-		s.parts[name] = true
-		s.mu.Unlock()
 	}
 	return nil
 }
@@ -302,15 +298,7 @@ func (s *Sink) write(ctx context.Context, batch []*sdk.Change) error {
 	if err := s.connect(ctx); err != nil {
 		return err
 	}
-	var months []time.Time
-	var last time.Time
-	for _, c := range batch {
-		if m := c.CommittedAt.UTC(); m.Year() != last.Year() || m.Month() != last.Month() {
-			months = append(months, m)
-			last = m
-		}
-	}
-	if err := s.ensurePartitions(ctx, months); err != nil {
+	if err := s.ensurePartitions(ctx, commitTimes(batch)); err != nil {
 		return err
 	}
 	if !s.replaying {
@@ -362,10 +350,8 @@ func (s *Sink) copyPart(ctx context.Context, part []*sdk.Change) error {
 func (s *Sink) merge(ctx context.Context, batch []*sdk.Change) (int64, error) {
 	var inserted int64
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		_, err := tx.Exec(ctx, `CREATE TEMP TABLE IF NOT EXISTS pgtrail_stage
-			(LIKE `+s.target+` INCLUDING DEFAULTS) ON COMMIT DELETE ROWS`)
-		if err != nil {
-			return fmt.Errorf("create staging table: %w", err)
+		if err := s.createStaging(ctx, tx); err != nil {
+			return err
 		}
 		if _, err := tx.CopyFrom(ctx, pgx.Identifier{"pgtrail_stage"}, columns, rows(batch)); err != nil {
 			return fmt.Errorf("copy %d changes into staging table: %w", len(batch), err)
