@@ -51,7 +51,7 @@ type Sink struct {
 	pool   *pgxpool.Pool
 	gin    cleaner
 
-	log   *slog.Logger
+	log *slog.Logger
 
 	mu    sync.Mutex
 	spans []span // partitions known to exist, sorted
