@@ -24,6 +24,8 @@ type Config struct {
 	HTTP     HTTP     `yaml:"http"`
 	Log      Log      `yaml:"log"`
 	Publish  Publish  `yaml:"publish"` // where `pgtrail capture` publishes
+	// Retention removes old changes from the audit table (retention.go).
+	Retention Retention `yaml:"retention"`
 }
 
 // Source selects the ingress; only the section named by Type is required.

@@ -254,6 +254,20 @@ func (s *Sink) createPartition(ctx context.Context, t time.Time, spans []span) e
 	return nil
 }
 
+// partitionGone reports whether err says that no partition holds a row
+// although this sink knew one that did: retention dropped it meanwhile.
+// The sink then forgets what it knew, to read the catalog again.
+func (s *Sink) partitionGone(err error) bool {
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) || pgErr.Code != "23514" || !strings.Contains(pgErr.Message, "no partition") {
+		return false
+	}
+	s.mu.Lock()
+	s.spans = nil
+	s.mu.Unlock()
+	return true
+}
+
 // premake makes the partitions for now and the configured number ahead, and
 // takes the Bemi trigger off the audit table again: the Bemi packages' event
 // trigger puts it back on every table whenever the application creates one.

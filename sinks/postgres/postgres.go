@@ -284,7 +284,11 @@ func (s *Sink) Flush(context.Context) error { return nil }
 
 // Write stores a batch in one transaction, so it is all there or not at all.
 func (s *Sink) Write(ctx context.Context, batch []*sdk.Change) (bool, error) {
-	if err := s.write(ctx, batch); err != nil {
+	err := s.write(ctx, batch)
+	if s.partitionGone(err) {
+		err = s.write(ctx, batch)
+	}
+	if err != nil {
 		return false, err
 	}
 	s.gin.wrote(len(batch), s.pool, s.target)
