@@ -171,17 +171,20 @@ func (s *Sink) ensurePartitions(ctx context.Context, times []time.Time) error {
 	// the catalog, read again before each creation.
 	s.upkeep.Lock()
 	defer s.upkeep.Unlock()
+	spans, err := partitionSpans(ctx, s.pool, s.target)
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	s.spans = spans
+	s.mu.Unlock()
 	for _, t := range missing {
-		spans, err := partitionSpans(ctx, s.pool, s.target)
-		if err != nil {
-			return err
-		}
-		s.mu.Lock()
-		s.spans = spans
-		s.mu.Unlock()
-		if _, ok := covering(spans, t); ok {
+		if s.covered(t) {
 			continue
 		}
+		s.mu.Lock()
+		spans := slices.Clone(s.spans)
+		s.mu.Unlock()
 		if err := s.createPartition(ctx, t, spans); err != nil {
 			return err
 		}

@@ -48,3 +48,34 @@ CREATE EVENT TRIGGER _bemi_create_table_trigger ON ddl_command_end
   WHEN TAG IN ('CREATE TABLE') EXECUTE FUNCTION _bemi_create_table_trigger_func();
 `, "{{SCHEMAS}}", schemas)
 }
+
+// BemiChangesTable is the changes table that Bemi's worker writes and its
+// ORM query helpers read, as Bemi's own schema defines it (written anew):
+// unpartitioned, a uuid key, and MESSAGE among the operations.
+const BemiChangesTable = `
+CREATE TABLE changes (
+  id uuid NOT NULL DEFAULT gen_random_uuid(),
+  created_at timestamptz(0) NOT NULL,
+  primary_key varchar(255),
+  before jsonb NOT NULL DEFAULT '{}',
+  after jsonb NOT NULL DEFAULT '{}',
+  context jsonb NOT NULL DEFAULT '{}',
+  database varchar(255) NOT NULL,
+  schema varchar(255) NOT NULL,
+  "table" varchar(255) NOT NULL,
+  operation text NOT NULL CHECK (operation IN ('CREATE', 'UPDATE', 'DELETE', 'TRUNCATE', 'MESSAGE')),
+  committed_at timestamptz(0) NOT NULL,
+  queued_at timestamptz(0) NOT NULL,
+  transaction_id bigint NOT NULL,
+  position bigint NOT NULL,
+  CONSTRAINT changes_pkey PRIMARY KEY (id),
+  CONSTRAINT changes_position_table_schema_database_operation_unique UNIQUE (position, "table", schema, database, operation)
+);
+CREATE INDEX changes_committed_at_index ON changes (committed_at);
+CREATE INDEX changes_table_index ON changes ("table");
+CREATE INDEX changes_primary_key_index ON changes (primary_key);
+CREATE INDEX changes_operation_index ON changes (operation);
+CREATE INDEX changes_context_index ON changes USING gin (context);
+CREATE INDEX changes_before_index ON changes USING gin (before);
+CREATE INDEX changes_after_index ON changes USING gin (after);
+`
