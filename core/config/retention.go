@@ -125,6 +125,25 @@ func (r Retention) Keep(schema, table string) Period {
 	return keep
 }
 
+// Periods returns every period Keep may give a table of this name,
+// whatever its schema: those of the patterns its name matches, and Default
+// unless one of them matches every schema.
+func (r Retention) Periods(table string) []Period {
+	var out []Period
+	everySchema := false
+	for pat, p := range r.Tables {
+		s, t, _ := strings.Cut(pat, ".")
+		if glob(t, table) {
+			out = append(out, p)
+			everySchema = everySchema || s == "*"
+		}
+	}
+	if !everySchema {
+		out = append(out, r.Default)
+	}
+	return out
+}
+
 // specificity ranks a pattern: exact names above any pattern, then by length.
 func specificity(pat string) int {
 	if !strings.Contains(pat, "*") {

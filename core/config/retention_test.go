@@ -1,6 +1,7 @@
 package config
 
 import (
+	"slices"
 	"testing"
 	"time"
 )
@@ -83,4 +84,23 @@ sinks: [{name: archive, plugin: s3, config: {bucket: b}}]
 retention: {default: 30d}
 `
 	wantContains(t, loadErr(t, noPostgres), "retention: applies to the audit table of a postgres sink, and no sink has plugin: postgres")
+}
+
+func TestRetentionPeriodsOfATableNameCoverEverySchema(t *testing.T) {
+	cfg := mustLoad(t, retentionSinks+`
+retention: {default: 90d, tables: {"public.sessions": 7d, "*.sess*": 2d, "audit.*": forever, "*.tmp": 1d}}
+`)
+	day := Period(24 * time.Hour)
+	for table, want := range map[string][]Period{
+		"sessions": {7 * day, 2 * day, Forever}, // and no default: *.sess* matches every schema
+		"orders":   {Forever, 90 * day},
+		"tmp":      {Forever, day},
+	} {
+		got := cfg.Retention.Periods(table)
+		slices.Sort(got)
+		slices.Sort(want)
+		if !slices.Equal(got, want) {
+			t.Errorf("Periods(%s) = %v, want %v", table, got, want)
+		}
+	}
 }

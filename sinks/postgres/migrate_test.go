@@ -144,10 +144,10 @@ func TestMigrationRefusesWhatIsNotABemiTable(t *testing.T) {
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
 	for from, want := range map[string]string{
-		"public.nothing":    `migrate from "public"."nothing": no such table in the audit database`,
-		"orders":            `migrate from "public"."orders": it lacks the column(s) primary_key, before, after, context, database, schema, table, operation, queued_at, created_at, transaction_id, position`,
-		"changes_v1":        `migrate from "public"."changes_v1": its id is not a uuid`,
-		"pgtrail.changes":   `that is pgtrail's audit table`,
+		"public.nothing":  `migrate from "public"."nothing": no such table in the audit database`,
+		"orders":          `migrate from "public"."orders": it lacks the column(s) primary_key, before, after, context, database, schema, table, operation, queued_at, created_at, transaction_id, position`,
+		"changes_v1":      `migrate from "public"."changes_v1": its id is not a uuid`,
+		"pgtrail.changes": `that is pgtrail's audit table`,
 		"pgtrail.changes_p" + time.Now().UTC().Format("200601"): `that is pgtrail's audit table (or a partition of one)`,
 	} {
 		if _, err := s.Migrate(ctx, from, log); err == nil || !strings.Contains(err.Error(), want) {
