@@ -441,7 +441,8 @@ func (p *pass) leftovers(ctx context.Context) error {
 		FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 		LEFT JOIN pg_inherits i ON i.inhrelid = c.oid AND i.inhparent = $3::regclass AND i.inhdetachpending
 		WHERE n.nspname = $1 AND c.relkind = 'r'
-		  AND (i.inhrelid IS NOT NULL OR NOT c.relispartition AND obj_description(c.oid, 'pg_class') LIKE $2)`,
+		  AND (i.inhrelid IS NOT NULL OR NOT c.relispartition AND obj_description(c.oid, 'pg_class') LIKE $2)
+		ORDER BY 1`,
 		p.s.cfg.Schema, retiring+p.s.target+", range %", p.s.target)
 	if err != nil {
 		return fmt.Errorf("look up partitions left by an earlier retention pass: %w", err)
