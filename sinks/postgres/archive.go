@@ -104,8 +104,10 @@ func (p *pass) archive(ctx context.Context, rel, schema, table string, day, befo
 	if err != nil {
 		return nil, fmt.Errorf("archive %s from %s: %w", what, rel, err)
 	}
-	if held, err = p.held(ctx, schema, table, day); err != nil {
-		return nil, err
+	if written > 0 {
+		if held, err = p.held(ctx, schema, table, day); err != nil {
+			return nil, err
+		}
 	}
 	rows, err = p.conn.Query(ctx, `SELECT id FROM `+rel+` WHERE schema = $1 AND "table" = $2 AND committed_at >= $3 AND committed_at < $4`,
 		schema, table, day, end)

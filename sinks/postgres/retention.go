@@ -357,6 +357,12 @@ func (p *pass) drop(ctx context.Context, sp span) error {
 		p.rep.Partitions = append(p.rep.Partitions, DroppedPartition{Name: rel, From: sp.from, To: sp.to, Rows: rows})
 		return nil
 	}
+	// Archived while readers still see it, and checked again once detached.
+	if p.arch != nil {
+		if err := p.archiveAll(ctx, rel); err != nil {
+			return err
+		}
+	}
 	mark := fmt.Sprintf("%s%s, range %s %s", retiring, p.s.target, sp.from.Format(time.RFC3339), sp.to.Format(time.RFC3339))
 	if err := p.exec(ctx, deleteLock, "COMMENT ON TABLE "+rel+" IS "+quote(mark)); err != nil {
 		return fmt.Errorf("mark partition %s for retention: %w", rel, err)
@@ -399,13 +405,11 @@ func (p *pass) finish(ctx context.Context, sp span) error {
 		return err
 	}
 	if keep := slices.IndexFunc(tables, func(t string) bool { return p.judge(t, sp) != expired }); keep >= 0 {
-		attach := fmt.Sprintf("ALTER TABLE %s ATTACH PARTITION %s FOR VALUES FROM ('%s') TO ('%s')",
-			p.s.target, rel, sp.from.Format(time.RFC3339), sp.to.Format(time.RFC3339))
-		if err := p.exec(ctx, detachLock, attach); err != nil {
-			return fmt.Errorf("attach partition %s to %s again (it holds changes of %s that retention keeps): %w", rel, p.s.target, tables[keep], err)
+		if err := p.reattach(ctx, sp); err != nil {
+			return fmt.Errorf("%w (it holds changes of %s that retention keeps)", err, tables[keep])
 		}
 		p.log.Warn("retention: partition kept: it holds changes to keep, written after it was checked", "partition", rel, "table", tables[keep])
-		return p.exec(ctx, deleteLock, "COMMENT ON TABLE "+rel+" IS NULL")
+		return nil
 	}
 	rows, err := p.rowsByTable(ctx, rel)
 	if err != nil {
@@ -413,7 +417,8 @@ func (p *pass) finish(ctx context.Context, sp span) error {
 	}
 	if p.arch != nil {
 		if err := p.archiveAll(ctx, rel); err != nil {
-			return err
+			// Readers keep seeing what the archive lacks.
+			return errors.Join(err, p.reattach(ctx, sp))
 		}
 	}
 	if err := p.exec(ctx, deleteLock, "DROP TABLE "+rel); err != nil {
@@ -422,6 +427,17 @@ func (p *pass) finish(ctx context.Context, sp span) error {
 	p.rep.Partitions = append(p.rep.Partitions, DroppedPartition{Name: rel, From: sp.from, To: sp.to, Rows: rows})
 	p.log.Info("retention: partition dropped", "partition", rel, "from", sp.from, "to", sp.to, "rows", sum(rows))
 	return nil
+}
+
+// reattach attaches a detached partition again and removes its mark.
+func (p *pass) reattach(ctx context.Context, sp span) error {
+	rel := p.rel(sp.name)
+	attach := fmt.Sprintf("ALTER TABLE %s ATTACH PARTITION %s FOR VALUES FROM ('%s') TO ('%s')",
+		p.s.target, rel, sp.from.Format(time.RFC3339), sp.to.Format(time.RFC3339))
+	if err := p.exec(ctx, detachLock, attach); err != nil {
+		return fmt.Errorf("attach partition %s to %s again: %w", rel, p.s.target, err)
+	}
+	return p.exec(ctx, deleteLock, "COMMENT ON TABLE "+rel+" IS NULL")
 }
 
 func sum(m map[string]int64) int64 {
