@@ -104,6 +104,7 @@ func root() *cobra.Command {
 	cmd.PersistentFlags().StringVar(&a.configPath, "config", config.DefaultPath, "config file (without one, DATABASE_URL alone is enough)")
 	cmd.AddCommand(a.setupCmd(), a.runCmd(), a.statusCmd(), a.teardownCmd(), a.pluginsCmd(), versionCmd(), serveSinkCmd())
 	cmd.AddCommand(a.captureCmd())
+	cmd.AddCommand(a.retentionCmd())
 	return cmd
 }
 

@@ -112,7 +112,7 @@ const boundsQuery = `SELECT c.relname::text,
 	WHERE i.inhparent = $1::regclass AND NOT i.inhdetachpending AND b.m IS NOT NULL`
 
 // partitionSpans reads the audit table's partitions from the catalog, sorted.
-func partitionSpans(ctx context.Context, q querier, target string) ([]span, error) {
+func partitionSpans(ctx context.Context, q Querier, target string) ([]span, error) {
 	rows, err := q.Query(ctx, `SELECT name, trim(both '''' from f)::timestamptz, trim(both '''' from t)::timestamptz
 		FROM (`+boundsQuery+`) AS p(name, f, t)`, target)
 	if err != nil {
@@ -140,8 +140,8 @@ func covering(spans []span, t time.Time) (span, bool) {
 	return span{}, false
 }
 
-// querier is what pgx's connections, pools and transactions share.
-type querier interface {
+// Querier is what pgx's connections, pools and transactions share.
+type Querier interface {
 	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
 	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
 	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
@@ -212,7 +212,6 @@ func (s *Sink) createPartition(ctx context.Context, t time.Time, spans []span) e
 	}
 	name := p.partitionName(s.cfg.Table, from, to)
 	part := pgx.Identifier{s.cfg.Schema, name}.Sanitize()
-	var dropped []string
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		stmts := []string{
 			fmt.Sprintf("SET LOCAL lock_timeout = %d", partitionLockTimeout.Milliseconds()),
@@ -227,9 +226,7 @@ func (s *Sink) createPartition(ctx context.Context, t time.Time, spans []span) e
 		}
 		// An event trigger (the Bemi packages') may have put its row
 		// trigger on the new table, or on the audit table again.
-		var err error
-		dropped, err = DropBemiTriggers(ctx, tx, s.target)
-		return err
+		return s.dropBemiTriggers(ctx, tx)
 	})
 	if err != nil {
 		// Another pgtrail may have made it meanwhile.
@@ -248,7 +245,6 @@ func (s *Sink) createPartition(ctx context.Context, t time.Time, spans []span) e
 		}
 		return fmt.Errorf("create partition %s of %s for %s to %s: %w", part, s.target, from.Format(time.RFC3339), to.Format(time.RFC3339), err)
 	}
-	s.logDropped(dropped)
 	s.log.Info("partition created", "partition", part, "from", from, "to", to)
 	s.mu.Lock()
 	s.spans = append(s.spans, span{name, from, to})
@@ -284,26 +280,16 @@ func (s *Sink) premake(ctx context.Context, now time.Time) error {
 	if err := s.ensurePartitions(ctx, times); err != nil {
 		return err
 	}
-	var dropped []string
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx, fmt.Sprintf("SET LOCAL lock_timeout = %d", partitionLockTimeout.Milliseconds())); err != nil {
 			return err
 		}
-		var err error
-		dropped, err = DropBemiTriggers(ctx, tx, s.target)
-		return err
+		return s.dropBemiTriggers(ctx, tx)
 	})
 	if err != nil {
 		return fmt.Errorf("remove Bemi triggers from %s: %w", s.target, err)
 	}
-	s.logDropped(dropped)
 	return nil
-}
-
-func (s *Sink) logDropped(dropped []string) {
-	for _, d := range dropped {
-		s.log.Info("removed the Bemi row trigger from pgtrail's own table: pgtrail's writes need no context, and the trigger ran for each of them", "trigger", d)
-	}
 }
 
 // upkeepEvery is how often a running sink makes partitions ahead.
@@ -336,40 +322,6 @@ func (s *Sink) startUpkeep() {
 	}()
 }
 
-// DropBemiTriggers removes the row trigger of the Bemi ORM packages
-// (_bemi_row_trigger_func, triggers named _bemi_row_trigger_*) from each
-// relation and all its partitions, and returns the triggers it dropped as
-// "name on table". pgtrail's own tables get it from Bemi's migration, which
-// puts it on every table and, by an event trigger, on every table created
-// later: it would run plpgsql for every row pgtrail writes.
-func DropBemiTriggers(ctx context.Context, q querier, relations ...string) ([]string, error) {
-	// A trigger on a partitioned table is cloned onto its partitions and
-	// goes with it (tgparentid), so only the originals are dropped.
-	rows, err := q.Query(ctx, `SELECT t.tgname::text, t.tgrelid::regclass::text
-		FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid
-		WHERE t.tgrelid IN (SELECT r FROM unnest($1::regclass[]) r -- a plain table has no partition tree
-			UNION SELECT relid FROM unnest($1::regclass[]) r, pg_partition_tree(r))
-		  AND NOT t.tgisinternal AND t.tgparentid = 0
-		  AND (p.proname = '_bemi_row_trigger_func' OR t.tgname LIKE '\_bemi\_row\_trigger\_%')
-		ORDER BY 2, 1`, relations)
-	if err != nil {
-		return nil, fmt.Errorf("look up Bemi triggers on %s: %w", strings.Join(relations, ", "), err)
-	}
-	type trigger struct{ Name, Table string }
-	found, err := pgx.CollectRows(rows, pgx.RowToStructByPos[trigger])
-	if err != nil {
-		return nil, fmt.Errorf("look up Bemi triggers on %s: %w", strings.Join(relations, ", "), err)
-	}
-	var dropped []string
-	for _, t := range found {
-		if _, err := q.Exec(ctx, "DROP TRIGGER IF EXISTS "+pgx.Identifier{t.Name}.Sanitize()+" ON "+t.Table); err != nil {
-			return dropped, fmt.Errorf("drop trigger %s on %s: %w", t.Name, t.Table, err)
-		}
-		dropped = append(dropped, t.Name+" on "+t.Table)
-	}
-	return dropped, nil
-}
-
 // createStaging makes this connection's staging table (see merge) unless it
 // has one. Creating a table fires the Bemi packages' event trigger, which puts
 // their row trigger back on the audit table: it comes off again before the
@@ -386,12 +338,7 @@ func (s *Sink) createStaging(ctx context.Context, tx pgx.Tx) error {
 	if err != nil {
 		return fmt.Errorf("create staging table: %w", err)
 	}
-	dropped, err := DropBemiTriggers(ctx, tx, s.target)
-	if err != nil {
-		return err
-	}
-	s.logDropped(dropped)
-	return nil
+	return s.dropBemiTriggers(ctx, tx)
 }
 
 // commitTimes lists the commit times of a batch, each run of equal ones once.

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"slices"
 	"strings"
 	"time"
 
@@ -101,104 +100,6 @@ type pass struct {
 
 func (p *pass) rel(name string) string { return pgx.Identifier{p.s.cfg.Schema, name}.Sanitize() }
 
-// verdict is what a partition's range means for the rows of one table name.
-type verdict int
-
-const (
-	kept    verdict = iota // every rule keeps them
-	expired                // every rule removes them
-	mixed                  // it depends on the schema or the commit time
-)
-
-func (p *pass) judge(table string, sp span) verdict {
-	allExpired, allKept := true, true
-	for _, d := range p.pol.Periods(table) {
-		if d == 0 || sp.to.After(p.now.Add(-d)) {
-			allExpired = false
-		}
-		if d != 0 && sp.from.Before(p.now.Add(-d)) {
-			allKept = false
-		}
-	}
-	switch {
-	case allExpired:
-		return expired
-	case allKept:
-		return kept
-	}
-	return mixed
-}
-
-// partition drops one partition whose rows are all past their rules, or
-// deletes those that are from it.
-func (p *pass) partition(ctx context.Context, sp span) error {
-	rel := p.rel(sp.name)
-	tables, err := p.tables(ctx, rel)
-	if err != nil {
-		return err
-	}
-	if len(tables) == 0 {
-		if p.pol.Default > 0 && !sp.to.After(p.now.Add(-p.pol.Default)) {
-			return p.drop(ctx, sp)
-		}
-		return nil
-	}
-	verdicts := map[string]verdict{}
-	for _, t := range tables {
-		verdicts[t] = p.judge(t, sp)
-	}
-	if !slices.ContainsFunc(tables, func(t string) bool { return verdicts[t] != expired }) {
-		return p.drop(ctx, sp)
-	}
-	for _, t := range tables {
-		switch verdicts[t] {
-		case expired:
-			if err := p.deleteRows(ctx, rel, t, "", sp.from, sp.to); err != nil {
-				return err
-			}
-		case mixed:
-			if err := p.deleteMixed(ctx, rel, t, sp); err != nil {
-				return err
-			}
-		}
-	}
-	return nil
-}
-
-// deleteMixed deletes the rows of table name t that are past their rule,
-// schema by schema unless every schema has the same rule.
-func (p *pass) deleteMixed(ctx context.Context, rel, t string, sp span) error {
-	periods := slices.Compact(slices.Sorted(slices.Values(p.pol.Periods(t))))
-	if len(periods) == 1 {
-		return p.deleteRows(ctx, rel, t, "", sp.from, minTime(p.now.Add(-periods[0]), sp.to))
-	}
-	rows, err := p.conn.Query(ctx, `SELECT DISTINCT schema::text FROM `+rel+` WHERE "table" = $1`, t)
-	if err != nil {
-		return fmt.Errorf("list the schemas of table %s in %s: %w", t, rel, err)
-	}
-	schemas, err := pgx.CollectRows(rows, pgx.RowTo[string])
-	if err != nil {
-		return fmt.Errorf("list the schemas of table %s in %s: %w", t, rel, err)
-	}
-	for _, schema := range schemas {
-		d := p.pol.Keep(schema, t)
-		if d == 0 || !p.now.Add(-d).After(sp.from) {
-			continue
-		}
-		if err := p.deleteRows(ctx, rel, t, schema, sp.from, minTime(p.now.Add(-d), sp.to)); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-func minTime(a, b time.Time) time.Time {
-	if a.Before(b) {
-		return a
-	}
-	return b
-}
-
 // tables lists the table names that have rows in rel, one index probe per
 // name (a loose scan of the index on "table", primary_key), so a pass costs
 // little whatever the partition's size.
@@ -257,13 +158,6 @@ func (p *pass) deleteRows(ctx context.Context, rel, t, schema string, from, befo
 		}
 	}
 	return nil
-}
-
-func maxTime(a, b time.Time) time.Time {
-	if a.After(b) {
-		return a
-	}
-	return b
 }
 
 func (p *pass) count(ctx context.Context, rel, t, schema string, from, before time.Time) error {
@@ -400,15 +294,15 @@ func (p *pass) exec(ctx context.Context, wait time.Duration, sql string) error {
 // attached again.
 func (p *pass) finish(ctx context.Context, sp span) error {
 	rel := p.rel(sp.name)
-	tables, err := p.tables(ctx, rel)
+	pl, err := p.plan(ctx, rel, sp, time.Time{})
 	if err != nil {
 		return err
 	}
-	if keep := slices.IndexFunc(tables, func(t string) bool { return p.judge(t, sp) != expired }); keep >= 0 {
+	if !pl.drop {
 		if err := p.reattach(ctx, sp); err != nil {
-			return fmt.Errorf("%w (it holds changes of %s that retention keeps)", err, tables[keep])
+			return fmt.Errorf("%w (it holds changes of %s that retention keeps)", err, pl.keeps)
 		}
-		p.log.Warn("retention: partition kept: it holds changes to keep, written after it was checked", "partition", rel, "table", tables[keep])
+		p.log.Warn("retention: partition kept: it holds changes to keep, written after it was checked", "partition", rel, "table", pl.keeps)
 		return nil
 	}
 	rows, err := p.rowsByTable(ctx, rel)
