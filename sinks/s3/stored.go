@@ -11,7 +11,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/aws/aws-sdk-go-v2/aws"
 	awss3 "github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/google/uuid"
 	"github.com/parquet-go/parquet-go"
@@ -28,23 +27,12 @@ func (s *Sink) Stored(ctx context.Context, schema, table string, day time.Time) 
 	}
 	dir := partition{schema, table, day.UTC().Format(time.DateOnly)}.dir(s.cfg.Prefix)
 	var ids []uuid.UUID
-	pages := awss3.NewListObjectsV2Paginator(s.client, &awss3.ListObjectsV2Input{Bucket: &s.cfg.Bucket, Prefix: aws.String(dir + "/")})
-	for pages.HasMorePages() {
-		page, err := pages.NextPage(ctx)
-		if err != nil {
-			return nil, s.explain("list", "s3://"+s.cfg.Bucket+"/"+dir+"/", err)
-		}
-		for _, o := range page.Contents {
-			key := aws.ToString(o.Key)
-			if _, ok := parseSpan(strings.TrimPrefix(key, dir+"/")); !ok {
-				continue
-			}
-			if ids, err = s.readIDs(ctx, key, ids); err != nil {
-				return nil, err
-			}
-		}
-	}
-	return ids, nil
+	err := s.eachObject(ctx, dir, func(key string, _ span) error {
+		var err error
+		ids, err = s.readIDs(ctx, key, ids)
+		return err
+	})
+	return ids, err
 }
 
 // readIDs appends the ids of the changes in one object.
