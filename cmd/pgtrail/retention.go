@@ -65,7 +65,8 @@ func (a *app) retention(ctx context.Context, w io.Writer, dry bool) error {
 		if arch != nil {
 			aarch = arch
 		}
-		rep, err := sink.Retain(ctx, time.Now(), pol, aarch, dry, a.log.With("sink", spec.Name))
+		sink.SetLogger(a.log.With("sink", spec.Name))
+		rep, err := sink.Retain(ctx, time.Now(), pol, aarch, dry)
 		_ = sink.Close(ctx)
 		printReport(w, spec.Name, rep, dry)
 		if err != nil {
@@ -232,7 +233,8 @@ func (a *app) migrate(ctx context.Context, w io.Writer, from, name string) error
 		return err
 	}
 	defer sink.Close(ctx)
-	rep, err := sink.Migrate(ctx, from, a.log)
+	sink.SetLogger(a.log.With("sink", specs[0].Name))
+	rep, err := sink.Migrate(ctx, from)
 	if err != nil {
 		return err
 	}

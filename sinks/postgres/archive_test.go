@@ -96,7 +96,7 @@ func TestRetentionArchivesEveryChangeBeforeItGoes(t *testing.T) {
 					kept = append(kept, c)
 				}
 			}
-			rep, err := s.Retain(ctx, now, pol, arch, false, testLog)
+			rep, err := s.Retain(ctx, now, pol, arch, false)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -112,7 +112,7 @@ func TestRetentionArchivesEveryChangeBeforeItGoes(t *testing.T) {
 			objects := len(srv.Objects(t, bucket, "archive/"))
 			// Later: what was removed is not archived again, what goes now is.
 			later := now.Add(48 * time.Hour)
-			if _, err := s.Retain(ctx, later, pol, arch, false, testLog); err != nil {
+			if _, err := s.Retain(ctx, later, pol, arch, false); err != nil {
 				t.Fatal(err)
 			}
 			removed = removed[:0]
@@ -166,7 +166,7 @@ func TestRetentionRemovesNothingTheArchiveLacks(t *testing.T) {
 	}
 	before := partitionsOf(t, conn, "pgtrail.changes")
 	for _, pol := range []Policy{rules(30*day, nil), rules(365*day, map[string]time.Duration{"public.invoices": 10 * day})} {
-		_, err := s.Retain(ctx, now, pol, lossy{arch, "invoices"}, false, testLog)
+		_, err := s.Retain(ctx, now, pol, lossy{arch, "invoices"}, false)
 		if err == nil || !strings.Contains(err.Error(), "are not in the archive after it took them; nothing of them is removed") {
 			t.Fatalf("Retain with a lossy archive: %v", err)
 		}

@@ -3,7 +3,6 @@ package postgres
 import (
 	"context"
 	"fmt"
-	"log/slog"
 	"slices"
 	"strings"
 	"time"
@@ -42,7 +41,7 @@ const storable = "('CREATE', 'UPDATE', 'DELETE', 'TRUNCATE')"
 // meanwhile are copied too. A row already in the audit table (same id and
 // committed_at) is left as it is, so an interrupted migration is simply run
 // again. It ends by checking that the audit table holds every row.
-func (s *Sink) Migrate(ctx context.Context, from string, log *slog.Logger) (MigrateReport, error) {
+func (s *Sink) Migrate(ctx context.Context, from string) (MigrateReport, error) {
 	began := time.Now()
 	rep := MigrateReport{Source: from}
 	if err := s.connect(ctx); err != nil {
@@ -89,7 +88,7 @@ func (s *Sink) Migrate(ctx context.Context, from string, log *slog.Logger) (Migr
 		}
 		rep.Copied += copied
 		if time.Since(lastLog) > 10*time.Second {
-			log.Info("migrating", "from", src, "to", s.target, "page", page, "of", pages, "copied", rep.Copied)
+			s.log.Info("migrating", "from", src, "to", s.target, "page", page, "of", pages, "copied", rep.Copied)
 			lastLog = time.Now()
 		}
 	}

@@ -88,12 +88,12 @@ func TestMigrationFromBemiKeepsEveryRowAndItsID(t *testing.T) {
 		}
 		return n
 	}
-	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
+	s.SetLogger(slog.New(slog.NewTextHandler(os.Stderr, nil))) // progress
 
 	// Interrupted once some rows are in.
 	cut, cancel := context.WithCancel(ctx)
 	done := make(chan error, 1)
-	go func() { _, err := s.Migrate(cut, "public.changes", log); done <- err }()
+	go func() { _, err := s.Migrate(cut, "public.changes"); done <- err }()
 	for stored() == 0 {
 		time.Sleep(time.Millisecond)
 	}
@@ -104,7 +104,7 @@ func TestMigrationFromBemiKeepsEveryRowAndItsID(t *testing.T) {
 	before := stored()
 	t.Logf("interrupted after %d of %d rows", before, rows)
 
-	rep, err := s.Migrate(ctx, "changes", log)
+	rep, err := s.Migrate(ctx, "changes")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -127,7 +127,7 @@ func TestMigrationFromBemiKeepsEveryRowAndItsID(t *testing.T) {
 		t.Fatalf("the rows are in %d partitions, want one per month: %d", partitions, months)
 	}
 	// Again: nothing to copy.
-	if rep, err := s.Migrate(ctx, "public.changes", log); err != nil || rep.Copied != 0 || rep.Rows != int64(rows) {
+	if rep, err := s.Migrate(ctx, "public.changes"); err != nil || rep.Copied != 0 || rep.Rows != int64(rows) {
 		t.Fatalf("a third run: %+v, %v", rep, err)
 	}
 }
@@ -142,7 +142,6 @@ func TestMigrationRefusesWhatIsNotABemiTable(t *testing.T) {
 			transaction_id bigint, position bigint)`); err != nil {
 		t.Fatal(err)
 	}
-	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
 	for from, want := range map[string]string{
 		"public.nothing":  `migrate from "public"."nothing": no such table in the audit database`,
 		"orders":          `migrate from "public"."orders": it lacks the column(s) primary_key, before, after, context, database, schema, table, operation, queued_at, created_at, transaction_id, position`,
@@ -150,7 +149,7 @@ func TestMigrationRefusesWhatIsNotABemiTable(t *testing.T) {
 		"pgtrail.changes": `that is pgtrail's audit table`,
 		"pgtrail.changes_p" + time.Now().UTC().Format("200601"): `that is pgtrail's audit table (or a partition of one)`,
 	} {
-		if _, err := s.Migrate(ctx, from, log); err == nil || !strings.Contains(err.Error(), want) {
+		if _, err := s.Migrate(ctx, from); err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("Migrate(%s) = %v, want an error containing %q", from, err, want)
 		}
 	}

@@ -166,6 +166,7 @@ func configured(t testing.TB, config map[string]any) *Sink {
 	t.Helper()
 	raw, _ := json.Marshal(config)
 	s := New()
+	s.SetLogger(testLog)
 	if err := s.Configure(context.Background(), raw); err != nil {
 		t.Fatal(err)
 	}
@@ -261,5 +262,19 @@ func TestBemiTriggersNeverStayOnTheAuditTable(t *testing.T) {
 				t.Fatalf("the application's own table lost its trigger: %v", got)
 			}
 		})
+	}
+}
+
+func TestPartitioningErrorsNameTheKey(t *testing.T) {
+	for raw, want := range map[string]string{
+		`{"url":"postgres://x/y","partitioning":{"interval":"year"}}`:        `config.partitioning.interval: "year" is not one of day, week, month (default month)`,
+		`{"url":"postgres://x/y","partitioning":{"premake":-1}}`:             "config.partitioning.premake: -1 is out of range: give 0 to 366",
+		`{"url":"postgres://x/y","partitioning":{"every":1}}`:                `unknown field "every"`,
+		`{"url":"postgres://x/y","table":"` + strings.Repeat("t", 47) + `"}`: "config.table: \"" + strings.Repeat("t", 47) + "\" is too long: partitions are named <table>_p<start>, so give at most 46 characters",
+	} {
+		err := New().Configure(context.Background(), json.RawMessage(raw))
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("Configure(%s) = %v, want an error containing %q", raw, err, want)
+		}
 	}
 }

@@ -69,6 +69,10 @@ type Sink struct {
 // New returns an unconfigured sink.
 func New() *Sink { return &Sink{log: sdk.Logger(), replaying: true} }
 
+// SetLogger replaces the plugin logger, for a sink used inside pgtrail's
+// own process (retention, migration).
+func (s *Sink) SetLogger(log *slog.Logger) { s.log = log }
+
 // Describe names the sink.
 func (s *Sink) Describe() sdk.Description {
 	return sdk.Description{Name: "postgres", Version: Version, Summary: "audit table in PostgreSQL (Bemi-compatible changes table)"}

@@ -60,7 +60,7 @@ const retiring = "pgtrail retention: detaching from "
 // past their rule from the partitions that stay, in batches. With arch,
 // rows are archived, and found there, before they go. With dry it only
 // reports what it would remove.
-func (s *Sink) Retain(ctx context.Context, now time.Time, pol Policy, arch Archive, dry bool, log *slog.Logger) (Report, error) {
+func (s *Sink) Retain(ctx context.Context, now time.Time, pol Policy, arch Archive, dry bool) (Report, error) {
 	rep := Report{Deleted: map[string]int64{}}
 	if err := s.connect(ctx); err != nil {
 		return rep, err
@@ -70,7 +70,7 @@ func (s *Sink) Retain(ctx context.Context, now time.Time, pol Policy, arch Archi
 		return rep, fmt.Errorf("connect to audit database: %w", err)
 	}
 	defer conn.Release()
-	p := &pass{s: s, conn: conn, pol: pol, arch: arch, dry: dry, now: now, log: log, rep: &rep}
+	p := &pass{s: s, conn: conn, pol: pol, arch: arch, dry: dry, now: now, log: s.log, rep: &rep}
 	if err := p.leftovers(ctx); err != nil {
 		return rep, err
 	}

@@ -142,14 +142,14 @@ func TestRetentionOverMonthsKeepsExactlyWhatTheRulesKeep(t *testing.T) {
 		t.Fatal("the rules keep all or nothing: the test proves nothing")
 	}
 
-	dry, err := s.Retain(ctx, now, pol, nil, true, testLog)
+	dry, err := s.Retain(ctx, now, pol, nil, true)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if got := storedIDs(t, conn, "pgtrail.changes"); len(got) != len(all) {
 		t.Fatalf("the dry run removed %d changes", len(all)-len(got))
 	}
-	rep, err := s.Retain(ctx, now, pol, nil, false, testLog)
+	rep, err := s.Retain(ctx, now, pol, nil, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -173,7 +173,7 @@ delete public.sessions=45
 	if got := showReport(dry); got != wantReport {
 		t.Fatalf("dry run's report:\n%s\nwant:\n%s", got, wantReport)
 	}
-	if again, err := s.Retain(ctx, now, pol, nil, false, testLog); err != nil || showReport(again) != "" {
+	if again, err := s.Retain(ctx, now, pol, nil, false); err != nil || showReport(again) != "" {
 		t.Fatalf("a second pass: %s %v", showReport(again), err)
 	}
 	// March, which keeps its audit event for good, is marked checked: the
@@ -241,7 +241,7 @@ func TestRetentionFinishesWhatAnInterruptedPassLeft(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	rep, err := s.Retain(ctx, now, pol, nil, false, testLog)
+	rep, err := s.Retain(ctx, now, pol, nil, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -352,7 +352,7 @@ func TestRetentionNeverStallsWriters(t *testing.T) {
 	time.Sleep(200 * time.Millisecond)
 	holdReader(t, url, hold)
 	began := time.Now()
-	rep, err := s.Retain(ctx, now, rules(90*day, map[string]time.Duration{"public.sessions": 7 * day}), nil, false, testLog)
+	rep, err := s.Retain(ctx, now, rules(90*day, map[string]time.Duration{"public.sessions": 7 * day}), nil, false)
 	took := time.Since(began)
 	close(stop)
 	worst := <-longest
