@@ -260,7 +260,7 @@ func (s *Sink) Setup(ctx context.Context) error {
 		if _, err := s.pool.Exec(ctx, q); err != nil {
 			return fmt.Errorf("set up audit table %s: %w", s.target, err)
 		}
-		if i == 1 {
+		if i == 1 { // CREATE TABLE IF NOT EXISTS: was the table there already, and unpartitioned?
 			if err := s.checkPartitioned(ctx); err != nil {
 				return err
 			}
