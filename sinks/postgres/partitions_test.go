@@ -110,7 +110,8 @@ func TestSetupMakesPartitionsAheadAndWritesMakeOldOnesOnDemand(t *testing.T) {
 // makes the partitions ahead again, without setup.
 func TestRunningSinkMakesPartitionsAheadOnItsOwn(t *testing.T) {
 	ctx := context.Background()
-	defer func(d time.Duration) { upkeepEvery = d }(upkeepEvery)
+	was := upkeepEvery
+	t.Cleanup(func() { upkeepEvery = was }) // after the sink is closed
 	upkeepEvery = 50 * time.Millisecond
 	s, url := openSink(t, map[string]any{"partitioning": map[string]any{"interval": "day", "premake": 4}})
 	conn := connect(t, url)
