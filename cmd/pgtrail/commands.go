@@ -20,11 +20,20 @@ import (
 )
 
 func (a *app) setupCmd() *cobra.Command {
-	return &cobra.Command{
+	var from, sink string
+	cmd := &cobra.Command{
 		Use:   "setup",
 		Short: "Create the publication, the replication slot and the sinks' tables (idempotent)",
-		RunE:  func(cmd *cobra.Command, _ []string) error { return a.setup(cmd.Context(), pglogrepl.Setup) },
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := a.setup(cmd.Context(), pglogrepl.Setup); err != nil || from == "" {
+				return err
+			}
+			return a.migrate(cmd.Context(), cmd.OutOrStdout(), from, sink)
+		},
 	}
+	cmd.Flags().StringVar(&from, "migrate-from", "", "then move the rows of this Bemi changes table (schema.table, in the audit database) into the audit table")
+	cmd.Flags().StringVar(&sink, "sink", "", "the postgres sink to migrate into, when there are several")
+	return cmd
 }
 
 // setup prepares the sinks, then the source with prepare: pglogrepl.Setup
@@ -41,7 +50,10 @@ func (a *app) setup(ctx context.Context, prepare func(context.Context, config.Po
 	if err := a.setupSinks(ctx); err != nil {
 		return err
 	}
-	return prepare(ctx, a.cfg.Source.Postgres, a.log)
+	if err := prepare(ctx, a.cfg.Source.Postgres, a.log); err != nil {
+		return err
+	}
+	return a.dropSourceTriggers(ctx)
 }
 
 // setupSinks runs every sink's Setup.
@@ -80,6 +92,9 @@ func (a *app) runCmd() *cobra.Command {
 func (a *app) run(ctx context.Context) error {
 	if err := a.setup(ctx, pglogrepl.Prepare); err != nil {
 		return err
+	}
+	if a.cfg.Retention.Enabled() {
+		go a.retainEvery(ctx)
 	}
 	return a.supervise(ctx, "pipeline", a.runOnce)
 }

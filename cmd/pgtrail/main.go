@@ -111,6 +111,7 @@ func root() *cobra.Command {
 	cmd.AddCommand(a.setupCmd(), a.runCmd(), a.statusCmd(), a.teardownCmd(), a.pluginsCmd(), versionCmd(), serveSinkCmd())
 	cmd.AddCommand(a.captureCmd())
 	cmd.AddCommand(a.serveCmd(), a.historyCmd(), a.revertCmd())
+	cmd.AddCommand(a.retentionCmd())
 	return cmd
 }
 

@@ -26,6 +26,8 @@ type Config struct {
 	Log      Log      `yaml:"log"`
 	Publish  Publish  `yaml:"publish"` // where `pgtrail capture` publishes
 	UI       UI       `yaml:"ui"`      // the activity log: API and web UI
+	// Retention removes old changes from the audit table (retention.go).
+	Retention Retention `yaml:"retention"`
 }
 
 // Source selects the ingress; only the section named by Type is required.

@@ -35,6 +35,7 @@ func openSink(t *testing.T, config map[string]any) (*Sink, string) {
 	config["url"] = url
 	cfg, _ := json.Marshal(config)
 	s, ctx := New(), context.Background()
+	s.SetLogger(testLog)
 	if err := s.Configure(ctx, cfg); err != nil {
 		t.Fatal(err)
 	}
@@ -273,6 +274,7 @@ func TestAnAuditDatabaseNotInUTF8IsRefused(t *testing.T) {
 	t.Cleanup(func() { cluster.Exec(t, "postgres", "DROP DATABASE latin1_audit") })
 	cfg, _ := json.Marshal(map[string]string{"url": cluster.URL("latin1_audit")})
 	s, ctx := New(), context.Background()
+	s.SetLogger(testLog)
 	if err := s.Configure(ctx, cfg); err != nil {
 		t.Fatal(err)
 	}
