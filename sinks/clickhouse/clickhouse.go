@@ -22,6 +22,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/pgtrail/pgtrail/plugins/sdk"
@@ -399,7 +400,11 @@ func (s *Sink) explain(op string, err error) error {
 		}
 	case untrusted(err):
 		hint = fmt.Sprintf("ClickHouse at %s presented a certificate this sink does not trust: set config.ca_file to the PEM file of the CA that signed it, and use the host name (or IP) the certificate is for", s.endpoint)
-	case errors.As(err, &oe) && oe.Op == "remote error":
+	case errors.As(err, &oe) && oe.Op == "remote error",
+		// Under TLS 1.3 a server that wants a client certificate checks it
+		// after the client's handshake is done: the refusal then arrives as
+		// a reset of the first request instead of a TLS alert.
+		s.endpoint.Scheme == "https" && s.cfg.CertFile == "" && errors.Is(err, syscall.ECONNRESET):
 		hint = fmt.Sprintf("ClickHouse at %s refused the TLS handshake: if it asks for client certificates, set config.cert_file and config.key_file", s.endpoint)
 	case errors.As(err, &ne):
 		hint = fmt.Sprintf("cannot reach ClickHouse at %s: is it running, and is config.url its HTTP interface?", s.endpoint)
