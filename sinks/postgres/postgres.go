@@ -279,11 +279,11 @@ func (s *Sink) Setup(ctx context.Context) error {
 	if err := exec(create); err != nil {
 		return err
 	}
-	// Was the table there already, and unpartitioned (Bemi's)?
-	if err := s.checkPartitioned(ctx); err != nil {
+	if err := s.checkOwner(ctx); err != nil {
 		return err
 	}
-	if err := s.checkOwner(ctx); err != nil {
+	// Was the table there already, and unpartitioned (Bemi's)?
+	if err := s.checkPartitioned(ctx); err != nil {
 		return err
 	}
 	if err := exec(more); err != nil {
