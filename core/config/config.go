@@ -63,6 +63,9 @@ type JetStream struct {
 	// pgtrail never relies on redelivery (it restarts from the ack floor),
 	// so it is long: a big transaction stays unacked until it is complete.
 	AckWait Duration `yaml:"ack_wait"`
+	// FetchMaxBytes bounds one pull (at most 512 messages and this many
+	// bytes); a message larger than it is pulled alone.
+	FetchMaxBytes int `yaml:"fetch_max_bytes"`
 }
 
 // Kafka is Debezium change events read from Kafka topics.
@@ -72,6 +75,9 @@ type Kafka struct {
 	Group   string   `yaml:"group"`
 	// DLQSuffix names the topic that receives a topic's malformed messages.
 	DLQSuffix string `yaml:"dlq_suffix"`
+	// FetchMaxBytes bounds what one fetch of a partition asks the broker
+	// for; a record batch larger than it still comes whole.
+	FetchMaxBytes int `yaml:"fetch_max_bytes"`
 }
 
 // Debezium says how Debezium's connector was configured, where it matters for
@@ -199,8 +205,9 @@ func defaults() Config {
 				Coalesce:       Duration(5 * time.Millisecond),
 			},
 			JetStream: JetStream{URL: "nats://127.0.0.1:4222", Stream: "DebeziumStream", Subject: "bemi", Durable: "pgtrail",
-				AckWait: Duration(30 * time.Minute)},
-			Kafka: Kafka{Brokers: []string{"127.0.0.1:9092"}, Topics: []string{"bemi"}, Group: "pgtrail", DLQSuffix: ".dlq"},
+				AckWait: Duration(30 * time.Minute), FetchMaxBytes: 8 << 20},
+			Kafka: Kafka{Brokers: []string{"127.0.0.1:9092"}, Topics: []string{"bemi"}, Group: "pgtrail", DLQSuffix: ".dlq",
+				FetchMaxBytes: 8 << 20},
 			Debezium: Debezium{UnavailableValuePlaceholder: "__debezium_unavailable_value", BinaryHandlingMode: "bytes",
 				KeyColumns: []string{"id"}},
 		},

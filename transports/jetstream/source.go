@@ -17,6 +17,7 @@ import (
 	"log/slog"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -36,8 +37,16 @@ const (
 	HeaderSeq     = "Pgtrail-Original-Sequence"
 )
 
-// fetchBatch is how many messages one pull asks for.
+// fetchBatch is how many messages one pull asks for, at most
+// source.jetstream.fetch_max_bytes of them.
 const fetchBatch = 512
+
+// healthDeadLetters names dead-letter publication on /healthz.
+const healthDeadLetters = "dead letters"
+
+// maxErrorHeader bounds the error text a dead letter carries: a hostile
+// message must not make its own dead letter too large to publish.
+const maxErrorHeader = 1024
 
 // Source reads one durable consumer.
 type Source struct {
@@ -49,6 +58,8 @@ type Source struct {
 	nc   *nats.Conn
 	js   jetstream.JetStream
 	cons jetstream.Consumer
+
+	replicas int // the source stream's, for a dead-letter stream made here
 
 	mu    sync.Mutex
 	marks []mark // confirmable positions handed out, not yet acknowledged
@@ -85,6 +96,7 @@ func Open(ctx context.Context, cfg config.JetStream, dcfg config.Debezium, log *
 	if err != nil {
 		return fail(fmt.Errorf("look up stream %q: %w (is JetStream enabled on the server?)", cfg.Stream, err))
 	}
+	s.replicas = stream.CachedInfo().Config.Replicas
 	if err := s.ensureDLQ(ctx); err != nil {
 		return fail(err)
 	}
@@ -94,8 +106,11 @@ func Open(ctx context.Context, cfg config.JetStream, dcfg config.Debezium, log *
 	return s, nil
 }
 
-// ensureDLQ makes sure a stream keeps the dead letters: pgtrail creates a
-// small one when no stream captures the dead-letter subject.
+// ensureDLQ makes sure a stream keeps the dead letters. When none captures
+// the dead-letter subject, pgtrail creates a stream of its own for it,
+// "<stream>_dlq", with the source stream's replicas, rather than add the
+// subject to the source stream: that one is Debezium's, with Debezium's
+// limits, and dead letters must outlive them.
 func (s *Source) ensureDLQ(ctx context.Context) error {
 	_, err := s.js.StreamNameBySubject(ctx, s.cfg.DLQSubject)
 	if err == nil {
@@ -106,13 +121,16 @@ func (s *Source) ensureDLQ(ctx context.Context) error {
 	}
 	name := s.cfg.Stream + "_dlq"
 	_, err = s.js.CreateStream(ctx, jetstream.StreamConfig{
-		Name: name, Subjects: []string{s.cfg.DLQSubject}, Storage: jetstream.FileStorage,
+		Name: name, Subjects: []string{s.cfg.DLQSubject}, Storage: jetstream.FileStorage, Replicas: s.replicas,
 		Description: "pgtrail: malformed messages of stream " + s.cfg.Stream,
 	})
-	if err != nil {
-		return fmt.Errorf("create stream %q for dead-letter subject %q (source.jetstream.dlq_subject): %w", name, s.cfg.DLQSubject, err)
+	if errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
+		return fmt.Errorf("no stream captures dead-letter subject %q (source.jetstream.dlq_subject), and stream %q, which pgtrail would create for it, exists with other subjects: add the subject to a stream, or set source.jetstream.dlq_subject to a subject one captures", s.cfg.DLQSubject, name)
 	}
-	s.log.Info("created stream for dead letters", "stream", name, "subject", s.cfg.DLQSubject)
+	if err != nil {
+		return fmt.Errorf("create stream %q for dead-letter subject %q (source.jetstream.dlq_subject): %w (create a stream that captures the subject, or let pgtrail's NATS user create streams)", name, s.cfg.DLQSubject, err)
+	}
+	s.log.Info("created stream for dead letters", "stream", name, "subject", s.cfg.DLQSubject, "replicas", s.replicas)
 	return nil
 }
 
@@ -187,29 +205,45 @@ func (s *Source) Run(ctx context.Context, out chan<- []pipeline.Event) error {
 // is not used: cancelling it could drop messages the server counts as
 // delivered.)
 func (s *Source) fetch(r *reader) error {
-	batch, err := s.cons.Fetch(fetchBatch, jetstream.FetchMaxWait(time.Second))
-	if err != nil {
+	n, err := s.pull(r, fetchBatch, jetstream.FetchMaxBytes(s.cfg.FetchMaxBytes), jetstream.FetchMaxWait(time.Second))
+	if err != nil || n > 0 {
 		return err
+	}
+	// Nothing came: the stream is idle, or its next message alone is larger
+	// than fetch_max_bytes, which the server answers at once with no message.
+	info, err := s.cons.Info(r.ctx)
+	if err != nil {
+		return fmt.Errorf("consumer info: %w", err)
+	}
+	if info.NumPending > 0 {
+		_, err := s.pull(r, 1, jetstream.FetchMaxWait(time.Second))
+		return err
+	}
+	// Idle: a held delete is not the first half of a key change.
+	if err := r.emitAll(r.dec.Flush(), 0); err != nil {
+		return err
+	}
+	return r.send()
+}
+
+// pull fetches up to batch messages and handles them; it returns how many came.
+func (s *Source) pull(r *reader, batch int, opts ...jetstream.FetchOpt) (int, error) {
+	b, err := s.cons.Fetch(batch, opts...)
+	if err != nil {
+		return 0, err
 	}
 	n := 0
-	for msg := range batch.Messages() {
+	for msg := range b.Messages() {
 		n++
 		if err := r.handle(msg); err != nil {
-			return err
+			return n, err
 		}
 	}
-	if err := batch.Error(); err != nil && r.ctx.Err() == nil &&
+	if err := b.Error(); err != nil && r.ctx.Err() == nil &&
 		!errors.Is(err, nats.ErrTimeout) && !errors.Is(err, context.DeadlineExceeded) {
-		return err
+		return n, err
 	}
-	if n == 0 {
-		// Idle: a held delete is not the first half of a key change.
-		if err := r.emitAll(r.dec.Flush(), 0); err != nil {
-			return err
-		}
-		return r.send()
-	}
-	return nil
+	return n, nil
 }
 
 // reader is Run's state: the stream as read in this session.
@@ -220,6 +254,7 @@ type reader struct {
 	evs  []pipeline.Event // the current message's, sent together
 	dec  *debezium.Decoder
 	last uint64        // highest stream sequence handled
+	dseq uint64        // consumer sequence of the last delivery received
 	prev jetstream.Msg // the message handled before the current one
 	open bool          // a transaction has been seen; it ends when another starts
 	xid  uint64
@@ -232,6 +267,14 @@ func (r *reader) handle(msg jetstream.Msg) error {
 		return fmt.Errorf("message metadata: %w", err)
 	}
 	seq := md.Sequence.Stream
+	if r.dseq != 0 && md.Sequence.Consumer != r.dseq+1 {
+		// The server counts deliveries this session never received (lost with
+		// a broken connection, or a server restarted on older state): an
+		// AckAll past them would confirm them unread.
+		return fmt.Errorf("consumer %q delivered %d after %d: deliveries were lost in transit; reading again from the last acknowledged message",
+			r.s.cfg.Durable, md.Sequence.Consumer, r.dseq)
+	}
+	r.dseq = md.Sequence.Consumer
 	if seq <= r.last {
 		return nil // redelivered while this session holds it
 	}
@@ -318,7 +361,8 @@ func (r *reader) send() error {
 
 // deadLetter publishes a malformed message, with the reason, to the
 // dead-letter subject, and waits until the server stored it: only then may
-// the message be acknowledged.
+// the message be acknowledged. While publishing fails, /healthz says so;
+// a dead-letter stream that went away is made again.
 func (s *Source) deadLetter(ctx context.Context, msg jetstream.Msg, seq uint64, bad *debezium.Malformed) error {
 	s.metrics.DeadLetters.WithLabelValues(bad.Reason).Inc()
 	s.log.Warn("malformed message sent to the dead-letter subject", "subject", msg.Subject(), "seq", seq,
@@ -329,15 +373,36 @@ func (s *Source) deadLetter(ctx context.Context, msg jetstream.Msg, seq uint64, 
 		dl.Header[k] = v
 	}
 	dl.Header.Set(HeaderReason, bad.Reason)
-	dl.Header.Set(HeaderError, bad.Err.Error())
+	dl.Header.Set(HeaderError, truncate(bad.Err.Error(), maxErrorHeader))
 	dl.Header.Set(HeaderSubject, msg.Subject())
 	dl.Header.Set(HeaderSeq, fmt.Sprint(seq))
-	return retry.Do(ctx, retry.Default(), func(ctx context.Context) error {
+	err := retry.Do(ctx, retry.Default(), func(ctx context.Context) error {
 		_, err := s.js.PublishMsg(ctx, dl, jetstream.WithMsgID(fmt.Sprintf("pgtrail-dlq-%s-%d", s.cfg.Stream, seq)))
+		if errors.Is(err, jetstream.ErrNoStreamResponse) {
+			if eerr := s.ensureDLQ(ctx); eerr != nil {
+				err = fmt.Errorf("%w; %w", err, eerr)
+			}
+		}
 		return err
 	}, func(err error, attempt int) {
-		s.log.Error("publish dead letter failed; retrying", "dlq", s.cfg.DLQSubject, "attempt", attempt, "err", err)
+		s.metrics.SetHealth(healthDeadLetters, fmt.Errorf("publish the dead letter of stream sequence %d to %q failed %d times (the stream waits for it): %w", seq, s.cfg.DLQSubject, attempt, err))
+		s.log.Error("publish dead letter failed; retrying", "dlq", s.cfg.DLQSubject, "seq", seq, "attempt", attempt, "err", err)
 	})
+	if err == nil {
+		s.metrics.SetHealth(healthDeadLetters, nil)
+	}
+	return err
+}
+
+// truncate cuts s to at most n bytes, on a rune boundary.
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n] + "…"
 }
 
 // Confirm acknowledges every message up to pos: all sinks made their changes
