@@ -17,7 +17,6 @@ import (
 	"log/slog"
 	"sync"
 	"time"
-	"unicode/utf8"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -25,7 +24,7 @@ import (
 	"github.com/pgtrail/pgtrail/core/config"
 	"github.com/pgtrail/pgtrail/core/metrics"
 	"github.com/pgtrail/pgtrail/core/pipeline"
-	"github.com/pgtrail/pgtrail/core/retry"
+	"github.com/pgtrail/pgtrail/transports/deadletter"
 	"github.com/pgtrail/pgtrail/transports/debezium"
 )
 
@@ -41,12 +40,6 @@ const (
 // source.jetstream.fetch_max_bytes of them.
 const fetchBatch = 512
 
-// healthDeadLetters names dead-letter publication on /healthz.
-const healthDeadLetters = "dead letters"
-
-// maxErrorHeader bounds the error text a dead letter carries: a hostile
-// message must not make its own dead letter too large to publish.
-const maxErrorHeader = 1024
 
 // Source reads one durable consumer.
 type Source struct {
@@ -361,8 +354,8 @@ func (r *reader) send() error {
 
 // deadLetter publishes a malformed message, with the reason, to the
 // dead-letter subject, and waits until the server stored it: only then may
-// the message be acknowledged. While publishing fails, /healthz says so;
-// a dead-letter stream that went away is made again.
+// the message be acknowledged. A dead-letter stream that went away is made
+// again.
 func (s *Source) deadLetter(ctx context.Context, msg jetstream.Msg, seq uint64, bad *debezium.Malformed) error {
 	s.metrics.DeadLetters.WithLabelValues(bad.Reason).Inc()
 	s.log.Warn("malformed message sent to the dead-letter subject", "subject", msg.Subject(), "seq", seq,
@@ -373,10 +366,11 @@ func (s *Source) deadLetter(ctx context.Context, msg jetstream.Msg, seq uint64, 
 		dl.Header[k] = v
 	}
 	dl.Header.Set(HeaderReason, bad.Reason)
-	dl.Header.Set(HeaderError, truncate(bad.Err.Error(), maxErrorHeader))
+	dl.Header.Set(HeaderError, deadletter.Detail(bad.Err))
 	dl.Header.Set(HeaderSubject, msg.Subject())
 	dl.Header.Set(HeaderSeq, fmt.Sprint(seq))
-	err := retry.Do(ctx, retry.Default(), func(ctx context.Context) error {
+	what := fmt.Sprintf("the dead letter of stream sequence %d on %q", seq, s.cfg.DLQSubject)
+	return deadletter.Store(ctx, s.metrics, s.log, what, func(ctx context.Context) error {
 		_, err := s.js.PublishMsg(ctx, dl, jetstream.WithMsgID(fmt.Sprintf("pgtrail-dlq-%s-%d", s.cfg.Stream, seq)))
 		if errors.Is(err, jetstream.ErrNoStreamResponse) {
 			if eerr := s.ensureDLQ(ctx); eerr != nil {
@@ -384,25 +378,7 @@ func (s *Source) deadLetter(ctx context.Context, msg jetstream.Msg, seq uint64, 
 			}
 		}
 		return err
-	}, func(err error, attempt int) {
-		s.metrics.SetHealth(healthDeadLetters, fmt.Errorf("publish the dead letter of stream sequence %d to %q failed %d times (the stream waits for it): %w", seq, s.cfg.DLQSubject, attempt, err))
-		s.log.Error("publish dead letter failed; retrying", "dlq", s.cfg.DLQSubject, "seq", seq, "attempt", attempt, "err", err)
 	})
-	if err == nil {
-		s.metrics.SetHealth(healthDeadLetters, nil)
-	}
-	return err
-}
-
-// truncate cuts s to at most n bytes, on a rune boundary.
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	for n > 0 && !utf8.RuneStart(s[n]) {
-		n--
-	}
-	return s[:n] + "…"
 }
 
 // Confirm acknowledges every message up to pos: all sinks made their changes

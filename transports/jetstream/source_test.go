@@ -227,7 +227,7 @@ func TestDeadLettersGetAStreamAndAFailingOneIsUnhealthyUntilItIsStored(t *testin
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	if err := m.Health(); !strings.Contains(err.Error(), `dead letters: publish the dead letter of stream sequence 4 to "bemi.dlq" failed`) ||
+	if err := m.Health(); !strings.Contains(err.Error(), `dead letters: storing the dead letter of stream sequence 4 on "bemi.dlq" failed`) ||
 		!strings.Contains(err.Error(), "maximum messages exceeded") {
 		t.Fatalf("health: %v", err)
 	}
