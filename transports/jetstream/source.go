@@ -40,7 +40,6 @@ const (
 // source.jetstream.fetch_max_bytes of them.
 const fetchBatch = 512
 
-
 // Source reads one durable consumer.
 type Source struct {
 	cfg     config.JetStream
