@@ -51,7 +51,8 @@ type Source struct {
 	js   jetstream.JetStream
 	cons jetstream.Consumer
 
-	replicas int // the source stream's, for a dead-letter stream made here
+	replicas  int    // the source stream's, for a dead-letter stream made here
+	delivered uint64 // the consumer's delivery sequence when opened
 
 	mu    sync.Mutex
 	marks []mark // confirmable positions handed out, not yet acknowledged
@@ -92,7 +93,7 @@ func Open(ctx context.Context, cfg config.JetStream, dcfg config.Debezium, log *
 	if err := s.ensureDLQ(ctx); err != nil {
 		return fail(err)
 	}
-	if s.cons, err = s.consumer(ctx, stream); err != nil {
+	if err := s.settle(ctx, stream); err != nil {
 		return fail(err)
 	}
 	return s, nil
@@ -124,6 +125,39 @@ func (s *Source) ensureDLQ(ctx context.Context) error {
 	}
 	s.log.Info("created stream for dead letters", "stream", name, "subject", s.cfg.DLQSubject, "replicas", s.replicas)
 	return nil
+}
+
+// settle readies the consumer with nothing delivered past its ack floor and
+// takes its delivery sequence, which each message of the session must then
+// follow. A pull still open from a session that just ended (its connection
+// not yet gone at the server) can take messages right after a reset: then
+// the consumer is reset again.
+func (s *Source) settle(ctx context.Context, stream jetstream.Stream) error {
+	for attempt := 1; ; attempt++ {
+		c, err := s.consumer(ctx, stream)
+		if err != nil {
+			return err
+		}
+		info, err := c.Info(ctx)
+		if err != nil {
+			return fmt.Errorf("look up consumer %q: %w", s.cfg.Durable, err)
+		}
+		if info.Delivered.Stream <= info.AckFloor.Stream {
+			s.cons, s.delivered = c, info.Delivered.Consumer
+			return nil
+		}
+		if attempt == 5 {
+			return fmt.Errorf("consumer %q on stream %q keeps delivering to another reader (delivered up to %d, acknowledged %d): pgtrail must be its only reader; stop the other one, or set source.jetstream.durable to a consumer of pgtrail's own",
+				s.cfg.Durable, s.cfg.Stream, info.Delivered.Stream, info.AckFloor.Stream)
+		}
+		s.log.Debug("consumer delivered past its ack floor while opening; resetting it again", "durable", s.cfg.Durable,
+			"delivered", info.Delivered.Stream, "ack_floor", info.AckFloor.Stream)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Duration(attempt) * 100 * time.Millisecond):
+		}
+	}
 }
 
 // consumer returns the durable consumer, positioned at its first
@@ -181,7 +215,7 @@ func (s *Source) consumer(ctx context.Context, stream jetstream.Stream) (jetstre
 // Commit after each message carrying the position it makes confirmable.
 func (s *Source) Run(ctx context.Context, out chan<- []pipeline.Event) error {
 	s.log.Info("capturing", "stream", s.cfg.Stream, "subject", s.cfg.Subject, "durable", s.cfg.Durable)
-	r := reader{s: s, ctx: ctx, out: out, dec: debezium.NewDecoder(s.dcfg)}
+	r := reader{s: s, ctx: ctx, out: out, dec: debezium.NewDecoder(s.dcfg), dseq: s.delivered}
 	for ctx.Err() == nil {
 		if err := s.fetch(&r); err != nil {
 			if ctx.Err() != nil {
@@ -206,6 +240,11 @@ func (s *Source) fetch(r *reader) error {
 	info, err := s.cons.Info(r.ctx)
 	if err != nil {
 		return fmt.Errorf("consumer info: %w", err)
+	}
+	if info.Delivered.Consumer != r.dseq {
+		// No pull of this session is open now: what the server counts
+		// delivered beyond what came was lost in transit.
+		return r.lost(info.Delivered.Consumer)
 	}
 	if info.NumPending > 0 {
 		_, err := s.pull(r, 1, jetstream.FetchMaxWait(time.Second))
@@ -246,7 +285,7 @@ type reader struct {
 	evs  []pipeline.Event // the current message's, sent together
 	dec  *debezium.Decoder
 	last uint64        // highest stream sequence handled
-	dseq uint64        // consumer sequence of the last delivery received
+	dseq uint64        // delivery (consumer) sequence of the last message received
 	prev jetstream.Msg // the message handled before the current one
 	open bool          // a transaction has been seen; it ends when another starts
 	xid  uint64
@@ -259,12 +298,8 @@ func (r *reader) handle(msg jetstream.Msg) error {
 		return fmt.Errorf("message metadata: %w", err)
 	}
 	seq := md.Sequence.Stream
-	if r.dseq != 0 && md.Sequence.Consumer != r.dseq+1 {
-		// The server counts deliveries this session never received (lost with
-		// a broken connection, or a server restarted on older state): an
-		// AckAll past them would confirm them unread.
-		return fmt.Errorf("consumer %q delivered %d after %d: deliveries were lost in transit; reading again from the last acknowledged message",
-			r.s.cfg.Durable, md.Sequence.Consumer, r.dseq)
+	if md.Sequence.Consumer != r.dseq+1 {
+		return r.lost(md.Sequence.Consumer)
 	}
 	r.dseq = md.Sequence.Consumer
 	if seq <= r.last {
@@ -291,6 +326,15 @@ func (r *reader) handle(msg jetstream.Msg) error {
 		return err
 	}
 	return r.send()
+}
+
+// lost is the error of a delivery sequence that does not follow on from
+// what this session received: the server counts deliveries that never
+// arrived (lost with a broken connection, or a server restarted on older
+// state), and an AckAll past them would confirm them unread.
+func (r *reader) lost(dseq uint64) error {
+	return fmt.Errorf("consumer %q is at delivery %d, this session received up to %d: deliveries were lost in transit; reading again from the last acknowledged message",
+		r.s.cfg.Durable, dseq, r.dseq)
 }
 
 // emitAll emits decoded events; the first event of a new transaction makes

@@ -8,14 +8,13 @@ import (
 	"testing"
 	"time"
 
-	natsserver "github.com/nats-io/nats-server/v2/server"
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/pgtrail/pgtrail/core/config"
 	"github.com/pgtrail/pgtrail/core/metrics"
-	"github.com/pgtrail/pgtrail/core/pipeline"
 	"github.com/pgtrail/pgtrail/test/faultproxy"
+	"github.com/pgtrail/pgtrail/test/natstest"
+	"github.com/pgtrail/pgtrail/test/sourcetest"
 	"github.com/pgtrail/pgtrail/test/testbed"
 )
 
@@ -28,26 +27,8 @@ type bed struct {
 
 func startBed(t *testing.T) *bed {
 	t.Helper()
-	srv, err := natsserver.NewServer(&natsserver.Options{Host: "127.0.0.1", Port: -1, JetStream: true,
-		StoreDir: t.TempDir(), NoLog: true, NoSigs: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	go srv.Start()
-	if !srv.ReadyForConnections(10 * time.Second) {
-		t.Fatal("nats-server did not start")
-	}
-	t.Cleanup(srv.Shutdown)
-	nc, err := nats.Connect(srv.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b := &bed{t: t, url: srv.ClientURL(), js: js}
+	url, js := natstest.Start(t)
+	b := &bed{t: t, url: url, js: js}
 	b.stream(jetstream.StreamConfig{Name: "DebeziumStream", Subjects: []string{"bemi"}, Storage: jetstream.FileStorage})
 	return b
 }
@@ -94,56 +75,14 @@ func event(id, txid int, size int) string {
 	return fmt.Sprintf(ev, strings.Repeat("x", max(0, size-len(ev))))
 }
 
-// running is a Source reading into out until stopped.
-type running struct {
-	src  *Source
-	out  chan []pipeline.Event
-	done chan struct{} // closed when Run returned err
-	err  error
-	stop context.CancelFunc
-}
-
-func run(t *testing.T, cfg config.JetStream, log *slog.Logger, m *metrics.Metrics, buffer int) *running {
+// run opens a Source and runs it into a channel of buffer chunks.
+func run(t *testing.T, cfg config.JetStream, log *slog.Logger, m *metrics.Metrics, buffer int) *sourcetest.Running {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	s, err := Open(ctx, cfg, config.Debezium{KeyColumns: []string{"id"}}, log, m)
+	s, err := Open(context.Background(), cfg, config.Debezium{KeyColumns: []string{"id"}}, log, m)
 	if err != nil {
-		cancel()
 		t.Fatal(err)
 	}
-	r := &running{src: s, out: make(chan []pipeline.Event, buffer), done: make(chan struct{}), stop: cancel}
-	go func() {
-		r.err = s.Run(ctx, r.out)
-		close(r.done)
-	}()
-	t.Cleanup(func() {
-		cancel()
-		<-r.done
-		s.Close(context.Background())
-	})
-	return r
-}
-
-// rows reads events until n row changes came and returns their ids.
-func (r *running) rows(t *testing.T, n int) []string {
-	t.Helper()
-	var ids []string
-	timeout := time.After(30 * time.Second)
-	for len(ids) < n {
-		select {
-		case evs := <-r.out:
-			for _, ev := range evs {
-				if ev.Kind == pipeline.Row {
-					ids = append(ids, ev.Change.PrimaryKey)
-				}
-			}
-		case <-r.done:
-			t.Fatalf("Run ended after rows %v: %v", ids, r.err)
-		case <-timeout:
-			t.Fatalf("%d rows after 30s, want %d: %v", len(ids), n, ids)
-		}
-	}
-	return ids
+	return sourcetest.Run(t, s, buffer)
 }
 
 // One pull holds at most fetch_max_bytes: with 100 messages of 1 KiB
@@ -161,7 +100,7 @@ func TestAFetchHoldsAtMostFetchMaxBytes(t *testing.T) {
 	if d := b.consumer().Delivered.Stream; d == 0 || d > 4 {
 		t.Fatalf("%d messages delivered to a reader holding at most 4 KiB, want 1 to 4", d)
 	}
-	if ids := r.rows(t, 100); ids[0] != "1" || ids[99] != "100" {
+	if ids := strings.Split(r.Rows(t, 100), ","); ids[0] != "1" || ids[99] != "100" {
 		t.Fatalf("rows %v", ids)
 	}
 }
@@ -177,7 +116,7 @@ func TestAMessageLargerThanFetchMaxBytesIsPulledAlone(t *testing.T) {
 	cfg := sourceConfig(b.url)
 	cfg.FetchMaxBytes = 4 << 10
 	r := run(t, cfg, slog.New(slog.DiscardHandler), metrics.New(), 16)
-	if ids := strings.Join(r.rows(t, 3), ","); ids != "1,2,3" {
+	if ids := r.Rows(t, 3); ids != "1,2,3" {
 		t.Fatalf("rows %s, want 1,2,3", ids)
 	}
 }
@@ -194,7 +133,7 @@ func TestDeadLettersGetAStreamAndAFailingOneIsUnhealthyUntilItIsStored(t *testin
 	b.publish("not json at all")
 	b.publish(event(2, 102, 0))
 	r := run(t, sourceConfig(b.url), slog.New(slog.DiscardHandler), m, 16)
-	if ids := strings.Join(r.rows(t, 2), ","); ids != "1,2" {
+	if ids := r.Rows(t, 2); ids != "1,2" {
 		t.Fatalf("rows %s, want 1,2", ids)
 	}
 	dlq, err := b.js.Stream(context.Background(), "DebeziumStream_dlq")
@@ -231,18 +170,10 @@ func TestDeadLettersGetAStreamAndAFailingOneIsUnhealthyUntilItIsStored(t *testin
 		!strings.Contains(err.Error(), "maximum messages exceeded") {
 		t.Fatalf("health: %v", err)
 	}
-	select {
-	case evs := <-r.out:
-		for _, ev := range evs {
-			if ev.Kind == pipeline.Row {
-				t.Fatalf("row %s read past a dead letter that is not stored", ev.Change.PrimaryKey)
-			}
-		}
-	case <-time.After(300 * time.Millisecond):
-	}
+	r.NoRows(t, 300*time.Millisecond) // nothing past a dead letter that is not stored
 	b.stream(jetstream.StreamConfig{Name: "DebeziumStream_dlq", Subjects: []string{"bemi.dlq"}, Storage: jetstream.FileStorage,
 		MaxMsgs: -1, Discard: jetstream.DiscardNew})
-	if ids := strings.Join(r.rows(t, 1), ","); ids != "3" {
+	if ids := r.Rows(t, 1); ids != "3" {
 		t.Fatalf("rows %s, want 3", ids)
 	}
 	if err := m.Health(); err != nil {
@@ -280,7 +211,7 @@ func TestDeliveriesLostWithABrokenConnectionAreReadAgain(t *testing.T) {
 	var logs testbed.Output
 	r := run(t, cfg, slog.New(slog.NewTextHandler(&logs, nil)), metrics.New(), 16)
 	b.publish(event(1, 101, 0))
-	r.rows(t, 1)
+	r.Rows(t, 1)
 
 	// Partition while a pull waits at the server, so that what is published
 	// now is delivered into the held connection.
@@ -299,42 +230,31 @@ func TestDeliveriesLostWithABrokenConnectionAreReadAgain(t *testing.T) {
 	for i := 2; i <= 4; i++ {
 		b.publish(event(i, 100+i, 0))
 	}
-	waitFor(t, "the server to deliver into the partition", func() bool { return b.consumer().Delivered.Stream == 4 })
+	sourcetest.WaitFor(t, "the server to deliver into the partition", func() bool { return b.consumer().Delivered.Stream == 4 })
 	proxy.Cut() // a reset: what the proxy holds is lost
 	proxy.Heal()
 	b.publish(event(5, 105, 0))
 
 	select {
-	case <-r.done:
-		if err := r.err; err == nil || !strings.Contains(err.Error(), "deliveries were lost in transit; reading again from the last acknowledged message") {
+	case <-r.Done:
+		if err := r.Err; err == nil || !strings.Contains(err.Error(), "deliveries were lost in transit; reading again from the last acknowledged message") {
 			t.Fatalf("Run ended with %v", err)
 		}
-	case evs := <-r.out:
+	case evs := <-r.Out:
 		t.Fatalf("events read past lost deliveries: %+v", evs)
 	case <-time.After(30 * time.Second):
 		t.Fatalf("Run goes on past lost deliveries: %+v\n%s", b.consumer(), logs.String())
 	}
 	// The pipeline closes the source and opens it again, from the ack floor
 	// (nothing was confirmed here).
-	r.src.Close(context.Background())
+	r.Src.Close(context.Background())
 	r2 := run(t, cfg, slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug})), metrics.New(), 16)
 	defer func() {
 		if t.Failed() {
 			t.Logf("consumer %+v\n%s", b.consumer(), logs.String())
 		}
 	}()
-	if ids := strings.Join(r2.rows(t, 5), ","); ids != "1,2,3,4,5" {
+	if ids := r2.Rows(t, 5); ids != "1,2,3,4,5" {
 		t.Fatalf("rows %s, want 1,2,3,4,5", ids)
-	}
-}
-
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
 	}
 }

@@ -18,7 +18,7 @@ import (
 
 	"github.com/pgtrail/pgtrail/core/config"
 	"github.com/pgtrail/pgtrail/core/metrics"
-	"github.com/pgtrail/pgtrail/core/pipeline"
+	"github.com/pgtrail/pgtrail/test/sourcetest"
 	"github.com/pgtrail/pgtrail/test/testbed"
 )
 
@@ -55,71 +55,6 @@ func insert(id int) string {
 
 func kafkaConfig(addr string) config.Kafka {
 	return config.Kafka{Brokers: []string{addr}, Topics: []string{"bemi"}, Group: "pgtrail", DLQSuffix: ".dlq", FetchMaxBytes: 8 << 20}
-}
-
-// reading is a Source running into out.
-type reading struct {
-	src  *Source
-	out  chan []pipeline.Event
-	done chan struct{}
-	err  error
-}
-
-// start runs s until the test ends.
-func start(t *testing.T, s *Source) *reading {
-	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	r := &reading{src: s, out: make(chan []pipeline.Event, 16), done: make(chan struct{})}
-	go func() {
-		r.err = s.Run(ctx, r.out)
-		close(r.done)
-	}()
-	t.Cleanup(func() {
-		cancel()
-		<-r.done
-		s.Close(context.Background())
-	})
-	return r
-}
-
-// rows waits for n row changes and returns their primary keys.
-func (r *reading) rows(t *testing.T, n int) string {
-	t.Helper()
-	var ids []string
-	timeout := time.After(30 * time.Second)
-	for len(ids) < n {
-		select {
-		case evs := <-r.out:
-			for _, ev := range evs {
-				if ev.Kind == pipeline.Row {
-					ids = append(ids, ev.Change.PrimaryKey)
-				}
-			}
-		case <-r.done:
-			t.Fatalf("Run ended after rows %v: %v", ids, r.err)
-		case <-timeout:
-			t.Fatalf("%d rows after 30s, want %d: %v", len(ids), n, ids)
-		}
-	}
-	return strings.Join(ids, ",")
-}
-
-// none checks that no row change comes for a while.
-func (r *reading) none(t *testing.T) {
-	t.Helper()
-	timeout := time.After(500 * time.Millisecond)
-	for {
-		select {
-		case evs := <-r.out:
-			for _, ev := range evs {
-				if ev.Kind == pipeline.Row {
-					t.Fatalf("row %s read past a dead letter that is not stored", ev.Change.PrimaryKey)
-				}
-			}
-		case <-timeout:
-			return
-		}
-	}
 }
 
 // deadLetters reads every record of bemi.dlq.
@@ -168,8 +103,8 @@ func open(t *testing.T, cfg config.Kafka, log *slog.Logger, m *metrics.Metrics) 
 func TestAMissingDeadLetterTopicIsCreatedAtStart(t *testing.T) {
 	_, addr := noAutoCreate(t)
 	produce(t, addr, insert(1), "not json at all", insert(2))
-	r := start(t, open(t, kafkaConfig(addr), slog.New(slog.DiscardHandler), metrics.New()))
-	if ids := r.rows(t, 2); ids != "1,2" {
+	r := sourcetest.Run(t, open(t, kafkaConfig(addr), slog.New(slog.DiscardHandler), metrics.New()), 16)
+	if ids := r.Rows(t, 2); ids != "1,2" {
 		t.Fatalf("rows %s, want 1,2", ids)
 	}
 	md, err := (&kafkago.Client{Addr: kafkago.TCP(addr)}).Metadata(context.Background(), &kafkago.MetadataRequest{Topics: []string{"bemi.dlq"}})
@@ -246,22 +181,22 @@ func TestADeadLetterTopicThatCannotBeCreatedFailsAtStart(t *testing.T) {
 func TestAFailingDeadLetterIsUnhealthyUntilStored(t *testing.T) {
 	c, addr := noAutoCreate(t)
 	m := metrics.New()
-	r := start(t, open(t, kafkaConfig(addr), slog.New(slog.DiscardHandler), m))
+	r := sourcetest.Run(t, open(t, kafkaConfig(addr), slog.New(slog.DiscardHandler), m), 16)
 	var on atomic.Bool
 	on.Store(true)
 	refuse(c, kmsg.Produce, "bemi.dlq", kerr.NotEnoughReplicas.Code, &on)
 	produce(t, addr, insert(1), "not json at all", insert(2))
-	if ids := r.rows(t, 1); ids != "1" {
+	if ids := r.Rows(t, 1); ids != "1" {
 		t.Fatalf("rows %s, want 1", ids)
 	}
-	waitFor(t, "/healthz to show the failing dead letter", func() bool { return m.Health() != nil })
+	sourcetest.WaitFor(t, "/healthz to show the failing dead letter", func() bool { return m.Health() != nil })
 	if err := m.Health(); !strings.HasPrefix(err.Error(), `dead letters: storing the dead letter of bemi[0] offset 1 in "bemi.dlq" failed`) ||
 		!strings.Contains(err.Error(), "Not Enough Replicas") {
 		t.Fatalf("health: %v", err)
 	}
-	r.none(t)
+	r.NoRows(t, 500*time.Millisecond) // nothing past a dead letter that is not stored
 	on.Store(false)
-	if ids := r.rows(t, 1); ids != "2" {
+	if ids := r.Rows(t, 1); ids != "2" {
 		t.Fatalf("rows %s, want 2", ids)
 	}
 	if err := m.Health(); err != nil {
@@ -273,7 +208,7 @@ func TestAFailingDeadLetterIsUnhealthyUntilStored(t *testing.T) {
 		t.Fatal(err)
 	}
 	produce(t, addr, "{still not json", insert(3))
-	if ids := r.rows(t, 1); ids != "3" {
+	if ids := r.Rows(t, 1); ids != "3" {
 		t.Fatalf("rows %s, want 3", ids)
 	}
 	if dl := deadLetters(t, addr, 1)[0]; string(dl.Value) != "{still not json" {
@@ -305,14 +240,14 @@ func TestAPartitionWhoseOffsetCannotBeSetIsRetried(t *testing.T) {
 		}
 		return r
 	}
-	r := start(t, s)
+	r := sourcetest.Run(t, s, 16)
 	t.Cleanup(check) // runs before Run's: a failed wait must not leave the reader blocked
-	waitFor(t, "/healthz to show the partition", func() bool { return m.Health() != nil })
+	sourcetest.WaitFor(t, "/healthz to show the partition", func() bool { return m.Health() != nil })
 	if err := m.Health(); err.Error() != "partition bemi[0]: start reading the partition: set offset -2: io: read/write on closed pipe" {
 		t.Fatalf("health: %v", err)
 	}
 	check()
-	if ids := r.rows(t, 1); ids != "1" {
+	if ids := r.Rows(t, 1); ids != "1" {
 		t.Fatalf("rows %s, want 1", ids)
 	}
 	if err := m.Health(); err != nil {
@@ -331,19 +266,8 @@ func TestARecordLargerThanFetchMaxBytesIsRead(t *testing.T) {
 	produce(t, addr, insert(1), big, insert(3))
 	cfg := kafkaConfig(addr)
 	cfg.FetchMaxBytes = 1024
-	r := start(t, open(t, cfg, slog.New(slog.DiscardHandler), metrics.New()))
-	if ids := r.rows(t, 3); ids != "1,2,3" {
+	r := sourcetest.Run(t, open(t, cfg, slog.New(slog.DiscardHandler), metrics.New()), 16)
+	if ids := r.Rows(t, 3); ids != "1,2,3" {
 		t.Fatalf("rows %s, want 1,2,3", ids)
-	}
-}
-
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
 	}
 }
