@@ -266,32 +266,27 @@ func (s *Source) read(ctx, gctx context.Context, out chan<- []pipeline.Event, to
 	defer cancel()
 	stop := context.AfterFunc(ctx, cancel)
 	defer stop()
-	health := fmt.Sprintf("partition %s[%d]", topic, p.ID)
-	defer s.metrics.SetHealth(health, nil) // another member may read it now
-	failed := func(what string, err error, attrs ...any) {
-		s.metrics.SetHealth(health, fmt.Errorf("%s: %w", what, err))
-		s.log.Error(what+" failed; retrying", append([]any{"topic", topic, "partition", p.ID, "err", err}, attrs...)...)
-	}
+	h := &stall{s: s, topic: topic, partition: p.ID}
+	defer h.clear() // another member may read it now
 	b := retry.Default()
 	r, err := s.partitionReader(topic, p)
 	for err != nil {
 		// Not reading it would leave the partition unread until the next
 		// rebalance, which may be never.
-		failed("start reading the partition", err)
+		h.failed("start reading the partition", err)
 		if b.Wait(rctx) != nil {
 			return
 		}
 		r, err = s.partitionReader(topic, p)
 	}
 	defer r.Close()
-	s.metrics.SetHealth(health, nil)
+	h.clear()
 	dcfg := s.dcfg
 	if s.split[topic] {
 		dcfg.OccurrenceBase = uint32(p.ID) << 20
 	}
 	st := &stream{tp: topicPartition{topic, p.ID}, dec: debezium.NewDecoder(dcfg), safe: -1}
 	b.Reset()
-	unhealthy := false
 	for rctx.Err() == nil {
 		fctx, fcancel := context.WithTimeout(rctx, idle)
 		m, err := r.FetchMessage(fctx)
@@ -306,18 +301,12 @@ func (s *Source) read(ctx, gctx context.Context, out chan<- []pipeline.Event, to
 				}
 				continue
 			}
-			failed("fetch from the partition", err)
-			unhealthy = true
+			h.failed("fetch from the partition", err)
 			if b.Wait(rctx) != nil {
 				return
 			}
 			continue
 		}
-		if unhealthy {
-			s.metrics.SetHealth(health, nil)
-			unhealthy = false
-		}
-		b.Reset()
 		if st.safe < 0 {
 			st.safe = m.Offset
 		}
@@ -326,12 +315,13 @@ func (s *Source) read(ctx, gctx context.Context, out chan<- []pipeline.Event, to
 		for err != nil && !errors.As(err, &bad) {
 			// Not the message's fault (the type catalog is unreachable):
 			// the partition waits for it rather than skip the message.
-			s.log.Error("decode failed; retrying", "topic", topic, "partition", p.ID, "offset", m.Offset, "err", err)
+			h.failed("decode", err, "offset", m.Offset)
 			if b.Wait(rctx) != nil {
 				return
 			}
 			evs, err = st.dec.Decode(m.Key, m.Value)
 		}
+		h.clear()
 		b.Reset()
 		if bad != nil {
 			if s.deadLetter(rctx, m, bad) != nil {
@@ -341,6 +331,30 @@ func (s *Source) read(ctx, gctx context.Context, out chan<- []pipeline.Event, to
 		if s.emit(rctx, out, st, evs, m.Offset) != nil {
 			return
 		}
+	}
+}
+
+// stall is a partition that cannot go on: logged at each attempt, and on
+// /healthz (as "partition T[p]") until it goes on.
+type stall struct {
+	s         *Source
+	topic     string
+	partition int
+	on        bool
+}
+
+func (h *stall) name() string { return fmt.Sprintf("partition %s[%d]", h.topic, h.partition) }
+
+func (h *stall) failed(what string, err error, attrs ...any) {
+	h.on = true
+	h.s.metrics.SetHealth(h.name(), fmt.Errorf("%s: %w", what, err))
+	h.s.log.Error(what+" failed; retrying", append([]any{"topic", h.topic, "partition", h.partition, "err", err}, attrs...)...)
+}
+
+func (h *stall) clear() {
+	if h.on {
+		h.s.metrics.SetHealth(h.name(), nil)
+		h.on = false
 	}
 }
 
