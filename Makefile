@@ -9,13 +9,21 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 all: build
 
 # deps installs the PostgreSQL server binaries when the machine lacks them.
-deps: deps-sinks
+deps: deps-sinks deps-ui
 	@command -v $(GO) >/dev/null || { echo "Go is required: https://go.dev/dl/"; exit 1; }
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
 		echo "installing the PostgreSQL server (Debian package postgresql)"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
 		ls /usr/lib/postgresql/*/bin/initdb >/dev/null; }
 	@$(GO) mod download
+
+# deps-ui installs Debian's chromium, the headless browser the web UI's
+# tests drive (test/e2e/ui_test.go, with chromedp).
+.PHONY: deps-ui
+deps-ui:
+	@command -v chromium >/dev/null || { \
+		echo "installing Chromium for the UI tests (Debian package chromium)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
 # deps-sinks installs the servers the S3 and ClickHouse sinks are tested
 # against: Debian's clickhouse-server, and versitygw, built into the cache
@@ -75,3 +83,16 @@ clean:
 .PHONY: bench
 bench: build
 	$(GO) run ./test/bench -bin $(BIN) $(if $(FULL),-full)
+
+# fuzz runs every fuzz target (func Fuzz* in a _test.go file) for FUZZTIME
+# each; `make test` runs their seeds only. Findings are written under the
+# package's testdata/fuzz, where `go test` then runs them as seeds.
+FUZZTIME ?= 30s
+.PHONY: fuzz
+fuzz:
+	@for pkg in $$($(GO) list -f '{{if .TestGoFiles}}{{.ImportPath}}{{end}}' ./...); do \
+		for name in $$(cat $$($(GO) list -f '{{range .TestGoFiles}}{{$$.Dir}}/{{.}} {{end}}' $$pkg) | grep -o '^func Fuzz[A-Za-z0-9_]*' | cut -d' ' -f2); do \
+			echo "fuzz $$pkg $$name for $(FUZZTIME)"; \
+			$(GO) test $$pkg -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME) -timeout 30m || exit 1; \
+		done; \
+	done

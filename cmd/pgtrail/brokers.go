@@ -28,7 +28,11 @@ func (a *app) openSource(ctx context.Context, m *metrics.Metrics) (pipeline.Sour
 	case "kafka":
 		return kafka.Open(ctx, src.Kafka, src.Debezium, a.log, m)
 	}
-	return pglogrepl.Open(ctx, src.Postgres, a.log, m)
+	audit, err := a.auditTables()
+	if err != nil {
+		return nil, err
+	}
+	return pglogrepl.Open(ctx, src.Postgres, audit, a.log, m)
 }
 
 // setupBroker sets up the sinks: a broker source has nothing to set up, since

@@ -42,7 +42,11 @@ func (a *app) captureOnce(ctx context.Context, m *metrics.Metrics, started *bool
 		return err
 	}
 	defer pub.Close(context.WithoutCancel(ctx))
-	src, err := pglogrepl.Open(ctx, a.cfg.Source.Postgres, a.log, m)
+	audit, err := a.auditTables()
+	if err != nil {
+		return err
+	}
+	src, err := pglogrepl.Open(ctx, a.cfg.Source.Postgres, audit, a.log, m)
 	if err != nil {
 		return err
 	}
@@ -55,5 +59,6 @@ func (a *app) captureOnce(ctx context.Context, m *metrics.Metrics, started *bool
 		FlushInterval: time.Duration(p.FlushInterval),
 		MaxInFlight:   p.MaxInFlight,
 		PassMessages:  true,
+		Verbatim:      true,
 	}, a.log, m).Run(ctx)
 }

@@ -14,16 +14,26 @@ import (
 	"github.com/pgtrail/pgtrail/core/config"
 	"github.com/pgtrail/pgtrail/core/metrics"
 	"github.com/pgtrail/pgtrail/core/pipeline"
+	"github.com/pgtrail/pgtrail/core/redact"
 	"github.com/pgtrail/pgtrail/core/retry"
 	"github.com/pgtrail/pgtrail/transports/pglogrepl"
 )
 
 func (a *app) setupCmd() *cobra.Command {
-	return &cobra.Command{
+	var from, sink string
+	cmd := &cobra.Command{
 		Use:   "setup",
 		Short: "Create the publication, the replication slot and the sinks' tables (idempotent)",
-		RunE:  func(cmd *cobra.Command, _ []string) error { return a.setup(cmd.Context(), pglogrepl.Setup) },
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := a.setup(cmd.Context(), pglogrepl.Setup); err != nil || from == "" {
+				return err
+			}
+			return a.migrate(cmd.Context(), cmd.OutOrStdout(), from, sink)
+		},
 	}
+	cmd.Flags().StringVar(&from, "migrate-from", "", "then move the rows of this Bemi changes table (schema.table, in the audit database) into the audit table")
+	cmd.Flags().StringVar(&sink, "sink", "", "the postgres sink to migrate into, when there are several")
+	return cmd
 }
 
 // setup prepares the sinks, then the source with prepare: pglogrepl.Setup
@@ -40,7 +50,10 @@ func (a *app) setup(ctx context.Context, prepare func(context.Context, config.Po
 	if err := a.setupSinks(ctx); err != nil {
 		return err
 	}
-	return prepare(ctx, a.cfg.Source.Postgres, a.log)
+	if err := prepare(ctx, a.cfg.Source.Postgres, a.log); err != nil {
+		return err
+	}
+	return a.dropSourceTriggers(ctx)
 }
 
 // setupSinks runs every sink's Setup.
@@ -80,6 +93,9 @@ func (a *app) run(ctx context.Context) error {
 	if err := a.setup(ctx, pglogrepl.Prepare); err != nil {
 		return err
 	}
+	if a.cfg.Retention.Enabled() {
+		go a.retainEvery(ctx)
+	}
 	return a.supervise(ctx, "pipeline", a.runOnce)
 }
 
@@ -88,6 +104,9 @@ func (a *app) run(ctx context.Context) error {
 // confirmed position; a failure at start-up is for the user to fix.
 func (a *app) supervise(ctx context.Context, what string, once func(context.Context, *metrics.Metrics, *bool) error) error {
 	m := metrics.New()
+	if err := a.mountWeb(ctx, m); err != nil {
+		return err
+	}
 	if a.pprof {
 		if a.cfg.HTTP.Listen == "" {
 			return errors.New("--pprof serves on http.listen, which is off: set http.listen (e.g. 127.0.0.1:9187)")
@@ -142,9 +161,10 @@ func (a *app) runOnce(ctx context.Context, m *metrics.Metrics, started *bool) er
 	m.SetHealth("pipeline", nil)
 	p := a.cfg.Pipeline
 	return pipeline.New(src, ps, pipeline.Options{
-		BatchSize:     p.BatchSize,
-		FlushInterval: time.Duration(p.FlushInterval),
-		MaxInFlight:   p.MaxInFlight,
+		BatchSize:       p.BatchSize,
+		FlushInterval:   time.Duration(p.FlushInterval),
+		MaxInFlight:     p.MaxInFlight,
+		MaxContextBytes: p.MaxContextBytes,
 	}, a.log, m).Run(ctx)
 }
 
@@ -170,7 +190,7 @@ func (a *app) statusCmd() *cobra.Command {
 			for _, s := range sinks {
 				health := "ok"
 				if err := s.Check(ctx); err != nil {
-					health = err.Error()
+					health = redact.Error(err)
 				}
 				fmt.Fprintf(w, "sink %s\t%s\n", s.Name(), health)
 			}

@@ -5,6 +5,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"os/signal"
@@ -14,6 +15,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/pgtrail/pgtrail/core/config"
+	"github.com/pgtrail/pgtrail/core/redact"
 	"github.com/pgtrail/pgtrail/plugins/host"
 	"github.com/pgtrail/pgtrail/plugins/sdk"
 	"github.com/pgtrail/pgtrail/sinks/clickhouse"
@@ -34,6 +36,25 @@ var builtins = host.Builtins{
 	"clickhouse": func() sdk.Sink { return clickhouse.New() },
 }
 
+// proxyEnv are the HTTP proxy variables that Go's HTTP client reads.
+var proxyEnv = []string{"HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy"}
+
+// libpqEnv are the variables pgx reads for what a URL leaves out (pgconn's
+// ParseConfig), as libpq does.
+var libpqEnv = []string{"PGHOST", "PGPORT", "PGDATABASE", "PGUSER", "PGPASSWORD", "PGPASSFILE", "PGAPPNAME",
+	"PGCONNECT_TIMEOUT", "PGSSLMODE", "PGSSLKEY", "PGSSLCERT", "PGSSLCERTMODE", "PGSSLSNI", "PGSSLROOTCERT",
+	"PGSSLPASSWORD", "PGSSLNEGOTIATION", "PGTARGETSESSIONATTRS", "PGSERVICE", "PGSERVICEFILE", "PGTZ", "PGOPTIONS",
+	"PGMINPROTOCOLVERSION", "PGMAXPROTOCOLVERSION", "PGCHANNELBINDING", "PGREQUIREAUTH"}
+
+// builtinEnv names the environment variables a built-in sink's process gets
+// beyond those of every plugin: libpq's for the audit table, the AWS chain's
+// for S3 (keys, profile, web identity, container credentials), and proxies.
+var builtinEnv = map[string][]string{
+	"postgres":   libpqEnv,
+	"s3":         append([]string{"AWS_*"}, proxyEnv...),
+	"clickhouse": proxyEnv,
+}
+
 // memoryLimit is the soft heap limit when GOMEMLIMIT is not set: batches are
 // short-lived, so without it the heap grows to twice what is live between
 // collections.
@@ -46,7 +67,7 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := root().ExecuteContext(ctx); err != nil {
-		fmt.Fprintln(os.Stderr, "pgtrail:", err)
+		fmt.Fprintln(os.Stderr, "pgtrail:", redact.Error(err))
 		os.Exit(1)
 	}
 }
@@ -70,7 +91,11 @@ func root() *cobra.Command {
 			if cmd.Annotations["config"] == "none" {
 				return nil
 			}
-			cfg, err := config.Load(a.configPath, cmd.Flags().Changed("config"))
+			load := config.Load
+			if read, ok := uiCommands[cmd.Annotations["config"]]; ok {
+				load = func(path string, explicit bool) (*config.Config, error) { return config.LoadUI(path, explicit, read) }
+			}
+			cfg, err := load(a.configPath, cmd.Flags().Changed("config"))
 			if err != nil && cmd.Annotations["config"] == "optional" {
 				cfg, err = &config.Config{Log: config.Log{Level: "info", Format: "text"}}, nil
 			}
@@ -78,24 +103,28 @@ func root() *cobra.Command {
 				return err
 			}
 			a.cfg = cfg
-			a.log = newLogger(cfg.Log)
+			a.log = newLogger(cfg.Log, os.Stderr)
 			return nil
 		},
 	}
 	cmd.PersistentFlags().StringVar(&a.configPath, "config", config.DefaultPath, "config file (without one, DATABASE_URL alone is enough)")
 	cmd.AddCommand(a.setupCmd(), a.runCmd(), a.statusCmd(), a.teardownCmd(), a.pluginsCmd(), versionCmd(), serveSinkCmd())
 	cmd.AddCommand(a.captureCmd())
+	cmd.AddCommand(a.serveCmd(), a.historyCmd(), a.revertCmd())
+	cmd.AddCommand(a.retentionCmd())
 	return cmd
 }
 
-func newLogger(c config.Log) *slog.Logger {
+// newLogger is the process logger, writing to w; every value it writes has
+// its credentials masked.
+func newLogger(c config.Log, w io.Writer) *slog.Logger {
 	var level slog.Level
 	_ = level.UnmarshalText([]byte(c.Level))
-	opts := &slog.HandlerOptions{Level: level}
+	opts := &slog.HandlerOptions{Level: level, ReplaceAttr: redact.Attr}
 	if c.Format == "json" {
-		return slog.New(slog.NewJSONHandler(os.Stderr, opts))
+		return slog.New(slog.NewJSONHandler(w, opts))
 	}
-	return slog.New(slog.NewTextHandler(os.Stderr, opts))
+	return slog.New(slog.NewTextHandler(w, opts))
 }
 
 func versionCmd() *cobra.Command {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"maps"
 	"os"
@@ -13,8 +14,11 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/pgtrail/pgtrail/core/config"
+	"github.com/pgtrail/pgtrail/core/redact"
 	"github.com/pgtrail/pgtrail/plugins/host"
 	"github.com/pgtrail/pgtrail/plugins/sdk"
+	"github.com/pgtrail/pgtrail/sinks/postgres"
+	"github.com/pgtrail/pgtrail/transports/pglogrepl"
 )
 
 func (a *app) pluginsCmd() *cobra.Command {
@@ -31,10 +35,12 @@ func (a *app) pluginsCmd() *cobra.Command {
 				d := builtins[name]().Describe()
 				fmt.Fprintf(w, "%s\t%s\tbuilt-in\t%s\n", name, d.Version, d.Summary)
 			}
-			paths := map[string]bool{}
+			// External plugins by path, run as their sink would run them
+			// (its sha256 and env), else with neither.
+			paths := map[string]config.Sink{}
 			for _, s := range a.cfg.Sinks {
 				if _, ok := builtins[s.Plugin]; !ok {
-					paths[s.Plugin] = true
+					paths[s.Plugin] = s
 				}
 			}
 			if dir != "" {
@@ -43,19 +49,22 @@ func (a *app) pluginsCmd() *cobra.Command {
 					return fmt.Errorf("read plugin dir %s: %w", dir, err)
 				}
 				for _, e := range entries {
-					if info, err := e.Info(); err == nil && !e.IsDir() && info.Mode()&0o111 != 0 {
-						paths[filepath.Join(dir, e.Name())] = true
+					path := filepath.Join(dir, e.Name())
+					if _, named := paths[path]; !named {
+						if info, err := e.Info(); err == nil && !e.IsDir() && info.Mode()&0o111 != 0 {
+							paths[path] = config.Sink{Name: path, Plugin: path}
+						}
 					}
 				}
 			}
 			// Plugins are started only to ask their version: keep their
 			// start and exit out of the listing.
-			a.log = newLogger(config.Log{Level: "error"})
+			a.log = newLogger(config.Log{Level: "error"}, os.Stderr)
 			for _, path := range slices.Sorted(maps.Keys(paths)) {
 				// Asking the plugin itself is the only way to know its version.
-				d, err := host.Describe(ctx, path, a.hostOptions(nil))
+				d, err := host.Describe(ctx, paths[path], a.hostOptions(nil))
 				if err != nil {
-					fmt.Fprintf(w, "%s\t-\texternal\t%s\n", path, strings.ReplaceAll(err.Error(), "\n", " "))
+					fmt.Fprintf(w, "%s\t-\texternal\t%s\n", path, strings.ReplaceAll(redact.Error(err), "\n", " "))
 					continue
 				}
 				fmt.Fprintf(w, "%s (%s)\t%s\texternal\t%s\n", d.Name, path, d.Version, d.Summary)
@@ -96,7 +105,7 @@ func (a *app) hostOptions(health func(string, error)) host.Options {
 	if err != nil {
 		self = os.Args[0]
 	}
-	return host.Options{Builtins: builtins, Self: []string{self, serveSink}, Log: a.log, Health: health}
+	return host.Options{Builtins: builtins, BuiltinEnv: builtinEnv, Self: []string{self, serveSink}, Log: a.log, Health: health}
 }
 
 // loadSinks starts and configures every sink of the config. On an error the
@@ -118,4 +127,27 @@ func closeSinks(ctx context.Context, sinks []*host.Sink) {
 	for _, s := range sinks {
 		_ = s.Close(context.WithoutCancel(ctx))
 	}
+}
+
+// auditTables lists the tables that the config's postgres sinks write, so
+// that native capture never stores pgtrail's own writes. Only built-in
+// sinks are known; a third-party sink must write outside the captured
+// schemas.
+func (a *app) auditTables() ([]pglogrepl.AuditTable, error) {
+	var out []pglogrepl.AuditTable
+	for _, spec := range a.cfg.Sinks {
+		if spec.Plugin != "postgres" {
+			continue
+		}
+		raw, err := json.Marshal(spec.Config)
+		if err != nil {
+			return nil, fmt.Errorf("sink %q: encode config: %w", spec.Name, err)
+		}
+		cfg, err := postgres.ParseConfig(raw)
+		if err != nil {
+			return nil, fmt.Errorf("sink %q: %w", spec.Name, err)
+		}
+		out = append(out, pglogrepl.AuditTable{URL: cfg.URL, Schema: cfg.Schema, Table: cfg.Table})
+	}
+	return out, nil
 }

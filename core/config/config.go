@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"gopkg.in/yaml.v3"
@@ -24,6 +25,9 @@ type Config struct {
 	HTTP     HTTP     `yaml:"http"`
 	Log      Log      `yaml:"log"`
 	Publish  Publish  `yaml:"publish"` // where `pgtrail capture` publishes
+	UI       UI       `yaml:"ui"`      // the activity log: API and web UI
+	// Retention removes old changes from the audit table (retention.go).
+	Retention Retention `yaml:"retention"`
 }
 
 // Source selects the ingress; only the section named by Type is required.
@@ -49,7 +53,21 @@ type Postgres struct {
 	// counts toward the batch's flush_interval, so below it it adds no
 	// latency. 0 reads at once.
 	Coalesce Duration `yaml:"coalesce"`
+	// ReceiveTimeout is how long capture waits for any message from the
+	// server (it asks for one every status interval) before it takes the
+	// replication connection for stalled and reconnects; it also bounds
+	// each query capture makes. 0: the server's wal_sender_timeout.
+	ReceiveTimeout Duration `yaml:"receive_timeout"`
+	// ReplicaIdentity "full" makes setup and run set REPLICA IDENTITY FULL
+	// on every captured table, so updates and deletes carry the whole old
+	// row (before images, reverts) at some WAL cost; "" only reports the
+	// tables without it.
+	ReplicaIdentity string `yaml:"replica_identity"`
 }
+
+// DefaultFetchMaxBytes bounds one broker fetch unless fetch_max_bytes says
+// otherwise (the sources take 0 for it too).
+const DefaultFetchMaxBytes = 8 << 20
 
 // JetStream is Debezium change events read from a NATS JetStream stream.
 type JetStream struct {
@@ -65,7 +83,9 @@ type JetStream struct {
 	AckWait Duration `yaml:"ack_wait"`
 	// FetchMaxBytes bounds one pull (at most 512 messages and this many
 	// bytes); a message larger than it is pulled alone.
-	FetchMaxBytes int `yaml:"fetch_max_bytes"`
+	FetchMaxBytes int      `yaml:"fetch_max_bytes"`
+	TLS           TLS      `yaml:"tls"`
+	Auth          NATSAuth `yaml:"auth"`
 }
 
 // Kafka is Debezium change events read from Kafka topics.
@@ -77,7 +97,9 @@ type Kafka struct {
 	DLQSuffix string `yaml:"dlq_suffix"`
 	// FetchMaxBytes bounds what one fetch of a partition asks the broker
 	// for; a record batch larger than it still comes whole.
-	FetchMaxBytes int `yaml:"fetch_max_bytes"`
+	FetchMaxBytes int  `yaml:"fetch_max_bytes"`
+	TLS           TLS  `yaml:"tls"`
+	SASL          SASL `yaml:"sasl"`
 }
 
 // Debezium says how Debezium's connector was configured, where it matters for
@@ -105,6 +127,11 @@ type Sink struct {
 	// InProcess runs a built-in sink inside the pgtrail process instead of
 	// behind the plugin boundary: no crash isolation, for benchmarks and tests.
 	InProcess bool `yaml:"in_process"`
+	// SHA256 is the sum a plugin binary must have to be run (64 hex digits).
+	SHA256 string `yaml:"sha256"`
+	// Env names the environment variables the plugin process gets beyond
+	// PATH, HOME, TMPDIR, TZ, LANG and the like: names, or prefixes as AWS_*.
+	Env []string `yaml:"env"`
 }
 
 // Pipeline bounds memory and latency between source and sinks.
@@ -112,6 +139,9 @@ type Pipeline struct {
 	BatchSize     int      `yaml:"batch_size"`
 	FlushInterval Duration `yaml:"flush_interval"`
 	MaxInFlight   int      `yaml:"max_in_flight"`
+	// MaxContextBytes caps a context message; a larger one is a bad
+	// context (the change is stored with {}). 0: 64 KiB.
+	MaxContextBytes int `yaml:"max_context_bytes"`
 }
 
 // HTTP serves /metrics and /healthz; an empty Listen disables it.
@@ -151,6 +181,11 @@ func (d Duration) String() string { return time.Duration(d).String() }
 // it (explicit); otherwise DATABASE_URL alone is enough to run, so the defaults
 // capture and store into that database.
 func Load(path string, explicit bool) (*Config, error) {
+	return load(path, explicit, (*Config).validate)
+}
+
+// load reads and decodes the file at path and checks it with validate.
+func load(path string, explicit bool, validate func(*Config) error) (*Config, error) {
 	data, err := os.ReadFile(path)
 	switch {
 	case errors.Is(err, fs.ErrNotExist) && explicit:
@@ -163,15 +198,15 @@ func Load(path string, explicit bool) (*Config, error) {
 	case err != nil:
 		return nil, fmt.Errorf("load config: %w", err)
 	}
-	cfg, err := parse(data)
+	cfg, err := parse(data, validate)
 	if err != nil {
 		return nil, fmt.Errorf("load config %s: %w", path, err)
 	}
 	return cfg, nil
 }
 
-// parse turns the file's bytes (nil for none) into a validated Config.
-func parse(data []byte) (*Config, error) {
+// parse turns the file's bytes (nil for none) into a Config checked by validate.
+func parse(data []byte, validate func(*Config) error) (*Config, error) {
 	var root yaml.Node
 	if err := yaml.Unmarshal(data, &root); err != nil {
 		return nil, err
@@ -182,11 +217,15 @@ func parse(data []byte) (*Config, error) {
 		doc := root.Content[0]
 		expandNode(doc, "", &errs)
 		decodeNode(doc, reflectValue(&cfg), "", &errs)
+		cfg.markUI(doc)
 	}
 	cfg.fill()
+	if cfg.UI.Enabled {
+		cfg.fillUI()
+	}
 	// Validate even after decode errors (a failed field keeps its default), so
 	// one run lists every problem.
-	if err := errors.Join(append(errs, cfg.validate())...); err != nil {
+	if err := errors.Join(append(errs, validate(&cfg))...); err != nil {
 		return nil, err
 	}
 	return &cfg, nil
@@ -205,9 +244,9 @@ func defaults() Config {
 				Coalesce:       Duration(5 * time.Millisecond),
 			},
 			JetStream: JetStream{URL: "nats://127.0.0.1:4222", Stream: "DebeziumStream", Subject: "bemi", Durable: "pgtrail",
-				AckWait: Duration(30 * time.Minute), FetchMaxBytes: 8 << 20},
+				AckWait: Duration(30 * time.Minute), FetchMaxBytes: DefaultFetchMaxBytes},
 			Kafka: Kafka{Brokers: []string{"127.0.0.1:9092"}, Topics: []string{"bemi"}, Group: "pgtrail", DLQSuffix: ".dlq",
-				FetchMaxBytes: 8 << 20},
+				FetchMaxBytes: DefaultFetchMaxBytes},
 			Debezium: Debezium{UnavailableValuePlaceholder: "__debezium_unavailable_value", BinaryHandlingMode: "bytes",
 				KeyColumns: []string{"id"}},
 		},
@@ -220,6 +259,9 @@ func defaults() Config {
 
 // fill applies the defaults that depend on other values.
 func (c *Config) fill() {
+	for _, s := range []*SASL{&c.Source.Kafka.SASL, &c.Publish.Kafka.SASL} {
+		s.Mechanism = strings.ToLower(s.Mechanism) // Kafka's docs write them upper case
+	}
 	if js := &c.Source.JetStream; js.DLQSubject == "" && js.Subject != "" {
 		js.DLQSubject = js.Subject + ".dlq"
 	}

@@ -278,6 +278,8 @@ func TestValidationErrorsNameKey(t *testing.T) {
 		{"source: {postgres: {status_interval: 0s}}", "source.postgres.status_interval: must be positive (e.g. 10s)"},
 		{"source: {postgres: {coalesce: 2s}}", "source.postgres.coalesce: must be between 0 (read at once) and 1s, got 2s (default 5ms)"},
 		{"source: {postgres: {coalesce: 50ms}}", "source.postgres.coalesce: 50ms must be below pipeline.flush_interval (50ms): the wait counts toward it"},
+		{"source: {postgres: {receive_timeout: 10s}}", "source.postgres.receive_timeout: 10s must be longer than status_interval (10s), or 0 for the server's wal_sender_timeout"},
+		{"source: {postgres: {receive_timeout: -1s}}", "source.postgres.receive_timeout: -1s must be longer than status_interval"},
 		{"source: {type: jetstream, jetstream: {url: \"\", stream: \"\", subject: \"\", durable: \"\"}}",
 			"source.jetstream.url: required\nsource.jetstream.stream: required\nsource.jetstream.subject: required\nsource.jetstream.durable: required"},
 		{"source: {type: kafka, kafka: {brokers: [], topics: [], group: \"\"}}",

@@ -33,12 +33,16 @@ type PublishJetStream struct {
 	// DuplicateWindow is how long the server remembers message ids: a change
 	// published again within it (after a crash) is dropped by the server.
 	DuplicateWindow Duration `yaml:"duplicate_window"`
+	TLS             TLS      `yaml:"tls"`
+	Auth            NATSAuth `yaml:"auth"`
 }
 
 // PublishKafka is a Kafka cluster. Records are keyed as Debezium keys them
 // and acknowledged by all in-sync replicas.
 type PublishKafka struct {
 	Brokers []string `yaml:"brokers"`
+	TLS     TLS      `yaml:"tls"`
+	SASL    SASL     `yaml:"sasl"`
 }
 
 var subjectToken = regexp.MustCompile(`^[A-Za-z0-9_-]+$`)
@@ -65,10 +69,13 @@ func (p Publish) validate(bad func(key, format string, args ...any)) {
 		if p.JetStream.DuplicateWindow <= 0 {
 			bad("publish.jetstream.duplicate_window", "must be positive (e.g. 2m)")
 		}
+		validateNATS(bad, "publish.jetstream", p.JetStream.URL, p.JetStream.TLS, p.JetStream.Auth)
 	case "kafka":
 		if len(p.Kafka.Brokers) == 0 {
 			bad("publish.kafka.brokers", "at least one broker address required (e.g. 127.0.0.1:9092)")
 		}
+		validateTLS(bad, "publish.kafka.tls", p.Kafka.TLS)
+		validateSASL(bad, "publish.kafka.sasl", p.Kafka.SASL)
 	default:
 		bad("publish.type", "%q is not one of jetstream, kafka", p.Type)
 	}

@@ -54,6 +54,7 @@ func (c *Config) validate() error {
 		if js.FetchMaxBytes <= 0 {
 			bad("source.jetstream.fetch_max_bytes", "must be positive (e.g. 8388608)")
 		}
+		validateNATS(bad, "source.jetstream", js.URL, js.TLS, js.Auth)
 	case "kafka":
 		k := c.Source.Kafka
 		if len(k.Brokers) == 0 {
@@ -67,6 +68,8 @@ func (c *Config) validate() error {
 		if k.FetchMaxBytes <= 0 {
 			bad("source.kafka.fetch_max_bytes", "must be positive (e.g. 8388608)")
 		}
+		validateTLS(bad, "source.kafka.tls", k.TLS)
+		validateSASL(bad, "source.kafka.sasl", k.SASL)
 	default:
 		bad("source.type", "%q is not one of postgres, jetstream, kafka", c.Source.Type)
 	}
@@ -100,8 +103,15 @@ func (c *Config) validate() error {
 			}
 		}
 	}
+	if !slices.Contains([]string{"", "default", "full"}, pg.ReplicaIdentity) {
+		bad("source.postgres.replica_identity", "%q is not full (set REPLICA IDENTITY FULL on captured tables) or default (leave it, report only)", pg.ReplicaIdentity)
+	}
 	if pg.StatusInterval <= 0 {
 		bad("source.postgres.status_interval", "must be positive (e.g. 10s)")
+	}
+	if pg.ReceiveTimeout < 0 || (pg.ReceiveTimeout > 0 && pg.ReceiveTimeout <= pg.StatusInterval) {
+		bad("source.postgres.receive_timeout", "%s must be longer than status_interval (%s), or 0 for the server's wal_sender_timeout: capture asks the server for a message every status_interval",
+			time.Duration(pg.ReceiveTimeout), time.Duration(pg.StatusInterval))
 	}
 	if pg.Coalesce < 0 || pg.Coalesce > Duration(time.Second) {
 		bad("source.postgres.coalesce", "must be between 0 (read at once) and 1s, got %s (default 5ms)", time.Duration(pg.Coalesce))
@@ -119,6 +129,7 @@ func (c *Config) validate() error {
 		if s.Plugin == "" {
 			bad(key+".plugin", "required (a built-in sink such as postgres, or the path of a plugin binary)")
 		}
+		s.validatePlugin(key, bad)
 		switch first, dup := names[s.Name]; {
 		case s.Name == "" && len(c.Sinks) > 1:
 			bad(key+".name", "required when there is more than one sink")
@@ -130,6 +141,7 @@ func (c *Config) validate() error {
 	}
 
 	c.Publish.validate(bad)
+	c.Retention.validate(c.Sinks, bad)
 
 	if c.Pipeline.BatchSize <= 0 {
 		bad("pipeline.batch_size", "must be positive, got %d", c.Pipeline.BatchSize)
@@ -140,18 +152,28 @@ func (c *Config) validate() error {
 	if c.Pipeline.MaxInFlight <= 0 {
 		bad("pipeline.max_in_flight", "must be positive, got %d", c.Pipeline.MaxInFlight)
 	}
+	if c.Pipeline.MaxContextBytes < 0 {
+		bad("pipeline.max_context_bytes", "must be positive (or 0 for 64 KiB), got %d", c.Pipeline.MaxContextBytes)
+	}
 	if l := c.HTTP.Listen; l != "" {
 		if _, _, err := net.SplitHostPort(l); err != nil {
 			bad("http.listen", "%q is not host:port (e.g. 127.0.0.1:9187, or \"\" to disable)", l)
 		}
 	}
+	c.validateLog(bad)
+	if c.UI.Enabled {
+		c.validateUI(bad, true)
+	}
+	return errors.Join(errs...)
+}
+
+func (c *Config) validateLog(bad func(key, format string, args ...any)) {
 	if !slices.Contains([]string{"debug", "info", "warn", "error"}, c.Log.Level) {
 		bad("log.level", "%q is not one of debug, info, warn, error", c.Log.Level)
 	}
 	if !slices.Contains([]string{"text", "json"}, c.Log.Format) {
 		bad("log.format", "%q is not one of text, json", c.Log.Format)
 	}
-	return errors.Join(errs...)
 }
 
 func validPattern(p string) bool {

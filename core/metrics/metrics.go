@@ -4,13 +4,19 @@ package metrics
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
+	"io/fs"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"slices"
+	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -30,9 +36,17 @@ type Metrics struct {
 	SlotLagBytes   prometheus.Gauge
 	ConfirmedLSN   prometheus.Gauge
 
+	// ValuesRewritten counts values jsonb cannot hold, stored in a safe
+	// form, by values.Reason.
+	ValuesRewritten *prometheus.CounterVec
+	// UnstorableChanges counts changes a sink refused for their data,
+	// stored with their images replaced by markers, by sink.
+	UnstorableChanges *prometheus.CounterVec
+
 	mu     sync.Mutex
 	health map[string]error
 	pprof  bool
+	mounts map[string]http.Handler
 }
 
 // New registers pgtrail's metrics and the Go runtime's in a fresh registry.
@@ -56,11 +70,16 @@ func New() *Metrics {
 			Name: "pgtrail_slot_lag_bytes", Help: "WAL bytes between the server's current position and the slot's confirmed position."}),
 		ConfirmedLSN: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "pgtrail_confirmed_lsn", Help: "Last source position confirmed after every sink made it durable."}),
+		ValuesRewritten: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pgtrail_values_rewritten_total", Help: "Values jsonb cannot hold (in row images and context), stored in a safe form, by reason."}, []string{"reason"}),
+		UnstorableChanges: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pgtrail_unstorable_changes_total", Help: "Changes a sink refused for their data, stored with their images replaced by markers, by sink."}, []string{"sink"}),
 		health: map[string]error{},
 	}
 	m.Registry.MustRegister(m.ChangesRead, m.ChangesWritten, m.BatchSeconds, m.WriteErrors,
 		m.BadContext, m.DeadLetters, m.SlotLagBytes, m.ConfirmedLSN,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	m.Registry.MustRegister(m.ValuesRewritten, m.UnstorableChanges)
 	return m
 }
 
@@ -71,22 +90,72 @@ func (m *Metrics) SetHealth(component string, err error) {
 	m.health[component] = err
 }
 
-// Health returns the first unhealthy component's error, or nil.
+// Health returns nil, or one line for each failing component, sorted: its
+// name and the kind of failure, "sink audit: failing, connection refused
+// (see the log)". Never the error's text: it may quote a URL or a query with
+// a secret, and the log has it, redacted.
 func (m *Metrics) Health() error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	var errs []error
+	var lines []string
 	for name, err := range m.health {
 		if err != nil {
-			errs = append(errs, errors.New(name+": "+err.Error()))
+			lines = append(lines, name+": failing, "+class(err)+" (see the log)")
 		}
 	}
-	return errors.Join(errs...)
+	if len(lines) == 0 {
+		return nil
+	}
+	slices.Sort(lines)
+	return errors.New(strings.Join(lines, "\n"))
+}
+
+// class names the kind of failure err is, from its type: timeout, connection
+// refused, connection lost, host not found, TLS, network, permission denied,
+// not found, canceled, or error for any other.
+func class(err error) string {
+	var (
+		netErr net.Error
+		dnsErr *net.DNSError
+		opErr  *net.OpError
+		record tls.RecordHeaderError
+		verify *tls.CertificateVerificationError
+	)
+	switch {
+	case errors.Is(err, context.DeadlineExceeded), errors.As(err, &netErr) && netErr.Timeout():
+		return "timeout"
+	case errors.Is(err, context.Canceled):
+		return "canceled"
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return "connection refused"
+	case errors.As(err, &dnsErr):
+		return "host not found"
+	case errors.As(err, &verify), errors.As(err, &record), errors.As(err, &opErr) && opErr.Op == "remote error":
+		return "TLS"
+	case errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE), errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
+		return "connection lost"
+	case errors.As(err, &opErr):
+		return "network"
+	case errors.Is(err, fs.ErrPermission):
+		return "permission denied"
+	case errors.Is(err, fs.ErrNotExist):
+		return "not found"
+	}
+	return "error"
 }
 
 // ServeProfiles makes Start also serve net/http/pprof under /debug/pprof/,
 // for profiling a running pgtrail.
 func (m *Metrics) ServeProfiles() { m.pprof = true }
+
+// Mount makes Start also serve h at pattern (the activity log's API and UI
+// under "/"). Call it before Start.
+func (m *Metrics) Mount(pattern string, h http.Handler) {
+	if m.mounts == nil {
+		m.mounts = map[string]http.Handler{}
+	}
+	m.mounts[pattern] = h
+}
 
 // Start listens on addr now, so a busy port is reported at start-up, and
 // answers /metrics and /healthz until ctx ends.
@@ -106,6 +175,9 @@ func (m *Metrics) Start(ctx context.Context, addr string, log *slog.Logger) erro
 		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
 		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	}
+	for pattern, h := range m.mounts {
+		mux.Handle(pattern, h)
 	}
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {

@@ -15,8 +15,8 @@ import (
 	"github.com/pgtrail/pgtrail/core/change"
 	"github.com/pgtrail/pgtrail/core/checkpoint"
 	"github.com/pgtrail/pgtrail/core/metrics"
-	"github.com/pgtrail/pgtrail/core/retry"
 	"github.com/pgtrail/pgtrail/core/stitch"
+	"github.com/pgtrail/pgtrail/core/values"
 )
 
 // Kind says what an Event carries.
@@ -92,6 +92,19 @@ type Options struct {
 	// for sinks that republish the stream, such as `pgtrail capture`.
 	// Stitching is unchanged; ordinary sinks leave it off.
 	PassMessages bool
+	// Verbatim hands row images to the sinks as the source read them,
+	// for sinks that republish the stream (`pgtrail capture`): the
+	// pipeline that reads it makes them storable. Otherwise every value
+	// jsonb cannot hold is put in its safe form (values.Storable) before
+	// any sink sees it.
+	Verbatim bool
+	// MaxString is the longest string value kept, in bytes; a longer one
+	// becomes a marker. 0: values.MaxJSONBString, jsonb's limit (tests
+	// lower it).
+	MaxString int
+	// MaxContextBytes caps a context message; a larger one is a bad
+	// context. 0: 64 KiB.
+	MaxContextBytes int
 }
 
 // OpMessage is the Operation of a batch item that is a logical decoding
@@ -134,6 +147,12 @@ func (o *Options) defaults() {
 	if o.DrainTimeout <= 0 {
 		o.DrainTimeout = 30 * time.Second
 	}
+	if o.MaxString <= 0 {
+		o.MaxString = values.MaxJSONBString
+	}
+	if o.MaxContextBytes <= 0 {
+		o.MaxContextBytes = 64 << 10
+	}
 }
 
 // Pipeline connects one source to its sinks.
@@ -149,9 +168,35 @@ type Pipeline struct {
 // New returns a pipeline; Run starts it.
 func New(src Source, sinks []Sink, opts Options, log *slog.Logger, m *metrics.Metrics) *Pipeline {
 	opts.defaults()
-	return &Pipeline{
-		src: src, sinks: sinks, opts: opts, log: log, metrics: m,
-		stitch: stitch.New(log, func(prefix string) { m.BadContext.WithLabelValues(prefix).Inc() }),
+	p := &Pipeline{src: src, sinks: sinks, opts: opts, log: log, metrics: m}
+	p.stitch = stitch.New(log, opts.MaxContextBytes, func(prefix string) { m.BadContext.WithLabelValues(prefix).Inc() }, p.rewritten)
+	return p
+}
+
+// storable puts every value of c's images that jsonb cannot hold in its
+// safe form, so that no sink fails on it for ever (the context is, once
+// per message, by the stitcher).
+func (p *Pipeline) storable(c *change.Change) {
+	before, nb := values.Storable(c.Before, p.opts.MaxString)
+	after, na := values.Storable(c.After, p.opts.MaxString)
+	if !nb.Any() && !na.Any() {
+		return
+	}
+	c.Before, c.After = before, after
+	for r := range nb {
+		nb[r] += na[r]
+	}
+	p.rewritten(nb)
+	p.log.Warn("change holds values jsonb cannot hold; stored in their safe form",
+		"table", c.Schema+"."+c.Table, "id", c.ID, "position", c.LSN, "rewritten", nb.String())
+}
+
+// rewritten counts values put in their safe form.
+func (p *Pipeline) rewritten(n values.Rewrites) {
+	for r, k := range n {
+		if k > 0 {
+			p.metrics.ValuesRewritten.WithLabelValues(values.Reason(r).String()).Add(float64(k))
+		}
 	}
 }
 
@@ -284,6 +329,9 @@ func (p *Pipeline) assemble(events <-chan []Event, queues []chan batch, wm *chec
 						continue
 					}
 					ev.Change.Context = ctxJSON
+					if !p.opts.Verbatim {
+						p.storable(ev.Change)
+					}
 					p.metrics.ChangesRead.Inc()
 					add(ev.Change)
 				case Commit, Progress:
@@ -295,91 +343,6 @@ func (p *Pipeline) assemble(events <-chan []Event, queues []chan batch, wm *chec
 			}
 		case <-timer.C:
 			cut()
-		}
-	}
-}
-
-// deliver hands each batch to one sink, retrying until the sink takes it or
-// the drain deadline passes, and releases batches as the sink reports them
-// durable. Batches stay in order, so a failed batch holds back every later
-// one and nothing is ever confirmed past a gap.
-func (p *Pipeline) deliver(ctx context.Context, s Sink, queue <-chan batch, wm *checkpoint.Watermark) {
-	name := s.Name()
-	b := retry.Default()
-	var waiting []batch // handed over, not yet durable
-	flushTimer := time.NewTimer(time.Hour)
-	flushTimer.Stop()
-	defer flushTimer.Stop()
-
-	attempt := func(op string, size int, f func(context.Context) error) bool {
-		err := retry.Do(ctx, b, f, func(err error, attempt int) {
-			p.metrics.WriteErrors.WithLabelValues(name).Inc()
-			p.metrics.SetHealth("sink "+name, err)
-			p.log.Error("sink "+op+" failed; retrying", "sink", name, "attempt", attempt, "changes", size, "err", err)
-		})
-		if err == nil {
-			p.metrics.SetHealth("sink "+name, nil)
-		}
-		return err == nil
-	}
-	armed := false
-	release := func(notDurable int) {
-		n := max(0, len(waiting)-notDurable) // a sink never counts more than it was handed; if one did, release nothing
-		for _, w := range waiting[:n] {
-			p.metrics.ChangesWritten.WithLabelValues(name).Add(float64(len(w.changes)))
-			wm.Done(w.ticket)
-		}
-		waiting = append(waiting[:0], waiting[n:]...)
-		if len(waiting) == 0 && armed {
-			flushTimer.Stop()
-			armed = false
-		} else if len(waiting) > 0 && !armed {
-			flushTimer.Reset(max(s.FlushInterval(), time.Millisecond))
-			armed = true
-		}
-	}
-	flush := func() {
-		if len(waiting) > 0 && ctx.Err() == nil && attempt("flush", 0, s.Flush) {
-			release(0)
-		}
-	}
-
-	for {
-		select {
-		case bt, ok := <-queue:
-			if !ok {
-				flush()
-				return
-			}
-			if ctx.Err() != nil {
-				continue // drain deadline passed: these are read again after restart
-			}
-			var notDurable int
-			ok = attempt("write", len(bt.changes), func(ctx context.Context) error {
-				start := time.Now()
-				n, err := s.Write(ctx, bt.changes)
-				if err == nil {
-					notDurable = n
-					p.metrics.BatchSeconds.WithLabelValues(name).Observe(time.Since(start).Seconds())
-				}
-				return err
-			})
-			if !ok {
-				continue
-			}
-			waiting = append(waiting, bt)
-			release(notDurable)
-		case <-flushTimer.C:
-			armed = false
-			if s.FlushInterval() == 0 && len(queue) > 0 {
-				// A sink that writes through needs no flush, only time:
-				// the next Write collects its acknowledgements, and
-				// waiting for them now would leave it idle meanwhile.
-				flushTimer.Reset(time.Millisecond)
-				armed = true
-				continue
-			}
-			flush()
 		}
 	}
 }

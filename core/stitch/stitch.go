@@ -28,22 +28,43 @@ type Stitcher struct {
 	xid     uint64
 	txn     json.RawMessage // pgtrail context, until replaced
 	pending json.RawMessage // _bemi context for the next row change
-	// OnBadContext is called for a context payload that is not a JSON object.
+	// MaxBytes caps a context payload: a larger one is a bad context.
+	MaxBytes int
+	// OnBadContext is called for a context payload that is not a JSON
+	// object, or is larger than MaxBytes.
 	OnBadContext func(prefix string, payload []byte)
+	// OnRewrite is told of the values jsonb cannot hold in a context
+	// payload, which is kept with them in their safe form.
+	OnRewrite func(prefix string, n values.Rewrites)
 }
 
-// New returns a Stitcher that logs and reports bad context payloads to bad.
-func New(log *slog.Logger, bad func(prefix string)) *Stitcher {
-	return &Stitcher{OnBadContext: func(prefix string, payload []byte) {
-		if len(payload) > 200 {
-			payload = payload[:200]
-		}
-		log.Warn("context is not a JSON object; change stored with empty context",
-			"prefix", prefix, "payload", string(payload))
-		if bad != nil {
-			bad(prefix)
-		}
-	}}
+// New returns a Stitcher that caps context payloads at maxBytes, and logs
+// and reports bad payloads to bad and rewritten values to rewritten.
+func New(log *slog.Logger, maxBytes int, bad func(prefix string), rewritten func(values.Rewrites)) *Stitcher {
+	return &Stitcher{
+		MaxBytes: maxBytes,
+		OnBadContext: func(prefix string, payload []byte) {
+			if maxBytes > 0 && len(payload) > maxBytes {
+				log.Warn("context larger than pipeline.max_context_bytes; change stored with empty context",
+					"prefix", prefix, "bytes", len(payload), "max_context_bytes", maxBytes)
+			} else {
+				if len(payload) > 200 {
+					payload = payload[:200]
+				}
+				log.Warn("context is not a JSON object; change stored with empty context",
+					"prefix", prefix, "payload", string(payload))
+			}
+			if bad != nil {
+				bad(prefix)
+			}
+		},
+		OnRewrite: func(prefix string, n values.Rewrites) {
+			log.Warn("context holds values jsonb cannot hold; stored in their safe form", "prefix", prefix, "rewritten", n.String())
+			if rewritten != nil {
+				rewritten(n)
+			}
+		},
+	}
 }
 
 // Begin starts a transaction: context never crosses transactions.
@@ -83,12 +104,20 @@ func (s *Stitcher) Next(xid uint64) json.RawMessage {
 	return change.Empty
 }
 
-// object returns content when it is a JSON object, and an empty object (after
-// reporting it) otherwise: a bad payload must never stop the pipeline.
+// object returns content when it is a JSON object, with any value jsonb
+// cannot hold in its safe form, and an empty object (after reporting it)
+// otherwise: a bad payload must never stop the pipeline.
 func (s *Stitcher) object(prefix string, content []byte) json.RawMessage {
 	trimmed := bytes.TrimSpace(content)
-	if len(trimmed) > 0 && trimmed[0] == '{' && values.Embeddable(trimmed) {
-		return json.RawMessage(bytes.Clone(trimmed))
+	if (s.MaxBytes <= 0 || len(content) <= s.MaxBytes) && len(trimmed) > 0 && trimmed[0] == '{' && json.Valid(trimmed) {
+		out, n := values.Storable(trimmed, values.MaxJSONBString)
+		if !n.Any() {
+			return json.RawMessage(bytes.Clone(out)) // the source's buffer may be reused
+		}
+		if s.OnRewrite != nil {
+			s.OnRewrite(prefix, n)
+		}
+		return out
 	}
 	if s.OnBadContext != nil {
 		s.OnBadContext(prefix, content)

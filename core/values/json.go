@@ -36,25 +36,11 @@ func jsonbEscapes(text []byte) bool {
 			i = next(text, i+2) // \" \\ \n ...: the escaped character is not a \ that starts one
 			continue
 		}
-		r, ok := hex4(text, i+2)
-		switch {
-		case !ok:
-			return true // not valid JSON; json.Valid says so
-		case r == 0:
+		k, bad := unicodeEscape(text, i)
+		if bad != fine {
 			return false
-		case r >= 0xDC00 && r <= 0xDFFF:
-			return false // a low surrogate on its own
-		case r >= 0xD800 && r <= 0xDBFF:
-			if i+11 >= len(text) || text[i+6] != '\\' || text[i+7] != 'u' {
-				return false
-			}
-			if lo, ok := hex4(text, i+8); !ok || lo < 0xDC00 || lo > 0xDFFF {
-				return false
-			}
-			i = next(text, i+12)
-		default:
-			i = next(text, i+6)
 		}
+		i = next(text, k)
 	}
 	return true
 }

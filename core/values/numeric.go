@@ -1,6 +1,7 @@
 package values
 
 import (
+	"fmt"
 	"math/big"
 	"strconv"
 )
@@ -161,17 +162,46 @@ func trimZeros(s string) string {
 	return s
 }
 
+// PostgreSQL's limits of numeric (utils/numeric.h): what a value or a
+// column's declared scale can be.
+const (
+	// MaxNumericScale is the most digits a numeric value has after the
+	// decimal point (NUMERIC_DSCALE_MAX).
+	MaxNumericScale = 16383
+	// MinNumericScale is the least scale a column declares: numeric(p,-1000)
+	// (PostgreSQL 15+) rounds to 10^1000.
+	MinNumericScale = -1000
+	// MaxNumericIntegerDigits is the most digits a numeric value has before
+	// the decimal point ((NUMERIC_WEIGHT_MAX+1) × DEC_DIGITS).
+	MaxNumericIntegerDigits = 131072
+	// maxNumericBits is the bit length of 10^(131072+16383)-1, the longest
+	// unscaled value of a numeric: checked before the costly conversion to
+	// decimal digits.
+	maxNumericBits = 489835
+)
+
 // AppendDecimal appends the JSON value of unscaled × 10^-scale by the rule of
 // AppendNumeric, written with scale fractional digits the way numeric_out
 // writes it. Debezium's Decimal and VariableScaleDecimal carry numeric and
-// money this way; formatting them here gives the native path's digits.
-func AppendDecimal(dst []byte, unscaled *big.Int, scale int) []byte {
+// money this way; formatting them here gives the native path's digits. A
+// scale or a number of digits no numeric has is an error, so that neither
+// can make the output larger than PostgreSQL's own text of a numeric.
+func AppendDecimal(dst []byte, unscaled *big.Int, scale int) ([]byte, error) {
+	if scale < MinNumericScale || scale > MaxNumericScale {
+		return dst, fmt.Errorf("scale %d is outside PostgreSQL's numeric range (%d to %d)", scale, MinNumericScale, MaxNumericScale)
+	}
+	if unscaled.BitLen() > maxNumericBits {
+		return dst, tooManyDigits(scale)
+	}
 	var buf [64]byte
 	d := unscaled.Append(buf[:0], 10)
 	txt := make([]byte, 0, len(d)+max(scale, -scale)+3)
 	if d[0] == '-' {
 		txt = append(txt, '-')
 		d = d[1:]
+	}
+	if d[0] != '0' && len(d)-scale > MaxNumericIntegerDigits {
+		return dst, tooManyDigits(scale)
 	}
 	switch {
 	case scale <= 0:
@@ -192,5 +222,9 @@ func AppendDecimal(dst []byte, unscaled *big.Int, scale int) []byte {
 		}
 		txt = append(txt, d...)
 	}
-	return AppendNumeric(dst, string(txt))
+	return AppendNumeric(dst, string(txt)), nil
+}
+
+func tooManyDigits(scale int) error {
+	return fmt.Errorf("decimal with scale %d has more than the %d digits numeric holds before the decimal point", scale, MaxNumericIntegerDigits)
 }

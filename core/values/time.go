@@ -1,6 +1,7 @@
 package values
 
 import (
+	"fmt"
 	"strconv"
 	"time"
 )
@@ -12,6 +13,38 @@ import (
 // infinite timestamps and dates are the strings "infinity" and "-infinity".
 
 const usPerDay = 24 * 60 * 60 * 1e6
+
+// PostgreSQL's ranges of dates and times (datatype/timestamp.h), for the
+// ingresses that get them as counts (Debezium: days, milliseconds, ... since
+// 1970-01-01 or midnight), which can hold values no PostgreSQL column has.
+const (
+	// FirstUnixDay is the first date, 4714-11-24 BC, in days since 1970-01-01.
+	FirstUnixDay = -2440588
+	// EndUnixDay is the day after the last date, 5874898-01-01.
+	EndUnixDay = 2145042906
+	// DateRange describes the range of dates, for error messages.
+	DateRange = "4714-11-24 BC to 5874897-12-31"
+	// TimestampRange describes the range of timestamps (timestamptz in UTC).
+	TimestampRange = "4714-11-24 00:00:00 BC to 294276-12-31 23:59:59.999999"
+	// DayMicros is the last time of day, 24:00:00, in microseconds.
+	DayMicros = usPerDay
+	// TimeRange describes the range of times of day.
+	TimeRange = "00:00:00 to 24:00:00"
+	// MaxZoneOffset is the largest time zone offset of a timetz, 15:59:59,
+	// in seconds.
+	MaxZoneOffset = 16*3600 - 1
+)
+
+var (
+	firstTimestamp = time.Date(-4713, 11, 24, 0, 0, 0, 0, time.UTC)
+	endTimestamp   = time.Date(294277, 1, 1, 0, 0, 0, 0, time.UTC)
+)
+
+// InTimestampRange reports whether t is within PostgreSQL's range of
+// timestamps (TimestampRange).
+func InTimestampRange(t time.Time) bool {
+	return !t.Before(firstTimestamp) && t.Before(endTimestamp)
+}
 
 // AppendTimestamp appends t as an ISO 8601 JSON string. A zoned value
 // (timestamptz) is converted to UTC and marked "Z"; an unzoned one (timestamp)
@@ -43,17 +76,28 @@ func AppendDate(dst []byte, t time.Time) []byte {
 
 // AppendTime appends a time of day (time without time zone), given in
 // microseconds since midnight, as an ISO 8601 JSON string "15:04:05.999999".
-// PostgreSQL's 24:00:00 is kept as such.
-func AppendTime(dst []byte, micros int64) []byte {
+// PostgreSQL's 24:00:00 is kept as such; a time outside TimeRange is an
+// error.
+func AppendTime(dst []byte, micros int64) ([]byte, error) {
+	if err := checkTime(micros); err != nil {
+		return dst, err
+	}
 	dst = append(dst, '"')
 	dst = appendMicros(dst, micros)
-	return append(dst, '"')
+	return append(dst, '"'), nil
 }
 
 // AppendTimeTZ appends a time of day with zone offset (timetz), given in
 // microseconds since midnight and seconds east of UTC, converted to UTC and
-// marked "Z", wrapping around midnight: 01:00:00+02 is "23:00:00Z".
-func AppendTimeTZ(dst []byte, micros int64, offset int) []byte {
+// marked "Z", wrapping around midnight: 01:00:00+02 is "23:00:00Z". A time
+// outside TimeRange, or an offset beyond MaxZoneOffset, is an error.
+func AppendTimeTZ(dst []byte, micros int64, offset int) ([]byte, error) {
+	if err := checkTime(micros); err != nil {
+		return dst, err
+	}
+	if offset < -MaxZoneOffset || offset > MaxZoneOffset {
+		return dst, fmt.Errorf("time zone offset %d s is outside PostgreSQL's range (-15:59:59 to +15:59:59)", offset)
+	}
 	if offset != 0 {
 		micros -= int64(offset) * 1e6
 		micros %= usPerDay
@@ -63,7 +107,14 @@ func AppendTimeTZ(dst []byte, micros int64, offset int) []byte {
 	}
 	dst = append(dst, '"')
 	dst = appendMicros(dst, micros)
-	return append(dst, 'Z', '"')
+	return append(dst, 'Z', '"'), nil
+}
+
+func checkTime(micros int64) error {
+	if micros < 0 || micros > DayMicros {
+		return fmt.Errorf("time of day %d µs is outside PostgreSQL's range (%s)", micros, TimeRange)
+	}
+	return nil
 }
 
 // AppendInfinity appends the JSON value of an infinite timestamp or date.

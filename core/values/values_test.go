@@ -221,8 +221,50 @@ func TestAppendDecimalFormatsLikeNumericOut(t *testing.T) {
 		{"12345678901234567890123456789", 9, `"12345678901234567890.123456789"`},
 		{"-9223372036854775808", 2, `"-92233720368547758.08"`},
 	} {
-		if got := string(AppendDecimal(nil, big(tc.unscaled), tc.scale)); got != tc.want {
-			t.Errorf("AppendDecimal(%s, %d) = %s, want %s", tc.unscaled, tc.scale, got, tc.want)
+		if got, err := AppendDecimal(nil, big(tc.unscaled), tc.scale); string(got) != tc.want || err != nil {
+			t.Errorf("AppendDecimal(%s, %d) = %s, %v; want %s", tc.unscaled, tc.scale, got, err, tc.want)
+		}
+	}
+}
+
+// TestAppendDecimalRefusesWhatNumericCannotHold: a scale outside numeric's
+// range made the output as long as the scale says (5e7: 50 MB out of a few
+// bytes) or, at -2^63, panicked (makeslice); so does a value of more digits
+// than numeric has. Each is an error; the limits themselves are kept.
+func TestAppendDecimalRefusesWhatNumericCannotHold(t *testing.T) {
+	one := big.NewInt(1)
+	long := new(big.Int).Exp(big.NewInt(10), big.NewInt(MaxNumericIntegerDigits+MaxNumericScale), nil) // 147456 digits
+	for _, tc := range []struct {
+		unscaled *big.Int
+		scale    int
+		want     string
+	}{
+		{one, math.MinInt64, "scale -9223372036854775808 is outside PostgreSQL's numeric range (-1000 to 16383)"},
+		{one, math.MaxInt64, "scale 9223372036854775807 is outside"},
+		{one, 50000000, "scale 50000000 is outside"},
+		{one, -1001, "scale -1001 is outside"},
+		{one, MaxNumericScale + 1, "scale 16384 is outside"},
+		{long, MaxNumericScale, "decimal with scale 16383 has more than the 131072 digits numeric holds before the decimal point"},
+		{new(big.Int).Lsh(one, 1<<20), 0, "more than the 131072 digits"},
+		{new(big.Int).Exp(big.NewInt(10), big.NewInt(MaxNumericIntegerDigits), nil), 0, "more than the 131072 digits"},
+	} {
+		got, err := AppendDecimal([]byte("x"), tc.unscaled, tc.scale)
+		if err == nil || !strings.Contains(err.Error(), tc.want) || string(got) != "x" {
+			t.Errorf("AppendDecimal(%d bits, %d) = %.40s, %v; want dst unchanged and an error saying %q", tc.unscaled.BitLen(), tc.scale, got, err, tc.want)
+		}
+	}
+	for _, tc := range []struct {
+		unscaled *big.Int
+		scale    int
+		digits   int
+	}{
+		{one, MaxNumericScale, MaxNumericScale + 2}, // 0.000...1
+		{one, MinNumericScale, 1001},                // 1000...0
+		{new(big.Int).Sub(long, one), MaxNumericScale, MaxNumericIntegerDigits + MaxNumericScale + 1},
+	} {
+		got, err := AppendDecimal(nil, tc.unscaled, tc.scale)
+		if err != nil || len(strings.Trim(string(got), `"`)) != tc.digits || !json.Valid(got) {
+			t.Errorf("AppendDecimal(%d bits, %d) = %d bytes, %v; want %d characters", tc.unscaled.BitLen(), tc.scale, len(got), err, tc.digits)
 		}
 	}
 }
@@ -279,8 +321,8 @@ func TestAppendTimeOfDay(t *testing.T) {
 		{23*h + 59*m + 59*s + 999999, `"23:59:59.999999"`},
 		{24 * h, `"24:00:00"`},
 	} {
-		if got := string(AppendTime(nil, tc.micros)); got != tc.want {
-			t.Errorf("AppendTime(%d) = %s, want %s", tc.micros, got, tc.want)
+		if got, err := AppendTime(nil, tc.micros); string(got) != tc.want || err != nil {
+			t.Errorf("AppendTime(%d) = %s, %v; want %s", tc.micros, got, err, tc.want)
 		}
 	}
 	for _, tc := range []struct {
@@ -294,9 +336,59 @@ func TestAppendTimeOfDay(t *testing.T) {
 		{3*h + 4*m + 5*s, -15, `"03:04:20Z"`},
 		{24 * h, 0, `"24:00:00Z"`},
 	} {
-		if got := string(AppendTimeTZ(nil, tc.micros, tc.offset)); got != tc.want {
-			t.Errorf("AppendTimeTZ(%d, %d) = %s, want %s", tc.micros, tc.offset, got, tc.want)
+		if got, err := AppendTimeTZ(nil, tc.micros, tc.offset); string(got) != tc.want || err != nil {
+			t.Errorf("AppendTimeTZ(%d, %d) = %s, %v; want %s", tc.micros, tc.offset, got, err, tc.want)
 		}
+	}
+}
+
+// TestTimesOutsideTheDayAreErrors: a time of day outside 00:00:00 to
+// 24:00:00 wrapped its digits past '9' and below '0': -140 hours became
+// `""0:00:00"` and 440 hours `"\0:00:00"`, neither of them JSON, which failed
+// every write of the batch. They are errors now, as are zone offsets beyond
+// PostgreSQL's 15:59:59.
+func TestTimesOutsideTheDayAreErrors(t *testing.T) {
+	for _, micros := range []int64{-1, -504000000000, DayMicros + 1, 1584000000000, math.MaxInt64, math.MinInt64} {
+		got, err := AppendTime([]byte("x"), micros)
+		if err == nil || !strings.Contains(err.Error(), "is outside PostgreSQL's range (00:00:00 to 24:00:00)") || string(got) != "x" {
+			t.Errorf("AppendTime(%d) = %s, %v; want an error", micros, got, err)
+		}
+		got, err = AppendTimeTZ([]byte("x"), micros, 3600)
+		if err == nil || string(got) != "x" {
+			t.Errorf("AppendTimeTZ(%d) = %s, %v; want an error", micros, got, err)
+		}
+	}
+	for _, off := range []int{MaxZoneOffset + 1, -MaxZoneOffset - 1, math.MaxInt} {
+		if got, err := AppendTimeTZ(nil, 0, off); err == nil {
+			t.Errorf("AppendTimeTZ(0, %d) = %s, want an error", off, got)
+		}
+	}
+	if got, err := AppendTimeTZ(nil, 0, -MaxZoneOffset); string(got) != `"15:59:59Z"` || err != nil {
+		t.Errorf("AppendTimeTZ(0, -15:59:59) = %s, %v", got, err)
+	}
+}
+
+func TestInTimestampRangeIsPostgresRange(t *testing.T) {
+	for _, tc := range []struct {
+		t    time.Time
+		want bool
+	}{
+		{time.Date(-4713, 11, 24, 0, 0, 0, 0, time.UTC), true},
+		{time.Date(-4713, 11, 23, 23, 59, 59, 999999000, time.UTC), false},
+		{time.Date(294276, 12, 31, 23, 59, 59, 999999000, time.UTC), true},
+		{time.Date(294277, 1, 1, 0, 0, 0, 0, time.UTC), false},
+		{time.UnixMilli(math.MaxInt64), false},
+		{time.UnixMicro(math.MaxInt64), true},
+	} {
+		if got := InTimestampRange(tc.t); got != tc.want {
+			t.Errorf("InTimestampRange(%v) = %v", tc.t, got)
+		}
+	}
+	if d := time.Date(-4713, 11, 24, 0, 0, 0, 0, time.UTC).Unix() / 86400; d != FirstUnixDay {
+		t.Errorf("FirstUnixDay %d, want %d", FirstUnixDay, d)
+	}
+	if d := time.Date(5874898, 1, 1, 0, 0, 0, 0, time.UTC).Unix() / 86400; d != EndUnixDay {
+		t.Errorf("EndUnixDay %d, want %d", EndUnixDay, d)
 	}
 }
 
@@ -319,7 +411,7 @@ func TestAppendDoesNotAllocate(t *testing.T) {
 		"numeric wide":   func() { AppendNumeric(dst, "12345678901234567890.123456789") },
 		"timestamp":      func() { AppendTimestamp(dst, ts, true) },
 		"bytes":          func() { AppendBytes(dst, []byte("0123456789")) },
-		"time with zone": func() { AppendTimeTZ(dst, 12345678, 3600) },
+		"time with zone": func() { _, _ = AppendTimeTZ(dst, 12345678, 3600) },
 	} {
 		if n := testing.AllocsPerRun(100, f); n != 0 {
 			t.Errorf("%s: %v allocations, want 0", name, n)

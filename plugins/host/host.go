@@ -11,6 +11,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -42,7 +44,10 @@ type Options struct {
 	// binary and the arguments of its hidden serve command, to which the
 	// plugin name is appended.
 	Self []string
-	Log  *slog.Logger
+	// BuiltinEnv names, by built-in plugin, the environment variables it
+	// reads (like AWS_* for S3) beyond those every plugin gets (see baseEnv).
+	BuiltinEnv map[string][]string
+	Log        *slog.Logger
 	// Health is told when a sink's process fails and when it is back.
 	Health func(component string, err error)
 }
@@ -122,17 +127,12 @@ func Load(ctx context.Context, spec config.Sink, opts Options) (*Sink, error) {
 		return nil, fmt.Errorf("sink %q: in_process works only for built-in plugins %v, not %q", spec.Name, opts.Builtins.Names(), spec.Plugin)
 	case spec.InProcess:
 		s.start = func(context.Context) (backend, error) { return &inProcess{impl: mk()}, nil }
-	case !builtin && !strings.ContainsRune(spec.Plugin, '/'):
-		return nil, fmt.Errorf("sink %q: unknown plugin %q: built-in plugins are %v; give a plugin binary by its path (./%s)",
-			spec.Name, spec.Plugin, opts.Builtins.Names(), spec.Plugin)
-	case builtin:
-		s.start = func(ctx context.Context) (backend, error) {
-			return launch(ctx, spec.Name, spec.Plugin, append(append([]string{}, opts.Self...), spec.Plugin), opts.Log)
-		}
 	default:
-		s.start = func(ctx context.Context) (backend, error) {
-			return launch(ctx, spec.Name, spec.Plugin, []string{spec.Plugin}, opts.Log)
+		c, err := commandFor(spec, opts)
+		if err != nil {
+			return nil, err
 		}
+		s.start = func(ctx context.Context) (backend, error) { return launch(ctx, c, opts.Log) }
 	}
 	if err := s.restart(ctx); err != nil {
 		return nil, err
@@ -179,12 +179,43 @@ func (s *Sink) watch(ctx context.Context) {
 	}
 }
 
-// Describe starts the plugin at path only to ask for its description.
-func Describe(ctx context.Context, path string, opts Options) (sdk.Description, error) {
+// commandFor says how to start the plugin process of a sink: a built-in
+// served by this binary, or an external binary, checked before it runs.
+func commandFor(spec config.Sink, opts Options) (command, error) {
+	_, builtin := opts.Builtins[spec.Plugin]
+	c := command{sink: spec.Name, path: spec.Plugin}
+	switch {
+	case builtin && spec.SHA256 != "":
+		return c, fmt.Errorf("sink %q: sha256 is for plugin binaries given by path; %q is built into pgtrail: leave sha256 out", spec.Name, spec.Plugin)
+	case builtin:
+		c.argv = append(slices.Clone(opts.Self), spec.Plugin)
+		c.env = pluginEnv(os.Environ(), append(slices.Clone(opts.BuiltinEnv[spec.Plugin]), spec.Env...))
+		return c, nil
+	case !strings.ContainsRune(spec.Plugin, '/'):
+		return c, fmt.Errorf("sink %q: unknown plugin %q: built-in plugins are %v; give a plugin binary by its path (./%s)",
+			spec.Name, spec.Plugin, opts.Builtins.Names(), spec.Plugin)
+	}
+	c.argv, c.env, c.external = []string{spec.Plugin}, pluginEnv(os.Environ(), spec.Env), true
+	if spec.SHA256 != "" {
+		sum, err := parseSHA256(spec.SHA256)
+		if err != nil {
+			return c, fmt.Errorf("sink %q: %w", spec.Name, err)
+		}
+		c.sha256 = sum
+	}
+	return c, nil
+}
+
+// Describe starts the plugin of spec only to ask for its description.
+func Describe(ctx context.Context, spec config.Sink, opts Options) (sdk.Description, error) {
 	if opts.Log == nil {
 		opts.Log = slog.Default()
 	}
-	b, err := launch(ctx, path, path, []string{path}, opts.Log)
+	c, err := commandFor(spec, opts)
+	if err != nil {
+		return sdk.Description{}, err
+	}
+	b, err := launch(ctx, c, opts.Log)
 	if err != nil {
 		return sdk.Description{}, err
 	}
@@ -228,6 +259,11 @@ func (s *Sink) restart(ctx context.Context) error {
 	}
 	s.resend = len(s.unsafe) > 0
 	if err := s.redeliver(ctx); err != nil {
+		if errors.As(err, new(*sdk.UnstorableBatch)) {
+			// The sink is up and refuses a batch for its data: the next
+			// call sends it again and gives it back to the pipeline.
+			return nil
+		}
 		s.b.Kill()
 		s.b = nil
 		return s.wrap("re-deliver", err)
@@ -266,6 +302,7 @@ func (s *Sink) call(ctx context.Context, op string, f func(backend) error) error
 	if err == nil {
 		err = f(s.b)
 	}
+	err = s.giveBack(err)
 	if err != nil && s.b.Lost(err) {
 		s.opts.Log.Error("sink plugin process lost; it will be restarted", "sink", s.name, "err", err)
 		s.b.Kill()
@@ -376,6 +413,29 @@ func (s *Sink) Flush(ctx context.Context) error {
 	})
 }
 
+// giveBack turns a sink's refusal of batch seq for its data into the
+// pipeline's change.UnstorableError: that batch and those after it are not
+// taken (the sink stops at the refused one), so they are given back, to be
+// handed over again split, and the next batch gets the refused one's seq.
+func (s *Sink) giveBack(err error) error {
+	var ub *sdk.UnstorableBatch
+	if !errors.As(err, &ub) {
+		return err
+	}
+	i := 0
+	for i < len(s.unsafe) && s.unsafe[i].seq < ub.Seq {
+		i++
+	}
+	earlier := len(s.unsafe) - i
+	s.unsafe = s.unsafe[:i]
+	s.seq, s.resend = min(s.seq, ub.Seq-1), len(s.unsafe) > 0
+	var u *change.UnstorableError
+	if !errors.As(ub.Err, &u) {
+		u = &change.UnstorableError{Err: ub.Err}
+	}
+	return &change.UnstorableError{Err: u.Err, Earlier: earlier}
+}
+
 // release forgets the batches the backend made durable.
 func (s *Sink) release(upTo uint64) {
 	n := 0
@@ -430,6 +490,10 @@ func (p *inProcess) Send(ctx context.Context, seq uint64, batch []*change.Change
 	case seq > p.last:
 		durable, err := p.impl.Write(ctx, batch)
 		if err != nil {
+			var u *change.UnstorableError
+			if errors.As(err, &u) {
+				return &sdk.UnstorableBatch{Seq: seq, Err: err}
+			}
 			return err
 		}
 		p.last = seq

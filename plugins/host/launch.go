@@ -3,10 +3,12 @@ package host
 import (
 	"bufio"
 	"context"
+	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"os/exec"
 	"strings"
@@ -29,46 +31,80 @@ type remote struct {
 		Exited() bool
 		Kill()
 	} // the plugin process: a *plugin.Client
-	rpc *sdk.Client
-	st  *sdk.Stream // of batches: opened by the first Send, ended by a failure
+	rpc  *sdk.Client
+	st   *sdk.Stream // of batches: opened by the first Send, ended by a failure
+	logs io.Closer   // the pipe that carries the plugin's log lines; nil in tests
+}
+
+// command is how to start one plugin process.
+type command struct {
+	sink string   // the sink's name, for messages
+	path string   // the binary as configured, or the built-in's name
+	argv []string // what runs: the binary, or this one serving a built-in
+	env  []string // the process's whole environment (see pluginEnv)
+	// external binaries are checked: ownership and mode, and sha256 when set.
+	external bool
+	sha256   []byte
 }
 
 // launch starts a plugin process and completes the handshake. Every failure
 // names the plugin and says what to do.
-func launch(ctx context.Context, name, path string, argv []string, log *slog.Logger) (*remote, error) {
-	cmd := exec.Command(argv[0], argv[1:]...)
+func launch(ctx context.Context, c command, log *slog.Logger) (*remote, error) {
+	if c.external {
+		if err := checkOwnership(c.path); err != nil {
+			if errors.Is(err, fs.ErrNotExist) {
+				return nil, fmt.Errorf("sink %q: cannot run plugin %s: %w (check the sink's plugin: a built-in name or the path of an executable)", c.sink, c.path, err)
+			}
+			return nil, fmt.Errorf("sink %q: refusing to run plugin %s: %w", c.sink, c.path, err)
+		}
+	}
+	cmd := exec.Command(c.argv[0], c.argv[1:]...)
+	cmd.Env = c.env
 	cmd.SysProcAttr = &syscall.SysProcAttr{
 		Setpgid:   true,            // a Ctrl-C to pgtrail must not kill the sink before it drains
 		Pdeathsig: syscall.SIGKILL, // and a killed pgtrail must not leave it behind
 	}
+	var secure *plugin.SecureConfig
+	if c.sha256 != nil {
+		secure = &plugin.SecureConfig{Checksum: c.sha256, Hash: sha256.New()}
+	}
+	logger, logs := pluginLogger(log.With("sink", c.sink))
 	client := plugin.NewClient(&plugin.ClientConfig{
 		HandshakeConfig:  sdk.Handshake,
 		VersionedPlugins: map[int]plugin.PluginSet{sdk.ProtocolVersion: {sdk.PluginName: &sdk.GRPCPlugin{}}},
 		Cmd:              cmd,
+		SkipHostEnv:      true, // cmd.Env is all it gets
+		SecureConfig:     secure,
 		AllowedProtocols: []plugin.Protocol{plugin.ProtocolGRPC},
 		AutoMTLS:         true,
 		Managed:          true,
 		StartTimeout:     30 * time.Second,
-		Logger:           pluginLogger(log.With("sink", name)),
+		Logger:           logger,
 		GRPCDialOptions: []grpc.DialOption{grpc.WithDefaultCallOptions(
 			grpc.MaxCallRecvMsgSize(sdk.MaxMessageBytes), grpc.MaxCallSendMsgSize(sdk.MaxMessageBytes))},
 	})
+	r := &remote{client: client, logs: logs}
 	rpcClient, err := client.Client()
 	if err != nil {
-		client.Kill()
-		return nil, explainLaunch(name, path, err)
+		r.Kill()
+		return nil, explainLaunch(c, err)
 	}
 	raw, err := rpcClient.Dispense(sdk.PluginName)
 	if err != nil {
-		client.Kill()
-		return nil, fmt.Errorf("sink %q: plugin %s serves no sink: %w (is it built with pgtrail's plugins/sdk.Serve?)", name, path, err)
+		r.Kill()
+		return nil, fmt.Errorf("sink %q: plugin %s serves no sink: %w (is it built with pgtrail's plugins/sdk.Serve?)", c.sink, c.path, err)
 	}
-	return &remote{client: client, rpc: raw.(*sdk.Client)}, nil
+	r.rpc = raw.(*sdk.Client)
+	return r, nil
 }
 
-func explainLaunch(name, path string, err error) error {
+func explainLaunch(c command, err error) error {
+	name, path := c.sink, c.path
 	msg := err.Error()
 	switch lower := strings.ToLower(msg); {
+	case errors.Is(err, plugin.ErrChecksumsDoNotMatch):
+		return fmt.Errorf("sink %q: refusing to run plugin %s: its sha256 is %s, not the %x that sinks[].sha256 gives: if the plugin was updated on purpose, set sha256 to its new sum (sha256sum %s); otherwise find out who changed it",
+			name, path, fileSHA256(path), c.sha256, path)
 	case strings.Contains(lower, "incompatible api version"):
 		return fmt.Errorf("sink %q: plugin %s speaks another sink protocol version than this pgtrail (%d): rebuild the plugin against this release's plugins/sdk, or run the pgtrail release it was built for (%s)",
 			name, path, sdk.ProtocolVersion, firstLine(msg))
@@ -153,7 +189,14 @@ func (r *remote) Lost(err error) bool {
 	return false
 }
 
-func (r *remote) Kill() { r.client.Kill() }
+// Kill ends the plugin process and then its log pipe, whose reader would
+// otherwise wait forever.
+func (r *remote) Kill() {
+	r.client.Kill()
+	if r.logs != nil {
+		r.logs.Close()
+	}
+}
 
 func (r *remote) Exited() bool { return r.client.Exited() }
 
@@ -170,8 +213,9 @@ func plain(err error) error {
 }
 
 // pluginLogger forwards go-plugin's log, including each line the plugin
-// writes to stderr, into pgtrail's log under the sink's name.
-func pluginLogger(log *slog.Logger) hclog.Logger {
+// writes to stderr, into pgtrail's log under the sink's name, until the
+// returned pipe is closed.
+func pluginLogger(log *slog.Logger) (hclog.Logger, io.Closer) {
 	pr, pw := io.Pipe()
 	go func() {
 		sc := bufio.NewScanner(pr)
@@ -180,7 +224,7 @@ func pluginLogger(log *slog.Logger) hclog.Logger {
 			forward(log, sc.Bytes())
 		}
 	}()
-	return hclog.New(&hclog.LoggerOptions{Output: pw, JSONFormat: true, Level: hclog.Debug})
+	return hclog.New(&hclog.LoggerOptions{Output: pw, JSONFormat: true, Level: hclog.Debug}), pw
 }
 
 // forward re-emits one hclog JSON line through slog.

@@ -8,13 +8,17 @@ import (
 	"log/slog"
 	"math"
 	"os"
+	"strconv"
 	"sync"
 	"time"
 
 	"github.com/google/uuid"
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/go-plugin"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/pgtrail/pgtrail/core/change"
 	pb "github.com/pgtrail/pgtrail/plugins/proto"
@@ -198,7 +202,7 @@ func (s *server) Deliver(st pb.Sink_DeliverServer) error {
 		case r.Seq > s.last:
 			durable, err := s.impl.Write(ctx, it.batch)
 			if err != nil {
-				return err
+				return refusal(err, r.Seq)
 			}
 			s.last = r.Seq
 			if durable {
@@ -289,7 +293,7 @@ func (s *Stream) receive() {
 			if err == io.EOF {
 				err = errors.New("the plugin closed the batch stream")
 			}
-			s.err = err
+			s.err = refused(err)
 		} else {
 			s.taken, s.durable = ack.TakenSeq, ack.DurableSeq
 		}
@@ -348,6 +352,57 @@ func (s *Stream) Wait(ctx context.Context, taken, durable uint64) (uint64, error
 func (s *Stream) Close() {
 	_ = s.st.CloseSend()
 	s.cancel()
+}
+
+// UnstorableBatch is how a batch stream ends when its sink refused batch
+// Seq for the data of a change (Err is a change.UnstorableError).
+type UnstorableBatch struct {
+	Seq uint64
+	Err error
+}
+
+func (e *UnstorableBatch) Error() string { return e.Err.Error() }
+func (e *UnstorableBatch) Unwrap() error { return e.Err }
+
+// A refusal crosses the process boundary as InvalidArgument with this
+// reason, and the batch's seq, in an ErrorInfo.
+const (
+	errorDomain      = "pgtrail.dev/sink"
+	reasonUnstorable = "UNSTORABLE"
+	metadataBatchSeq = "seq"
+)
+
+// refusal is the status that carries a sink's change.UnstorableError for
+// batch seq to the host; any other error goes as it is.
+func refusal(err error, seq uint64) error {
+	var u *change.UnstorableError
+	if !errors.As(err, &u) {
+		return err
+	}
+	st, derr := status.New(codes.InvalidArgument, u.Err.Error()).WithDetails(&errdetails.ErrorInfo{
+		Reason: reasonUnstorable, Domain: errorDomain, Metadata: map[string]string{metadataBatchSeq: strconv.FormatUint(seq, 10)}})
+	if derr != nil {
+		return err
+	}
+	return st.Err()
+}
+
+// refused turns the status of refusal back into an UnstorableBatch.
+func refused(err error) error {
+	st, ok := status.FromError(err)
+	if !ok || st.Code() != codes.InvalidArgument {
+		return err
+	}
+	for _, d := range st.Details() {
+		if info, ok := d.(*errdetails.ErrorInfo); ok && info.Domain == errorDomain && info.Reason == reasonUnstorable {
+			seq, perr := strconv.ParseUint(info.Metadata[metadataBatchSeq], 10, 64)
+			if perr != nil {
+				return err
+			}
+			return &UnstorableBatch{Seq: seq, Err: change.Unstorable(errors.New(st.Message()))}
+		}
+	}
+	return err
 }
 
 func toProto(c *Change) *pb.Change {

@@ -48,7 +48,11 @@ type Sink interface {
 	// when a batch has waited FlushInterval. A Write that fails must leave
 	// the sink as if the batch had not been handed over: the host retries it.
 	// After any failure or restart the same changes may come again (same ID)
-	// and must not be stored twice.
+	// and must not be stored twice. A Write that can never store a change
+	// of the batch as it is (its data: the storage refuses a value) returns
+	// Unstorable(err); the pipeline then hands the batch over in halves to
+	// find that change, and stores it with its images replaced by markers.
+	// Only Write's refusals count: a buffering sink checks its data there.
 	Write(ctx context.Context, batch []*Change) (durable bool, err error)
 	// Flush makes every batch handed over durable.
 	Flush(ctx context.Context) error
@@ -56,6 +60,11 @@ type Sink interface {
 	Check(ctx context.Context) error
 	Close(ctx context.Context) error
 }
+
+// Unstorable marks a Write error as caused by the data of a change, which
+// the sink can never store as it is. Never for an outage (a connection, a
+// full disk, a read-only database): what it refuses is replaced by markers.
+func Unstorable(err error) error { return change.Unstorable(err) }
 
 // AppendJSONString appends s as a JSON string, escaped as encoding/json
 // escapes it (HTML escaping off), for sinks that write JSON by hand.

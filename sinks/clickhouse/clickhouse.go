@@ -7,6 +7,8 @@ package clickhouse
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -15,6 +17,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"os"
 	"regexp"
 	"slices"
 	"strconv"
@@ -38,6 +41,12 @@ type Config struct {
 	// Settings are ClickHouse settings sent with every INSERT, e.g.
 	// {async_insert: 1, wait_for_async_insert: 1} on servers that have them.
 	Settings map[string]any `json:"settings"`
+	// For an https:// URL: CAFile holds the PEM certificates of the CAs
+	// that sign the server's certificate (default: the system's), CertFile
+	// and KeyFile a client certificate, for a server that asks for one.
+	CAFile   string `json:"ca_file"`
+	CertFile string `json:"cert_file"`
+	KeyFile  string `json:"key_file"`
 }
 
 // Sink writes changes to a ClickHouse table.
@@ -68,19 +77,21 @@ func (s *Sink) Configure(_ context.Context, raw json.RawMessage) error {
 		dec := json.NewDecoder(bytes.NewReader(raw))
 		dec.DisallowUnknownFields()
 		if err := dec.Decode(&cfg); err != nil {
-			return fmt.Errorf("config: %w (known keys: url, database, table, user, password, settings)", err)
+			return fmt.Errorf("config: %w (known keys: url, database, table, user, password, settings, ca_file, cert_file, key_file)", err)
 		}
 	}
 	var errs []error
 	bad := func(key, format string, args ...any) {
 		errs = append(errs, fmt.Errorf("config.%s: %s", key, fmt.Sprintf(format, args...)))
 	}
-	u, err := url.Parse(cfg.URL)
-	switch {
-	case cfg.URL == "":
+	var u *url.URL
+	var err error
+	if cfg.URL == "" {
 		bad("url", "required: the HTTP interface of ClickHouse, like http://127.0.0.1:8123")
-	case err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "":
-		bad("url", "%q is not an http:// or https:// URL like http://127.0.0.1:8123", cfg.URL)
+	} else if u, err = sdk.ParseHTTPURL("url", cfg.URL); err != nil {
+		errs = append(errs, err)
+	} else if u.RawQuery != "" {
+		bad("url", "has a query string (?…), which the sink does not read: give settings in config.settings, and the user and password in config.user and config.password (or as http://user:password@host:8123)")
 	}
 	if !ident.MatchString(cfg.Database) {
 		bad("database", "%q is not a simple identifier (letters, digits, _)", cfg.Database)
@@ -97,6 +108,10 @@ func (s *Sink) Configure(_ context.Context, raw json.RawMessage) error {
 		default:
 			bad("settings."+k, "want a number, string or boolean")
 		}
+	}
+	tlsCfg, err := loadTLS(cfg, u)
+	if err != nil {
+		errs = append(errs, err)
 	}
 	if err := errors.Join(errs...); err != nil {
 		return err
@@ -118,13 +133,48 @@ func (s *Sink) Configure(_ context.Context, raw json.RawMessage) error {
 	s.client = &http.Client{
 		Timeout: 5 * time.Minute, // a hung server must not hold the pipeline forever
 		Transport: &http.Transport{
-			DialContext: (&net.Dialer{Timeout: 10 * time.Second}).DialContext,
+			DialContext:         (&net.Dialer{Timeout: 10 * time.Second}).DialContext,
+			TLSClientConfig:     tlsCfg,
+			TLSHandshakeTimeout: 10 * time.Second,
 			// Below the server's keep_alive_timeout (3 s by default), so a
 			// request never goes out on a connection the server is closing.
 			IdleConnTimeout: 2 * time.Second, MaxIdleConnsPerHost: 2,
 		},
 	}
 	return nil
+}
+
+// loadTLS reads the CA and client certificate files, for an https:// URL u
+// (nil when the URL is bad). Without them it returns nil: the system's CAs.
+func loadTLS(cfg Config, u *url.URL) (*tls.Config, error) {
+	if cfg.CAFile == "" && cfg.CertFile == "" && cfg.KeyFile == "" {
+		return nil, nil
+	}
+	if u != nil && u.Scheme != "https" {
+		return nil, errors.New("config.ca_file, cert_file and key_file: TLS settings for an http:// URL: use https:// and the server's https_port, or leave them out")
+	}
+	if (cfg.CertFile == "") != (cfg.KeyFile == "") {
+		return nil, errors.New("config.cert_file: cert_file and key_file go together: set both (a client certificate and its key), or neither")
+	}
+	c := &tls.Config{MinVersion: tls.VersionTLS12}
+	if cfg.CAFile != "" {
+		pem, err := os.ReadFile(cfg.CAFile)
+		if err != nil {
+			return nil, fmt.Errorf("config.ca_file: %w", err)
+		}
+		c.RootCAs = x509.NewCertPool()
+		if !c.RootCAs.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("config.ca_file: %s holds no PEM certificate (-----BEGIN CERTIFICATE-----)", cfg.CAFile)
+		}
+	}
+	if cfg.CertFile != "" {
+		cert, err := tls.LoadX509KeyPair(cfg.CertFile, cfg.KeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("config.cert_file and key_file: load the client certificate %s and key %s: %w", cfg.CertFile, cfg.KeyFile, err)
+		}
+		c.Certificates = []tls.Certificate{cert}
+	}
+	return c, nil
 }
 
 func quote(ident string) string { return "`" + ident + "`" }
@@ -333,6 +383,7 @@ const (
 func (s *Sink) explain(op string, err error) error {
 	var se *serverError
 	var ne net.Error
+	var oe *net.OpError
 	var hint string
 	switch {
 	case errors.As(err, &se):
@@ -346,6 +397,10 @@ func (s *Sink) explain(op string, err error) error {
 		case codeAccessDenied, codeReadonly:
 			hint = fmt.Sprintf("user %q may not do this: grant it CREATE on database %s and INSERT, SELECT on %s", s.user, quote(s.cfg.Database), s.target)
 		}
+	case untrusted(err):
+		hint = fmt.Sprintf("ClickHouse at %s presented a certificate this sink does not trust: set config.ca_file to the PEM file of the CA that signed it, and use the host name (or IP) the certificate is for", s.endpoint)
+	case errors.As(err, &oe) && oe.Op == "remote error":
+		hint = fmt.Sprintf("ClickHouse at %s refused the TLS handshake: if it asks for client certificates, set config.cert_file and config.key_file", s.endpoint)
 	case errors.As(err, &ne):
 		hint = fmt.Sprintf("cannot reach ClickHouse at %s: is it running, and is config.url its HTTP interface?", s.endpoint)
 	}
@@ -353,4 +408,14 @@ func (s *Sink) explain(op string, err error) error {
 		return fmt.Errorf("%s: %w (%s)", op, err, hint)
 	}
 	return fmt.Errorf("%s: %w", op, err)
+}
+
+// untrusted tells whether err is the server's certificate failing
+// verification.
+func untrusted(err error) bool {
+	var cv *tls.CertificateVerificationError
+	var ua x509.UnknownAuthorityError
+	var he x509.HostnameError
+	var ci x509.CertificateInvalidError
+	return errors.As(err, &cv) || errors.As(err, &ua) || errors.As(err, &he) || errors.As(err, &ci)
 }

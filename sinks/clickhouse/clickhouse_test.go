@@ -4,7 +4,10 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"net"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -292,6 +295,78 @@ func TestConfigErrorsNameTheKey(t *testing.T) {
 		`{"url":"http://x","database":"a-b"}`:     `config.database: "a-b" is not a simple identifier`,
 		`{"url":"http://x","table":""}`:           "config.table",
 		`{"url":"http://x","settings":{"x":[1]}}`: "config.settings.x",
+	} {
+		err := clickhouse.New().Configure(ctx, json.RawMessage(raw))
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("Configure(%s) = %v, want an error containing %q", raw, err, want)
+		}
+	}
+}
+
+// TestHTTPSWithOwnCAAndClientCertificate writes over the server's HTTPS
+// interface, whose certificate is signed by a private CA and which asks
+// every client for a certificate of that CA.
+func TestHTTPSWithOwnCAAndClientCertificate(t *testing.T) {
+	database := server.NewDatabase(t)
+	certs := server.Certs()
+	tlsKeys := map[string]any{"url": server.HTTPSURL(), "ca_file": certs.CAFile, "cert_file": certs.ClientCert, "key_file": certs.ClientKey}
+	s := configured(t, config(t, database, tlsKeys))
+	if err := s.Setup(ctx); err != nil {
+		t.Fatalf("Setup over HTTPS: %v", err)
+	}
+	if durable, err := s.Write(ctx, sdktest.Changes(4, time.Now())); err != nil || !durable {
+		t.Fatalf("Write over HTTPS = %v, %v", durable, err)
+	}
+	if got := len(ids(t, database)); got != 4 {
+		t.Fatalf("%d changes stored, want 4", got)
+	}
+	for _, c := range []struct {
+		name, leave, want string
+	}{
+		{"without the CA", "ca_file", "presented a certificate this sink does not trust: set config.ca_file"},
+		{"without a client certificate", "cert_file", "refused the TLS handshake: if it asks for client certificates, set config.cert_file and config.key_file"},
+	} {
+		extra := maps.Clone(tlsKeys)
+		delete(extra, c.leave)
+		if c.leave == "cert_file" {
+			delete(extra, "key_file")
+		}
+		err := configured(t, config(t, database, extra)).Check(ctx)
+		t.Logf("%s: %v", c.name, err)
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: Check = %v, want it to say %q", c.name, err, c.want)
+		}
+	}
+}
+
+// TestConfigErrorsNeverEchoThePassword gives bad URLs that hold a password:
+// the errors name config.url and say what is wrong, without the password.
+func TestConfigErrorsNeverEchoThePassword(t *testing.T) {
+	for raw, want := range map[string]string{
+		`{"url":"localhost:8123?user=u&password=hunter2"}`: "config.url: not an http:// or https:// URL",
+		`{"url":"ftp://u:hunter2@db:8123"}`:                "config.url: not an http:// or https:// URL",
+		`{"url":"http://u:hunter2@db:port"}`:               "config.url: not a valid URL",
+		`{"url":"http://u:hunter2@/"}`:                     "config.url: the URL names no host",
+		`{"url":"http://db:8123/?password=hunter2"}`:       "config.url: has a query string",
+		`{"url":"u:hunter2@db:8123"}`:                      "config.url: not an http:// or https:// URL",
+	} {
+		err := clickhouse.New().Configure(ctx, json.RawMessage(raw))
+		if err == nil || !strings.Contains(err.Error(), want) || strings.Contains(err.Error(), "hunter2") {
+			t.Errorf("Configure(%s) = %v; want an error containing %q and not the password", raw, err, want)
+		}
+	}
+}
+
+func TestTLSConfigErrorsNameTheKey(t *testing.T) {
+	certs := server.Certs()
+	notPEM := filepath.Join(t.TempDir(), "ca.txt")
+	os.WriteFile(notPEM, []byte("not a certificate"), 0o600)
+	for raw, want := range map[string]string{
+		`{"url":"http://db:8123","ca_file":"` + certs.CAFile + `"}`:                                             "TLS settings for an http:// URL: use https://",
+		`{"url":"https://db:8123","cert_file":"` + certs.ClientCert + `"}`:                                      "config.cert_file: cert_file and key_file go together",
+		`{"url":"https://db:8123","ca_file":"/nonexistent/ca.pem"}`:                                             "config.ca_file: open /nonexistent/ca.pem: no such file",
+		`{"url":"https://db:8123","ca_file":"` + notPEM + `"}`:                                                  "config.ca_file: " + notPEM + " holds no PEM certificate",
+		`{"url":"https://db:8123","cert_file":"` + certs.ClientCert + `","key_file":"` + certs.ServerKey + `"}`: "load the client certificate",
 	} {
 		err := clickhouse.New().Configure(ctx, json.RawMessage(raw))
 		if err == nil || !strings.Contains(err.Error(), want) {

@@ -9,7 +9,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 	"unicode/utf8"
@@ -34,6 +36,9 @@ type Config struct {
 	// backend inserting into three GIN indexes is the slowest step of the
 	// whole trail; two use a second core where there is one.
 	Writers int `json:"writers"`
+	// Partitioning says how long one partition spans and how many are made
+	// ahead (partitions.go).
+	Partitioning Partitioning `json:"partitioning"`
 }
 
 // minPerWriter keeps small batches (a quiet database's) on one connection,
@@ -47,8 +52,15 @@ type Sink struct {
 	pool   *pgxpool.Pool
 	gin    cleaner
 
+	log *slog.Logger
+
 	mu    sync.Mutex
-	parts map[string]bool // partitions known to exist
+	spans []span // partitions known to exist, sorted
+	// upkeep serialises partition creation; stopUpkeep ends the background
+	// upkeep that Open starts.
+	upkeep     sync.Mutex
+	stopUpkeep context.CancelFunc
+	upkeepDone sync.WaitGroup
 	// replaying is true until a batch goes in without a single conflict: after
 	// a restart the first batches overlap what is stored, so they go through
 	// a staging table; then plain COPY, the fast path.
@@ -56,7 +68,11 @@ type Sink struct {
 }
 
 // New returns an unconfigured sink.
-func New() *Sink { return &Sink{parts: map[string]bool{}, replaying: true} }
+func New() *Sink { return &Sink{log: sdk.Logger(), replaying: true} }
+
+// SetLogger replaces the plugin logger, for a sink used inside pgtrail's
+// own process (retention, migration).
+func (s *Sink) SetLogger(log *slog.Logger) { s.log = log }
 
 // Describe names the sink.
 func (s *Sink) Describe() sdk.Description {
@@ -65,32 +81,46 @@ func (s *Sink) Describe() sdk.Description {
 
 // Configure reads the config block.
 func (s *Sink) Configure(_ context.Context, raw json.RawMessage) error {
-	cfg := Config{Schema: "pgtrail", Table: "changes", Writers: 2}
-	dec := json.NewDecoder(bytes.NewReader(raw))
-	dec.DisallowUnknownFields()
-	if len(raw) > 0 {
-		if err := dec.Decode(&cfg); err != nil {
-			return fmt.Errorf("config: %w (known keys: url, schema, table, writers)", err)
-		}
-	}
-	if cfg.URL == "" {
-		return errors.New("config.url: required: the PostgreSQL URL of the database that holds the audit table")
-	}
-	if _, err := pgxpool.ParseConfig(cfg.URL); err != nil {
-		return fmt.Errorf("config.url: %w", err)
-	}
-	if cfg.Writers < 1 || cfg.Writers > 16 {
-		return fmt.Errorf("config.writers: %d is out of range: give 1 to 16 connections (default 2)", cfg.Writers)
-	}
-	if !validIdent(cfg.Schema) {
-		return fmt.Errorf("config.schema: %q is not a simple identifier (lowercase letters, digits, _)", cfg.Schema)
-	}
-	if !validIdent(cfg.Table) {
-		return fmt.Errorf("config.table: %q is not a simple identifier (lowercase letters, digits, _)", cfg.Table)
+	cfg, err := ParseConfig(raw)
+	if err != nil {
+		return err
 	}
 	s.cfg = cfg
 	s.target = pgx.Identifier{cfg.Schema, cfg.Table}.Sanitize()
 	return nil
+}
+
+// ParseConfig reads and checks a config block, with the defaults applied.
+// pgtrail reads it too: native capture must know the audit tables, so as
+// never to store its own writes.
+func ParseConfig(raw json.RawMessage) (Config, error) {
+	cfg := Config{Schema: "pgtrail", Table: "changes", Writers: 2, Partitioning: defaultPartitioning()}
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.DisallowUnknownFields()
+	if len(raw) > 0 {
+		if err := dec.Decode(&cfg); err != nil {
+			return cfg, fmt.Errorf("config: %w (known keys: url, schema, table, writers, partitioning)", err)
+		}
+	}
+	if cfg.URL == "" {
+		return cfg, errors.New("config.url: required: the PostgreSQL URL of the database that holds the audit table")
+	}
+	if _, err := pgxpool.ParseConfig(cfg.URL); err != nil {
+		return cfg, fmt.Errorf("config.url: %w", err)
+	}
+	if cfg.Writers < 1 || cfg.Writers > 16 {
+		return cfg, fmt.Errorf("config.writers: %d is out of range: give 1 to 16 connections (default 2)", cfg.Writers)
+	}
+	if !validIdent(cfg.Schema) {
+		return cfg, fmt.Errorf("config.schema: %q is not a simple identifier (lowercase letters, digits, _)", cfg.Schema)
+	}
+	if !validIdent(cfg.Table) {
+		return cfg, fmt.Errorf("config.table: %q is not a simple identifier (lowercase letters, digits, _)", cfg.Table)
+	}
+	if err := cfg.Partitioning.validate(cfg.Table); err != nil {
+		return cfg, err
+	}
+	return cfg, nil
 }
 
 func validIdent(s string) bool {
@@ -153,6 +183,7 @@ func (s *Sink) Open(ctx context.Context) error {
 	if !exists {
 		return fmt.Errorf("audit table %s does not exist: run `pgtrail setup`", s.target)
 	}
+	s.startUpkeep()
 	return nil
 }
 
@@ -181,6 +212,10 @@ func (s *Sink) Check(ctx context.Context) error {
 
 // Close releases the connections.
 func (s *Sink) Close(context.Context) error {
+	if s.stopUpkeep != nil {
+		s.stopUpkeep()
+		s.upkeepDone.Wait()
+	}
 	s.gin.wait()
 	if s.pool != nil {
 		s.pool.Close()
@@ -190,7 +225,8 @@ func (s *Sink) Close(context.Context) error {
 }
 
 // Setup creates the schema, the partitioned audit table, its indexes and the
-// partitions for this month and the next. Idempotent.
+// partitions for now and ahead (see Partitioning), and takes the Bemi
+// trigger off them. Idempotent.
 func (s *Sink) Setup(ctx context.Context) error {
 	if err := s.connect(ctx); err != nil {
 		return err
@@ -200,7 +236,7 @@ func (s *Sink) Setup(ctx context.Context) error {
 	}
 	t := s.cfg.Table
 	idx := func(suffix string) string { return pgx.Identifier{t + "_" + suffix}.Sanitize() }
-	stmts := []string{
+	create := []string{
 		"CREATE SCHEMA IF NOT EXISTS " + pgx.Identifier{s.cfg.Schema}.Sanitize(),
 		`CREATE TABLE IF NOT EXISTS ` + s.target + ` (
 			id uuid NOT NULL,
@@ -224,21 +260,57 @@ func (s *Sink) Setup(ctx context.Context) error {
 			-- questions by time without an index of its own.
 			PRIMARY KEY (committed_at, id)
 		) PARTITION BY RANGE (committed_at)`,
-		// The comment tells native capture never to store this table's rows,
-		// wherever it lives (transports/pglogrepl.AuditTableComment).
+	}
+	// Once the table is known to be pgtrail's own:
+	more := []string{
 		`COMMENT ON TABLE ` + s.target + ` IS 'pgtrail audit table: every row change, with its context'`,
-		`CREATE INDEX IF NOT EXISTS ` + idx("table_primary_key_idx") + ` ON ` + s.target + ` ("table", primary_key)`,
 		`CREATE INDEX IF NOT EXISTS ` + idx("context_idx") + ` ON ` + s.target + ` USING gin (context jsonb_path_ops)`,
 		`CREATE INDEX IF NOT EXISTS ` + idx("before_idx") + ` ON ` + s.target + ` USING gin (before jsonb_path_ops)`,
 		`CREATE INDEX IF NOT EXISTS ` + idx("after_idx") + ` ON ` + s.target + ` USING gin (after jsonb_path_ops)`,
 	}
-	for _, q := range stmts {
-		if _, err := s.pool.Exec(ctx, q); err != nil {
-			return fmt.Errorf("set up audit table %s: %w", s.target, err)
+	exec := func(stmts []string) error {
+		for _, q := range stmts {
+			if _, err := s.pool.Exec(ctx, q); err != nil {
+				return fmt.Errorf("set up audit table %s: %w", s.target, err)
+			}
 		}
+		return nil
 	}
-	now := time.Now().UTC()
-	return s.ensurePartitions(ctx, []time.Time{now, now.AddDate(0, 1, 0)})
+	if err := exec(create); err != nil {
+		return err
+	}
+	// Was the table there already, and unpartitioned (Bemi's)?
+	if err := s.checkPartitioned(ctx); err != nil {
+		return err
+	}
+	if err := s.checkOwner(ctx); err != nil {
+		return err
+	}
+	if err := exec(more); err != nil {
+		return err
+	}
+	// By ("table", primary_key) too: the history index (readindexes.go).
+	if err := s.addReadIndexes(ctx); err != nil {
+		return err
+	}
+	return s.premake(ctx, time.Now())
+}
+
+// checkOwner refuses to adopt an audit table that another role made: its
+// owner could read, change or empty the trail, and a table of the same name
+// made before setup would be taken for pgtrail's own.
+func (s *Sink) checkOwner(ctx context.Context) error {
+	var owner, user string
+	err := s.pool.QueryRow(ctx, `SELECT pg_get_userbyid(relowner), current_user::text FROM pg_class WHERE oid = $1::regclass`, s.target).Scan(&owner, &user)
+	if err != nil {
+		return fmt.Errorf("look up the owner of audit table %s: %w", s.target, err)
+	}
+	if owner != user {
+		return fmt.Errorf("audit table %s exists and is owned by role %q, not by %q that pgtrail connects as: pgtrail will not keep its trail in a table another role controls. "+
+			"Check what it holds, then drop it or have a superuser run ALTER TABLE %s OWNER TO %s, or set config.table to another name; then run pgtrail setup again",
+			s.target, owner, user, s.target, pgx.Identifier{user}.Sanitize())
+	}
+	return nil
 }
 
 // Teardown drops the audit table with all its partitions.
@@ -252,34 +324,6 @@ func (s *Sink) Teardown(ctx context.Context) error {
 	return nil
 }
 
-// ensurePartitions creates the monthly partitions that hold the given times.
-func (s *Sink) ensurePartitions(ctx context.Context, times []time.Time) error {
-	for _, t := range times {
-		start := time.Date(t.Year(), t.Month(), 1, 0, 0, 0, 0, time.UTC)
-		name := fmt.Sprintf("%s_p%04d%02d", s.cfg.Table, start.Year(), int(start.Month()))
-		s.mu.Lock()
-		known := s.parts[name]
-		s.mu.Unlock()
-		if known {
-			continue
-		}
-		q := fmt.Sprintf(`CREATE TABLE IF NOT EXISTS %s PARTITION OF %s FOR VALUES FROM ('%s') TO ('%s')`,
-			pgx.Identifier{s.cfg.Schema, name}.Sanitize(), s.target,
-			start.Format(time.RFC3339), start.AddDate(0, 1, 0).Format(time.RFC3339))
-		if _, err := s.pool.Exec(ctx, q); err != nil {
-			var pgErr *pgconn.PgError
-			// Another writer may have made it between our check and create.
-			if !errors.As(err, &pgErr) || pgErr.Code != "42P07" {
-				return fmt.Errorf("create partition %s: %w", name, err)
-			}
-		}
-		s.mu.Lock()
-		s.parts[name] = true
-		s.mu.Unlock()
-	}
-	return nil
-}
-
 var columns = []string{"id", "primary_key", "before", "after", "context", "database", "schema", "table",
 	"operation", "committed_at", "queued_at", "transaction_id", "position", "seq", "unchanged_toast"}
 
@@ -288,7 +332,11 @@ func (s *Sink) Flush(context.Context) error { return nil }
 
 // Write stores a batch in one transaction, so it is all there or not at all.
 func (s *Sink) Write(ctx context.Context, batch []*sdk.Change) (bool, error) {
-	if err := s.write(ctx, batch); err != nil {
+	err := s.write(ctx, batch)
+	if s.partitionGone(err) {
+		err = s.write(ctx, batch)
+	}
+	if err != nil {
 		return false, err
 	}
 	s.gin.wrote(len(batch), s.pool, s.target)
@@ -302,34 +350,41 @@ func (s *Sink) write(ctx context.Context, batch []*sdk.Change) error {
 	if err := s.connect(ctx); err != nil {
 		return err
 	}
-	var months []time.Time
-	var last time.Time
-	for _, c := range batch {
-		if m := c.CommittedAt.UTC(); m.Year() != last.Year() || m.Month() != last.Month() {
-			months = append(months, m)
-			last = m
-		}
-	}
-	if err := s.ensurePartitions(ctx, months); err != nil {
+	if err := s.ensurePartitions(ctx, commitTimes(batch)); err != nil {
 		return err
 	}
 	if !s.replaying {
 		err := s.copyDirect(ctx, batch)
 		var pgErr *pgconn.PgError
 		if err == nil || !errors.As(err, &pgErr) || pgErr.Code != "23505" {
-			return err
+			return classify(err)
 		}
 		// Some changes are stored already: a replay. Merge instead.
 		s.replaying = true
 	}
 	inserted, err := s.merge(ctx, batch)
 	if err != nil {
-		return err
+		return classify(err)
 	}
 	if inserted == int64(len(batch)) {
 		s.replaying = false
 	}
 	return nil
+}
+
+// classify marks an error of COPY or of the merge as unstorable when
+// PostgreSQL refused a value of the batch (SQLSTATE class 22, data
+// exception: a number numeric cannot hold, an escape or a byte jsonb
+// refuses; class 54, program limit exceeded: a jsonb too large or too
+// deep). Every other error, a lost connection, a read-only database
+// (25006), a full disk (53100), is the database's state, which passes: the
+// batch is written again as it is.
+func classify(err error) error {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && (strings.HasPrefix(pgErr.Code, "22") || strings.HasPrefix(pgErr.Code, "54")) {
+		return sdk.Unstorable(err)
+	}
+	return err
 }
 
 // copyDirect is the fast path: COPY straight into the audit table, a large
@@ -362,10 +417,8 @@ func (s *Sink) copyPart(ctx context.Context, part []*sdk.Change) error {
 func (s *Sink) merge(ctx context.Context, batch []*sdk.Change) (int64, error) {
 	var inserted int64
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		_, err := tx.Exec(ctx, `CREATE TEMP TABLE IF NOT EXISTS pgtrail_stage
-			(LIKE `+s.target+` INCLUDING DEFAULTS) ON COMMIT DELETE ROWS`)
-		if err != nil {
-			return fmt.Errorf("create staging table: %w", err)
+		if err := s.createStaging(ctx, tx); err != nil {
+			return err
 		}
 		if _, err := tx.CopyFrom(ctx, pgx.Identifier{"pgtrail_stage"}, columns, rows(batch)); err != nil {
 			return fmt.Errorf("copy %d changes into staging table: %w", len(batch), err)

@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	neturl "net/url"
 	"strings"
@@ -12,7 +13,9 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/pgtrail/pgtrail/core/change"
 	"github.com/pgtrail/pgtrail/plugins/sdk"
 	"github.com/pgtrail/pgtrail/plugins/sdk/sdktest"
 	"github.com/pgtrail/pgtrail/test/pgtest"
@@ -32,6 +35,7 @@ func openSink(t *testing.T, config map[string]any) (*Sink, string) {
 	config["url"] = url
 	cfg, _ := json.Marshal(config)
 	s, ctx := New(), context.Background()
+	s.SetLogger(testLog)
 	if err := s.Configure(ctx, cfg); err != nil {
 		t.Fatal(err)
 	}
@@ -94,8 +98,9 @@ func TestSetupMakesTheAuditTableWithItsKeyAndIndexes(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := []string{
-		"btree (\"table\", primary_key)",
+		"btree (\"table\", primary_key, committed_at)",
 		"btree (committed_at, id)",
+		"btree (transaction_id)",
 		"gin (after jsonb_path_ops)",
 		"gin (before jsonb_path_ops)",
 		"gin (context jsonb_path_ops)",
@@ -269,6 +274,7 @@ func TestAnAuditDatabaseNotInUTF8IsRefused(t *testing.T) {
 	t.Cleanup(func() { cluster.Exec(t, "postgres", "DROP DATABASE latin1_audit") })
 	cfg, _ := json.Marshal(map[string]string{"url": cluster.URL("latin1_audit")})
 	s, ctx := New(), context.Background()
+	s.SetLogger(testLog)
 	if err := s.Configure(ctx, cfg); err != nil {
 		t.Fatal(err)
 	}
@@ -311,5 +317,70 @@ func TestCommitsAreFlushedBeforeTheyAreReportedDurable(t *testing.T) {
 				t.Fatalf("synchronous_commit %s, want %s", got, tc.want)
 			}
 		})
+	}
+}
+
+// TestOnlyARefusedValueIsUnstorable: a batch PostgreSQL refuses for a value
+// (jsonb cannot hold it) is reported as change.UnstorableError, on the fast
+// path and through the staging table alike; a read-only audit database is
+// the database's state, an ordinary error, and the same batch goes in once
+// it is writable again.
+func TestOnlyARefusedValueIsUnstorable(t *testing.T) {
+	s, url := openSink(t, map[string]any{})
+	ctx := context.Background()
+	at := time.Now()
+	for _, replaying := range []bool{true, false} {
+		s.replaying = replaying
+		for _, img := range []string{`{"a":1e1000000}`, `{"a":"\u0000"}`, `{"a":"\ud800"}`, "{\"a\":\"\xff\"}"} {
+			c := sdktest.Changes(1, at)[0]
+			c.After = json.RawMessage(img)
+			_, err := s.Write(ctx, []*sdk.Change{c})
+			var u *change.UnstorableError
+			if !errors.As(err, &u) {
+				t.Errorf("replaying=%v, after %q: %v, want an UnstorableError", replaying, img, err)
+			}
+		}
+	}
+
+	conn, err := pgx.Connect(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	db := conn.Config().Database
+	for _, q := range []string{
+		fmt.Sprintf("ALTER DATABASE %q SET default_transaction_read_only = on", db),
+		"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'pgtrail-sink'",
+	} {
+		if _, err := conn.Exec(ctx, q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	batch := sdktest.Changes(10, at.Add(time.Second))
+	for range 3 { // the terminated connections first, then read-only ones
+		_, err = s.Write(ctx, batch)
+		var u *change.UnstorableError
+		if err == nil || errors.As(err, &u) {
+			t.Fatalf("write to a read-only audit database: %v, want an ordinary error", err)
+		}
+	}
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) || pgErr.Code != "25006" {
+		t.Fatalf("write to a read-only audit database: %v, want SQLSTATE 25006", err)
+	}
+	if _, err := conn.Exec(ctx, fmt.Sprintf("ALTER DATABASE %q RESET default_transaction_read_only", db)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := conn.Exec(ctx, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'pgtrail-sink'"); err != nil {
+		t.Fatal(err)
+	}
+	var werr error
+	for range 3 { // terminated connections fail once each
+		if _, werr = s.Write(ctx, batch); werr == nil {
+			break
+		}
+	}
+	if werr != nil {
+		t.Fatalf("write once writable again: %v", werr)
 	}
 }

@@ -5,10 +5,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net/url"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/pgtrail/pgtrail/plugins/sdk"
 )
 
 // Config is the sink's `config` block.
@@ -63,9 +64,12 @@ func parseConfig(raw json.RawMessage) (Config, error) {
 		bad("format", "%q is not a format: use jsonl or parquet", cfg.Format)
 	}
 	if cfg.Endpoint != "" {
-		u, err := url.Parse(cfg.Endpoint)
-		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-			bad("endpoint", "%q is not an http:// or https:// URL", cfg.Endpoint)
+		u, err := sdk.ParseHTTPURL("endpoint", cfg.Endpoint)
+		switch {
+		case err != nil:
+			errs = append(errs, err)
+		case u.User != nil || u.RawQuery != "":
+			bad("endpoint", "holds a user, password or query: give the credentials in config.access_key_id and config.secret_access_key (or the AWS environment), and the endpoint as scheme://host:port only")
 		}
 	}
 	if (cfg.AccessKeyID == "") != (cfg.SecretAccessKey == "") {

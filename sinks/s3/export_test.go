@@ -10,3 +10,6 @@ func (s *Sink) Buffered() (changes int, bytes int64) {
 
 // SizeOf is what a batch counts against flush_bytes.
 var SizeOf = sizeOf
+
+// ReadFolder reads a table folder's name back as (schema, table).
+var ReadFolder = unfolder

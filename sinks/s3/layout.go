@@ -9,6 +9,7 @@ import (
 	"regexp"
 	"slices"
 	"strconv"
+	"strings"
 
 	"github.com/pgtrail/pgtrail/plugins/sdk"
 )
@@ -70,10 +71,27 @@ func partitionOf(c *sdk.Change) partition {
 	return partition{c.Schema, c.Table, c.CommittedAt.UTC().Format("2006-01-02")}
 }
 
-// dir is the partition's folder: <prefix>/<schema>.<table>/dt=<day>. Names are
-// path-escaped, so a "/" in a table name cannot make another folder.
+// dir is the partition's folder: <prefix>/<schema>.<table>/dt=<day>.
 func (p partition) dir(prefix string) string {
-	return path.Join(prefix, url.PathEscape(p.schema)+"."+url.PathEscape(p.table), "dt="+p.day)
+	return path.Join(prefix, folder(p.schema, p.table), "dt="+p.day)
+}
+
+// folder names a table's folder, <schema>.<table>, each name escaped so that
+// no two tables share a folder: escaped names hold no "." (the one "." is the
+// separator), no "/" (no other folder), no "=" (a Hive partition to readers),
+// and unescape to the name again. An empty name is "%", which no escaped name
+// is, so that no folder is "." or "..".
+func folder(schema, table string) string { return escapeName(schema) + "." + escapeName(table) }
+
+var nameEscapes = strings.NewReplacer(".", "%2E", "=", "%3D")
+
+// escapeName is url.PathEscape, which leaves a name of letters, digits and
+// "-_~$&+:@" as it is, with "." and "=" escaped too.
+func escapeName(name string) string {
+	if name == "" {
+		return "%"
+	}
+	return nameEscapes.Replace(url.PathEscape(name))
 }
 
 // objectName matches the names the sink gives, whatever the format: a range

@@ -2,6 +2,9 @@ package s3
 
 import (
 	"fmt"
+	"math/rand/v2"
+	"net/url"
+	"slices"
 	"strings"
 	"testing"
 
@@ -77,5 +80,96 @@ func TestSpanNamesRoundTrip(t *testing.T) {
 	}
 	if got := (partition{"my/schema", "or ders", "2024-01-02"}).dir("audit"); got != "audit/my%2Fschema.or%20ders/dt=2024-01-02" {
 		t.Fatalf("dir = %s", got)
+	}
+}
+
+// TestEveryTableHasItsOwnFolder checks, for pairs of names made of the
+// characters that matter (the separator, slash, escapes, Hive's "=",
+// non-ASCII, space; every name of up to three of them, and random longer
+// ones), that the folder is one path segment, never "." or "..", and reads
+// back as the (schema, table) pair it names, so that no two pairs share one.
+func TestEveryTableHasItsOwnFolder(t *testing.T) {
+	alphabet := []string{"a", ".", "/", "%", "=", "2", "E", "é", " "}
+	short := []string{""} // every name of up to two characters
+	for range 2 {
+		for _, prefix := range short {
+			for _, c := range alphabet {
+				short = append(short, prefix+c)
+			}
+		}
+		short = slices.Compact(slices.Sorted(slices.Values(short)))
+	}
+	long := []string{"public", "orders", "%2E", "%252E", "dt=2024-01-02", "..", "schéma.tâble", "a/b.c"}
+	for _, prefix := range short {
+		for _, c := range alphabet {
+			long = append(long, prefix+c)
+		}
+	}
+	rng := rand.New(rand.NewPCG(1, 2))
+	for range 200 {
+		var b strings.Builder
+		for range 4 + rng.IntN(12) {
+			b.WriteString(alphabet[rng.IntN(len(alphabet))])
+		}
+		long = append(long, b.String())
+	}
+	long = slices.Compact(slices.Sorted(slices.Values(append(long, short...))))
+	seen := map[string][2]string{}
+	check := func(schema, table string) {
+		f := folder(schema, table)
+		if strings.Count(f, ".") != 1 || strings.ContainsAny(f, "/=") || f == "." || f == ".." {
+			t.Fatalf("folder(%q, %q) = %q: want one path segment with one \".\" and no \"=\"", schema, table, f)
+		}
+		if got, err := unfolder(f); err != nil || got != [2]string{schema, table} {
+			t.Fatalf("folder(%q, %q) = %q reads back as %q (%v)", schema, table, f, got, err)
+		}
+		if other, ok := seen[f]; ok && other != [2]string{schema, table} {
+			t.Fatalf("folder %q names both %q and (%q, %q)", f, other, schema, table)
+		}
+		seen[f] = [2]string{schema, table}
+	}
+	for _, a := range long {
+		for _, b := range short {
+			check(a, b)
+			check(b, a)
+		}
+	}
+	t.Logf("%d folders, all distinct", len(seen))
+}
+
+// unfolder reads a folder name back: "%" is the empty name, anything else
+// is path-unescaped.
+func unfolder(f string) ([2]string, error) {
+	var out [2]string
+	parts := strings.Split(f, ".")
+	if len(parts) != 2 {
+		return out, fmt.Errorf("folder %q: want one \".\"", f)
+	}
+	for i, part := range parts {
+		if part == "%" {
+			continue
+		}
+		name, err := url.PathUnescape(part)
+		if err != nil {
+			return out, fmt.Errorf("folder %q: %w", f, err)
+		}
+		out[i] = name
+	}
+	return out, nil
+}
+
+func TestOrdinaryNamesKeepTheirFolders(t *testing.T) {
+	for _, c := range []struct{ schema, table, want string }{
+		{"public", "orders", "public.orders"},
+		{"Sales_2024", "line-items~v2", "Sales_2024.line-items~v2"},
+		{"my/schema", "or ders", "my%2Fschema.or%20ders"}, // as before: path-escaped
+		{"a.b", "c", "a%2Eb.c"},
+		{"a", "b.c", "a.b%2Ec"},
+		{"k=v", "t", "k%3Dv.t"},
+		{"", "", "%.%"},
+	} {
+		if got := folder(c.schema, c.table); got != c.want {
+			t.Errorf("folder(%q, %q) = %q, want %q", c.schema, c.table, got, c.want)
+		}
 	}
 }

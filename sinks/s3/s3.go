@@ -295,19 +295,32 @@ func (s *Sink) flush(ctx context.Context) error {
 // list returns the key ranges of the objects stored in a partition's folder.
 func (s *Sink) list(ctx context.Context, dir string) ([]span, error) {
 	var spans []span
+	err := s.eachObject(ctx, dir, func(_ string, sp span) error {
+		spans = append(spans, sp)
+		return nil
+	})
+	return spans, err
+}
+
+// eachObject calls fn with the key and key range of each object of this
+// sink's layout in a partition's folder.
+func (s *Sink) eachObject(ctx context.Context, dir string, fn func(key string, sp span) error) error {
 	pages := awss3.NewListObjectsV2Paginator(s.client, &awss3.ListObjectsV2Input{Bucket: &s.cfg.Bucket, Prefix: aws.String(dir + "/")})
 	for pages.HasMorePages() {
 		page, err := pages.NextPage(ctx)
 		if err != nil {
-			return nil, s.explain("list", "s3://"+s.cfg.Bucket+"/"+dir+"/", err)
+			return s.explain("list", "s3://"+s.cfg.Bucket+"/"+dir+"/", err)
 		}
 		for _, o := range page.Contents {
-			if sp, ok := parseSpan(strings.TrimPrefix(aws.ToString(o.Key), dir+"/")); ok {
-				spans = append(spans, sp)
+			key := aws.ToString(o.Key)
+			if sp, ok := parseSpan(strings.TrimPrefix(key, dir+"/")); ok {
+				if err := fn(key, sp); err != nil {
+					return err
+				}
 			}
 		}
 	}
-	return spans, nil
+	return nil
 }
 
 // put uploads one run as one object, in one request: an object is there

@@ -577,3 +577,69 @@ func TestConfigErrorsNameTheKey(t *testing.T) {
 		}
 	}
 }
+
+// TestTablesWhoseNamesJoinAlikeKeepEveryChange writes tables whose names
+// join to the same "<schema>.<table>" ("a.b"."c" and "a"."b.c", and others
+// with "/", "%", "=", non-ASCII and empty names), their changes interleaved
+// in one commit, so that a shared folder would make the planner take one
+// table's objects for the other's: every change of each must be stored once,
+// in its own table's folder, also after a replay of them all.
+func TestTablesWhoseNamesJoinAlikeKeepEveryChange(t *testing.T) {
+	bucket := server.NewBucket(t)
+	tables := [][2]string{{"a.b", "c"}, {"a", "b.c"}, {"a.b.c", ""}, {"", "a.b.c"}, {"a%2Eb", "c"}, {"x=1", "y"}, {"x", "=1.y"}, {"s/é", "t"}, {"s", "é.t"}}
+	at := time.Date(2024, 1, 2, 3, 4, 5, 0, time.UTC)
+	var changes []*sdk.Change
+	for seq := range uint32(6 * len(tables)) {
+		c := orderChange(0x5000, seq, at)
+		c.Schema, c.Table = tables[int(seq)%len(tables)][0], tables[int(seq)%len(tables)][1]
+		c.ID = change.MakeID("app", 0x5000, c.Schema, c.Table, seq)
+		changes = append(changes, c)
+	}
+	for round := range 2 { // the second is a replay of everything
+		s := open(t, config(t, bucket, nil))
+		if _, err := s.Write(ctx, changes); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Flush(ctx); err != nil {
+			t.Fatalf("round %d: Flush: %v", round, err)
+		}
+		expectOnce(t, stored(t, bucket), changes)
+	}
+	folders := map[string]bool{}
+	for key, body := range server.Objects(t, bucket, "audit/app/") {
+		folder := strings.Split(key, "/")[2]
+		folders[folder] = true
+		zr, err := gzip.NewReader(bytes.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for dec := json.NewDecoder(zr); dec.More(); {
+			var line struct{ Schema, Table string }
+			if err := dec.Decode(&line); err != nil {
+				t.Fatal(err)
+			}
+			if got, err := s3.ReadFolder(folder); err != nil || got != [2]string{line.Schema, line.Table} {
+				t.Fatalf("a change of (%q, %q) is in folder %q, which names %q (%v)", line.Schema, line.Table, folder, got, err)
+			}
+		}
+	}
+	if len(folders) != len(tables) {
+		t.Fatalf("%d folders for %d tables: %v", len(folders), len(tables), folders)
+	}
+}
+
+// TestConfigErrorsNeverEchoTheSecret gives endpoints that hold a secret:
+// the errors name config.endpoint and say what to do, without the secret.
+func TestConfigErrorsNeverEchoTheSecret(t *testing.T) {
+	for raw, want := range map[string]string{
+		`{"bucket":"b","endpoint":"https://AKID:s3cr3t-key@s3.example.com"}`: "config.endpoint: holds a user, password or query: give the credentials in config.access_key_id",
+		`{"bucket":"b","endpoint":"s3.example.com?secret=s3cr3t-key"}`:       "config.endpoint: not an http:// or https:// URL",
+		`{"bucket":"b","endpoint":"http://AKID:s3cr3t-key@host:port"}`:       "config.endpoint: not a valid URL",
+		`{"bucket":"b","endpoint":"AKID:s3cr3t-key@s3.example.com"}`:         "config.endpoint: not an http:// or https:// URL",
+	} {
+		err := s3.New().Configure(ctx, json.RawMessage(raw))
+		if err == nil || !strings.Contains(err.Error(), want) || strings.Contains(err.Error(), "s3cr3t") {
+			t.Errorf("Configure(%s) = %v; want an error containing %q and not the secret", raw, err, want)
+		}
+	}
+}

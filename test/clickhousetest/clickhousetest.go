@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/pgtrail/pgtrail/test/testbed"
+	"github.com/pgtrail/pgtrail/test/tlstest"
 )
 
 // The server's user and password: the package's default user, given a password.
@@ -42,7 +43,10 @@ type Server struct {
 	proc     testbed.Process // clickhouse-server; its Dir is the temp root: config, data, logs
 	httpPort int
 	tcpPort  int
-	version  string
+	// HTTPS, with certificates of a private CA; clients must present one.
+	httpsPort int
+	certs     *tlstest.PKI
+	version   string
 }
 
 var dbSeq atomic.Int64
@@ -153,13 +157,20 @@ func (s *Server) writeConfig() error {
 	if perr != nil {
 		return perr
 	}
-	// Listen on loopback only (IPv4: IPv6 may be off), in UTC, quietly.
+	// Listen on loopback only (IPv4: IPv6 may be off), in UTC, quietly, and
+	// on HTTPS too.
 	root := regexp.MustCompile(`<(yandex|clickhouse)>`)
 	loc := root.FindStringIndex(cfg)
 	if loc == nil {
 		return fmt.Errorf("%s/config.xml has no <yandex> or <clickhouse> root", configDir)
 	}
-	cfg = cfg[:loc[1]] + "\n    <listen_host>127.0.0.1</listen_host>\n    <timezone>UTC</timezone>\n" + cfg[loc[1]:]
+	if s.httpsPort, err = testbed.FreePort(); err != nil {
+		return err
+	}
+	cfg = cfg[:loc[1]] + fmt.Sprintf("\n    <listen_host>127.0.0.1</listen_host>\n    <timezone>UTC</timezone>\n    <https_port>%d</https_port>\n", s.httpsPort) + cfg[loc[1]:]
+	if cfg, err = s.serveTLS(cfg); err != nil {
+		return err
+	}
 	cfg = regexp.MustCompile(`(?s)<level>\w+</level>`).ReplaceAllString(cfg, "<level>warning</level>")
 	if err := os.WriteFile(filepath.Join(s.proc.Dir, "config.xml"), []byte(cfg), 0o600); err != nil {
 		return fmt.Errorf("write config: %w", err)
@@ -211,6 +222,15 @@ func (s *Server) waitReady() error {
 
 // URL is the HTTP interface, http://127.0.0.1:PORT, without credentials.
 func (s *Server) URL() string { return fmt.Sprintf("http://127.0.0.1:%d", s.httpPort) }
+
+// HTTPSURL is the HTTPS interface, https://127.0.0.1:PORT. Its certificate
+// is signed by the CA of Certs, and it refuses a client without a client
+// certificate of that CA.
+func (s *Server) HTTPSURL() string { return fmt.Sprintf("https://127.0.0.1:%d", s.httpsPort) }
+
+// Certs are the PEM files of the CA, the server's certificate and a client
+// certificate for the HTTPS interface.
+func (s *Server) Certs() *tlstest.PKI { return s.certs }
 
 // HTTPPort and TCPPort are the server's ports on 127.0.0.1.
 func (s *Server) HTTPPort() int { return s.httpPort }

@@ -2,7 +2,11 @@ package clickhousetest_test
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"io"
 	"net/http"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -74,5 +78,43 @@ func TestSecondServerRunsBesideAndStopsTwice(t *testing.T) {
 	if resp, err := http.DefaultClient.Do(req); err == nil {
 		resp.Body.Close()
 		t.Fatal("stopped server still answers")
+	}
+}
+
+// TestServerAnswersOverHTTPSOnlyToClientsWithACertificate proves the HTTPS
+// interface: its certificate is the test CA's, and a client without a
+// certificate of that CA is refused.
+func TestServerAnswersOverHTTPSOnlyToClientsWithACertificate(t *testing.T) {
+	certs := server.Certs()
+	pem, err := os.ReadFile(certs.CAFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(pem)
+	client, err := tls.LoadX509KeyPair(certs.ClientCert, certs.ClientKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	get := func(c *tls.Config) (string, error) {
+		hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: c}}
+		req, _ := http.NewRequest(http.MethodPost, server.HTTPSURL()+"/", strings.NewReader("SELECT 1 + 1"))
+		req.SetBasicAuth(clickhousetest.User, clickhousetest.Password)
+		resp, err := hc.Do(req)
+		if err != nil {
+			return "", err
+		}
+		defer resp.Body.Close()
+		body, err := io.ReadAll(resp.Body)
+		return string(body), err
+	}
+	if got, err := get(&tls.Config{RootCAs: roots, Certificates: []tls.Certificate{client}}); err != nil || got != "2\n" {
+		t.Fatalf("HTTPS with the client certificate: %q, %v; want 2", got, err)
+	}
+	if _, err := get(&tls.Config{RootCAs: roots}); err == nil {
+		t.Fatal("HTTPS without a client certificate was answered")
+	}
+	if _, err := get(&tls.Config{Certificates: []tls.Certificate{client}}); err == nil {
+		t.Fatal("the server's certificate was trusted without the test CA")
 	}
 }

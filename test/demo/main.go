@@ -1,14 +1,18 @@
 // Command demo runs pgtrail end to end on a throwaway PostgreSQL: it starts a
 // private cluster, creates a small app schema with the Bemi ORM trigger, runs
 // `pgtrail setup` and `pgtrail run`, makes writes that carry context, and
-// prints the audit trail that pgtrail stored.
+// prints the audit trail that pgtrail stored; from a terminal it then serves
+// the trail in the activity log (web UI) until Ctrl-C.
 package main
 
 import (
 	"context"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
+	"os/signal"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"text/tabwriter"
@@ -112,6 +116,50 @@ func run(binary string) error {
 	}
 	_ = w.Flush()
 	step("who changed todo 1, and why:  SELECT operation, after, context FROM pgtrail.changes WHERE \"table\" = 'todos' AND primary_key = '1'")
+	if !interactive() {
+		return nil
+	}
+	return serveUI(binary, url)
+}
+
+// interactive reports whether the demo runs from a terminal, where it can
+// wait for Ctrl-C.
+func interactive() bool {
+	st, err := os.Stdin.Stat()
+	return err == nil && st.Mode()&os.ModeCharDevice != 0
+}
+
+// serveUI shows the demo's trail in the activity log until Ctrl-C.
+func serveUI(binary, url string) error {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	addr := l.Addr().String()
+	l.Close()
+	dir, err := os.MkdirTemp("", "pgtrail-demo-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	cfg := filepath.Join(dir, "pgtrail.yaml")
+	yaml := fmt.Sprintf("ui:\n  url: %q\n  revert: {url: %q, apply: true}\nhttp:\n  listen: %q\nlog:\n  level: warn\n", url, url, addr)
+	if err := os.WriteFile(cfg, []byte(yaml), 0o600); err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	serve := exec.Command(binary, "serve", "--config", cfg)
+	serve.Stdout, serve.Stderr = os.Stdout, os.Stderr
+	serve.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := serve.Start(); err != nil {
+		return fmt.Errorf("pgtrail serve: %w", err)
+	}
+	step("the activity log: open http://%s/  (pgtrail serve; Ctrl-C to stop)", addr)
+	fmt.Printf("    try http://%s/history/public.todos/1 and the revert preview of a change\n", addr)
+	<-ctx.Done()
+	_ = serve.Process.Signal(syscall.SIGTERM)
+	_ = serve.Wait()
 	return nil
 }
 

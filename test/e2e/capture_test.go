@@ -487,8 +487,8 @@ func TestCaptureThenRunFromTheBrokerStoresTheNativeAuditTrail(t *testing.T) {
 				`BEGIN; UPDATE todos SET done = true WHERE id = 1; SELECT pgtrail.set_context('{"user":"ann"}'); DELETE FROM todos WHERE id = 2; COMMIT`,
 				`UPDATE todos SET task = 'c2' WHERE id = 3 /*Bemi not json Bemi*/`,
 				// JSON the json type takes and jsonb refuses, in a value and in
-				// a context: stored (as a string; as a bad context), not a
-				// batch that fails for ever.
+				// a context: stored (as a string; with the escape as text), not
+				// a batch that fails for ever.
 				`INSERT INTO todos VALUES (4, 'd', false, '{"x": "\u0000", "y": "\ud83d"}') /*Bemi {"endpoint": "\u0000"} Bemi*/`,
 			} {
 				exec1(t, conn, q)
@@ -500,8 +500,8 @@ func TestCaptureThenRunFromTheBrokerStoresTheNativeAuditTrail(t *testing.T) {
 			if err := conn.QueryRow(context.Background(), `SELECT after->>'meta', context::text FROM native.changes WHERE primary_key = '4'`).Scan(&meta, &ctx); err != nil {
 				t.Fatal(err)
 			}
-			if meta != `{"x": "\u0000", "y": "\ud83d"}` || ctx != "{}" {
-				t.Errorf("json value jsonb cannot hold stored as %s with context %s, want its text as a string and {}", meta, ctx)
+			if meta != `{"x": "\u0000", "y": "\ud83d"}` || ctx != `{"endpoint": "\\u0000"}` {
+				t.Errorf("json value jsonb cannot hold stored as %s with context %s, want its text as a string and the escape as text", meta, ctx)
 			}
 
 			// The broker's events, through `pgtrail run`, into an audit table of their own.

@@ -176,7 +176,7 @@ func (p *Proxy) pump(dst, src net.Conn) {
 			}
 		}
 		if err != nil {
-			if !errors.Is(err, io.EOF) {
+			if !errors.Is(err, io.EOF) || !p.pass() { // a peer's close waits for Heal too
 				return
 			}
 			if tc, ok := dst.(*net.TCPConn); ok {

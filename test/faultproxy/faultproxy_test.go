@@ -148,3 +148,22 @@ func TestCloseEndsHeldConnections(t *testing.T) {
 		t.Fatalf("%d connections still open after Close", n)
 	}
 }
+
+func TestPeersCloseDoesNotCrossAPartition(t *testing.T) {
+	p := start(t)
+	c, r := dial(t, p)
+	if !roundTrip(t, c, r, "before", 5*time.Second) {
+		t.Fatal("no echo")
+	}
+	p.Partition()
+	_ = c.(*net.TCPConn).CloseWrite() // the echo server sees EOF only after Heal, then closes
+	_ = c.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+	if _, err := r.ReadString('\n'); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("read during the partition: %v, want silence", err)
+	}
+	p.Heal()
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := r.ReadString('\n'); !errors.Is(err, io.EOF) {
+		t.Fatalf("read after Heal: %v, want EOF", err)
+	}
+}

@@ -5,7 +5,6 @@ package deadletter
 
 import (
 	"context"
-	"fmt"
 	"log/slog"
 	"unicode/utf8"
 
@@ -22,12 +21,12 @@ const maxDetail = 1024
 
 // Store calls store until it succeeds or ctx ends. The source waits for it
 // (its message is confirmed only once its dead letter is stored), so every
-// failure is logged and shown on /healthz until a store succeeds. what names
-// the dead letter in both.
+// failure is logged, naming the dead letter by what, and /healthz shows
+// the component Health failing until a store succeeds.
 func Store(ctx context.Context, m *metrics.Metrics, log *slog.Logger, what string, store func(context.Context) error) error {
 	err := retry.Do(ctx, retry.Default(), store, func(err error, attempt int) {
-		m.SetHealth(Health, fmt.Errorf("storing %s failed %d times (its source waits for it): %w", what, attempt, err))
-		log.Error("storing a dead letter failed; retrying", "dead_letter", what, "attempt", attempt, "err", err)
+		m.SetHealth(Health, err)
+		log.Error("storing a dead letter failed; its source waits for it; retrying", "dead_letter", what, "attempt", attempt, "err", err)
 	})
 	if err == nil {
 		m.SetHealth(Health, nil)

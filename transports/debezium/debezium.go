@@ -16,6 +16,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"time"
@@ -24,6 +26,7 @@ import (
 
 	"github.com/pgtrail/pgtrail/core/change"
 	"github.com/pgtrail/pgtrail/core/config"
+	"github.com/pgtrail/pgtrail/core/values"
 )
 
 // DefaultPlaceholder is Debezium's default unavailable.value.placeholder, the
@@ -95,6 +98,9 @@ const (
 	ReasonUnknownOp = "unknown_op"
 	ReasonNoSource  = "no_source"
 	ReasonBadValue  = "bad_value"
+	// ReasonPanic is a message that made the decoder panic: a pgtrail bug
+	// (report it with the message), but the stream goes on past it.
+	ReasonPanic = "decoder_panic"
 )
 
 // Malformed is the error of a message that is not a Debezium event pgtrail
@@ -119,9 +125,15 @@ type Decoder struct {
 	cfg          Config
 	placeholders map[string]bool // every JSON form Debezium gives the placeholder
 	schemas      map[string]*rowSchemas
+	schemaBytes  int                         // the length of the schemas' keys
 	tables       map[[2]string]*catalogTable // schema, table
 
-	// The transaction being read, as native capture counts it.
+	txn
+}
+
+// txn is the state of the transaction being read, as native capture counts
+// it: what a message that fails must leave as it was.
+type txn struct {
 	inTxn      bool
 	xid        uint64
 	firstLSN   uint64 // of the transaction's first event, when no sequence says better
@@ -272,8 +284,39 @@ type source struct {
 // as one update. A malformed message returns a *Malformed error and leaves
 // the stream's state as it was; so does any other error (the catalog could
 // not be read, or lacks the event's table or column), after which the
-// message must be read again, not skipped.
-func (d *Decoder) Decode(key, value []byte) ([]Event, error) {
+// message must be read again, not skipped. A panic while decoding is such a
+// *Malformed error too (ReasonPanic), so that one message cannot stop the
+// stream for good.
+func (d *Decoder) Decode(key, value []byte) (evs []Event, err error) {
+	saved := d.txn
+	defer func() {
+		if p := recover(); p != nil {
+			d.txn = saved
+			evs, err = nil, &Malformed{Reason: ReasonPanic,
+				Err: fmt.Errorf("the decoder panicked at %s: %v (a pgtrail bug: please report it with this message)", panicSite(), p)}
+		}
+	}()
+	return d.decode(key, value)
+}
+
+// panicSite names the function and line that panicked, from inside the
+// deferred function that recovered: the first caller of panic outside the
+// runtime.
+func panicSite() string {
+	pc := make([]uintptr, 32)
+	frames := runtime.CallersFrames(pc[:runtime.Callers(3, pc)])
+	for {
+		f, more := frames.Next()
+		if !strings.HasPrefix(f.Function, "runtime.") {
+			return fmt.Sprintf("%s (%s:%d)", f.Function, filepath.Base(f.File), f.Line)
+		}
+		if !more {
+			return "an unknown place"
+		}
+	}
+}
+
+func (d *Decoder) decode(key, value []byte) ([]Event, error) {
 	value = bytes.TrimSpace(value)
 	if len(value) == 0 || string(value) == "null" {
 		return nil, nil // tombstone
@@ -317,6 +360,11 @@ func (d *Decoder) Decode(key, value []byte) ([]Event, error) {
 	}
 	if src.Schema == "" || src.Table == "" {
 		return nil, malformed(ReasonNoSource, "source without schema or table")
+	}
+	for _, f := range [...][2]string{{"db", src.DB}, {"schema", src.Schema}, {"table", src.Table}} {
+		if strings.IndexByte(f[1], 0) >= 0 {
+			return nil, malformed(ReasonNoSource, "source.%s %q holds a NUL character, which no PostgreSQL name can hold", f[0], f[1])
+		}
 	}
 	r, err := d.row(op, &p, rs, key)
 	if err != nil {
@@ -381,8 +429,7 @@ func (d *Decoder) enter(xid, lsn uint64) {
 	if d.inTxn && xid == d.xid {
 		return
 	}
-	d.inTxn, d.xid, d.firstLSN, d.seq = true, xid, lsn, 0
-	d.lastLSN, d.lastSchema, d.lastTable, d.occurrence = 0, "", "", 0
+	d.txn = txn{inTxn: true, xid: xid, firstLSN: lsn, held: d.held}
 }
 
 // decoded is a row change before it is placed in the stream.
@@ -430,18 +477,31 @@ func (d *Decoder) sequence(r decoded) []Event {
 	return append(out, ev)
 }
 
-// commitTime is the transaction's commit time, in microseconds when the
-// connector gives them (ts_us, Debezium 2.6+).
-func commitTime(s *source) time.Time {
+// commitTime is the transaction's commit time: source.ts_us (Debezium
+// 2.6+), ts_ns or ts_ms, the time of the commit in the WAL. It is in the
+// audit table's key, so it must be the same each time the change is read:
+// the envelope's ts_ms, when the connector processed the event, differs when
+// the connector streams the change again (after its own restart), and the
+// time pgtrail reads it differs on every delivery. An event without a
+// source time is malformed.
+func commitTime(s *source) (time.Time, error) {
+	var t time.Time
+	var field string
+	var n int64
 	switch {
 	case s.TsUs != nil:
-		return time.UnixMicro(*s.TsUs).UTC()
+		field, n, t = "ts_us", *s.TsUs, time.UnixMicro(*s.TsUs)
 	case s.TsNs != nil:
-		return time.UnixMicro(*s.TsNs / 1000).UTC()
+		field, n, t = "ts_ns", *s.TsNs, time.UnixMicro(*s.TsNs/1000)
 	case s.TsMs != nil:
-		return time.UnixMilli(*s.TsMs).UTC()
+		field, n, t = "ts_ms", *s.TsMs, time.UnixMilli(*s.TsMs)
+	default:
+		return t, malformed(ReasonNoSource, "source without ts_ms, ts_us or ts_ns: no commit time, which must come from the event for a replay to be stored once")
 	}
-	return time.Time{}
+	if !values.InTimestampRange(t) {
+		return t, malformed(ReasonNoSource, "source.%s %d: a commit time outside PostgreSQL's range (%s)", field, n, values.TimestampRange)
+	}
+	return t.UTC(), nil
 }
 
 // lastCommit reads source.sequence, ["<last commit LSN>", "<LSN>"]: the end

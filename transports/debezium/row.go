@@ -6,7 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/pgtrail/pgtrail/core/change"
 	"github.com/pgtrail/pgtrail/core/values"
@@ -36,7 +38,7 @@ func columns(raw json.RawMessage) ([]column, error) {
 		end := skipString(raw, i)
 		name := raw[i+1 : end-1]
 		var key string
-		if bytes.IndexByte(name, '\\') >= 0 {
+		if bytes.IndexByte(name, '\\') >= 0 || !utf8.Valid(name) { // decoded as encoding/json does: U+FFFD for bytes that are not UTF-8
 			if err := json.Unmarshal(raw[i:end], &key); err != nil {
 				return nil, err
 			}
@@ -143,6 +145,48 @@ func find(cols []column, name string) (json.RawMessage, bool) {
 	return nil, false
 }
 
+// checkNames refuses a column name no PostgreSQL column has: one holding
+// NUL, which neither the audit table's text nor its jsonb can hold.
+func checkNames(cols []column) error {
+	for _, c := range cols {
+		if strings.IndexByte(c.name, 0) >= 0 {
+			return fmt.Errorf("column name %q holds a NUL character, which no PostgreSQL name can hold", c.name)
+		}
+	}
+	return nil
+}
+
+// byName finds columns by name: find's scan for a few, a map for many, so
+// that a message of many columns costs linear time, not quadratic.
+type byName struct {
+	cols []column
+	at   map[string]int
+}
+
+// index is the place of the first column named name, -1 for none.
+func (b *byName) index(name string) int {
+	if len(b.cols) <= 16 {
+		return slices.IndexFunc(b.cols, func(c column) bool { return c.name == name })
+	}
+	if b.at == nil {
+		b.at = make(map[string]int, len(b.cols))
+		for i := len(b.cols) - 1; i >= 0; i-- { // the first of a name wins, as with find
+			b.at[b.cols[i].name] = i
+		}
+	}
+	if i, ok := b.at[name]; ok {
+		return i
+	}
+	return -1
+}
+
+func (b *byName) find(name string) (json.RawMessage, bool) {
+	if i := b.index(name); i >= 0 {
+		return b.cols[i].raw, true
+	}
+	return nil, false
+}
+
 func isNull(raw json.RawMessage) bool { return string(bytes.TrimSpace(raw)) == "null" }
 
 // physicalTable is the key field Debezium's ByLogicalTableRouter adds when it
@@ -159,28 +203,30 @@ func (d *Decoder) row(op string, p *payload, rs *rowSchemas, key []byte) (decode
 	if src.TxID != nil {
 		xid = *src.TxID
 	}
+	committed, err := commitTime(src)
+	if err != nil {
+		return decoded{}, err
+	}
 	c := &change.Change{
 		Database: src.DB, Schema: src.Schema, Table: src.Table, Operation: operations[op],
 		Before: change.Empty, After: change.Empty,
-		TransactionID: xid, CommittedAt: commitTime(src), QueuedAt: time.Now(),
-	}
-	if c.CommittedAt.IsZero() {
-		var ms int64
-		if json.Unmarshal(p.TsMs, &ms) == nil && ms > 0 {
-			c.CommittedAt = time.UnixMilli(ms).UTC()
-		} else {
-			c.CommittedAt = c.QueuedAt.UTC()
-		}
+		TransactionID: xid, CommittedAt: committed, QueuedAt: time.Now(),
 	}
 	r := decoded{c: c, xid: xid, lsn: *src.LSN, seqHint: lastCommit(src)}
 	if op == "t" {
 		return r, nil
 	}
 	before, err := columns(p.Before)
+	if err == nil {
+		err = checkNames(before)
+	}
 	if err != nil {
 		return r, malformed(ReasonBadValue, "before: %v", err)
 	}
 	after, err := columns(p.After)
+	if err == nil {
+		err = checkNames(after)
+	}
 	if err != nil {
 		return r, malformed(ReasonBadValue, "after: %v", err)
 	}
@@ -258,11 +304,6 @@ func names(cols []column) []string {
 	return out
 }
 
-func hasColumn(cols []column, name string) bool {
-	_, ok := find(cols, name)
-	return ok
-}
-
 // keyOnly reports whether a before image holds only the key: with REPLICA
 // IDENTITY DEFAULT PostgreSQL sends the key columns alone, which Debezium
 // pads with nulls; native capture stores the key columns only.
@@ -271,8 +312,9 @@ func keyOnly(before, key []column) bool {
 		return false
 	}
 	padded := false
+	keys := byName{cols: key}
 	for _, col := range before {
-		if hasColumn(key, col.name) {
+		if _, ok := keys.find(col.name); ok {
 			continue
 		}
 		if !isNull(col.raw) {
@@ -290,11 +332,22 @@ func (d *Decoder) image(cols, old []column, rs *rowSchemas) (json.RawMessage, []
 	buf := make([]byte, 0, 256)
 	buf = append(buf, '{')
 	var toast []string
+	olds := byName{cols: old}
+	var taken map[string]bool // the old values taken, each once
 	first := true
 	for _, col := range cols {
 		raw := col.raw
 		if d.isPlaceholder(raw) {
-			if v, ok := find(old, col.name); ok && !d.isPlaceholder(v) {
+			if v, ok := olds.find(col.name); ok && !d.isPlaceholder(v) {
+				// A column named twice would copy one old value twice:
+				// a message could then grow without bound.
+				if taken[col.name] {
+					return nil, nil, malformed(ReasonBadValue, "column %q appears twice", col.name)
+				}
+				if taken == nil {
+					taken = map[string]bool{}
+				}
+				taken[col.name] = true
 				raw = v
 			} else {
 				toast = append(toast, col.name)
@@ -332,6 +385,9 @@ func (d *Decoder) keyColumns(key []byte, image []column) ([]column, *rowSchemas,
 			rs = keySchemas(sch)
 		}
 		all, err := columns(body)
+		if err == nil {
+			err = checkNames(all)
+		}
 		if err != nil {
 			return nil, nil, malformed(ReasonBadValue, "key: %v", err)
 		}
@@ -349,15 +405,16 @@ func (d *Decoder) keyColumns(key []byte, image []column) ([]column, *rowSchemas,
 			cols = append(cols, column{name, v})
 		}
 	}
-	pos := func(name string) int {
-		for i, c := range image {
-			if c.name == name {
+	if len(cols) > 1 {
+		images := byName{cols: image}
+		place := func(name string) int {
+			if i := images.index(name); i >= 0 {
 				return i
 			}
+			return len(image)
 		}
-		return len(image)
+		slices.SortStableFunc(cols, func(a, b column) int { return place(a.name) - place(b.name) })
 	}
-	slices.SortStableFunc(cols, func(a, b column) int { return pos(a.name) - pos(b.name) })
 	return cols, rs, nil
 }
 
@@ -417,6 +474,10 @@ type schema struct {
 	shaped bool
 }
 
+// maxSchemaBytes bounds the schemas a Decoder keeps, which messages of any
+// size can fill.
+const maxSchemaBytes = 32 << 20
+
 // rowSchemas returns the column schemas of an envelope's schema, cached:
 // every message of a table carries the same one.
 func (d *Decoder) rowSchemas(raw json.RawMessage) (*rowSchemas, error) {
@@ -435,10 +496,12 @@ func (d *Decoder) rowSchemas(raw json.RawMessage) (*rowSchemas, error) {
 			}
 		}
 	}
-	if len(d.schemas) >= 512 {
+	if len(d.schemas) >= 512 || d.schemaBytes+len(raw) > maxSchemaBytes {
 		clear(d.schemas)
+		d.schemaBytes = 0
 	}
 	d.schemas[string(raw)] = rs
+	d.schemaBytes += len(raw)
 	return rs, nil
 }
 

@@ -131,9 +131,17 @@ func (ct *catalogTable) keyColumns(image []column) []column {
 
 // onlyColumns returns the columns of cols named in names, in cols' order.
 func onlyColumns(cols []column, names []string) []column {
+	named := func(name string) bool { return slices.Contains(names, name) }
+	if len(names) > 16 { // a message's key may have many: keep it linear
+		set := make(map[string]bool, len(names))
+		for _, n := range names {
+			set[n] = true
+		}
+		named = func(name string) bool { return set[name] }
+	}
 	out := []column{}
 	for _, c := range cols {
-		if slices.Contains(names, c.name) {
+		if named(c.name) {
 			out = append(out, c)
 		}
 	}

@@ -50,6 +50,29 @@ const (
 	negativeInfinity = -9223372036832400000
 )
 
+// PostgreSQL's infinite dates as Debezium writes them: the days of
+// +5877611-06-21 and -5877611-06-22 (PostgresValueConverter's
+// POSITIVE_INFINITY_LOCAL_DATE and NEGATIVE_INFINITY_LOCAL_DATE); before
+// Debezium's fix dbz#2524 the positive one was -5877611-06-21. None is a
+// date PostgreSQL has.
+const (
+	dateInfinity           = 2146033979
+	dateInfinityBefore2524 = -2147472692
+	dateNegativeInfinity   = -2147472691
+)
+
+// unitOf is the unit of Debezium's time and timestamp encodings, and its
+// length in nanoseconds.
+func unitOf(name string) (unit string, nanos int64) {
+	switch name {
+	case microTimestamp, microTime:
+		return "µs", 1e3
+	case nanoTimestamp, nanoTime:
+		return "ns", 1
+	}
+	return "ms", 1e6
+}
+
 // appendValue appends the canonical JSON (design §6) of one column value,
 // given as the connector wrote it and typed by its schema. Without a schema a
 // value's type is unknown; it is kept as the connector wrote it, strings
@@ -79,9 +102,9 @@ func (d *Decoder) appendValue(dst []byte, s *schema, raw json.RawMessage) ([]byt
 		}
 		scale, err := strconv.Atoi(s.Parameters["scale"])
 		if err != nil {
-			return dst, fmt.Errorf("decimal without scale parameter")
+			return dst, fmt.Errorf("decimal without a scale parameter")
 		}
-		return values.AppendDecimal(dst, twosComplement(b), scale), nil
+		return values.AppendDecimal(dst, twosComplement(b), scale)
 	case varScaleDecimal:
 		var v struct {
 			Scale *int            `json:"scale"`
@@ -94,7 +117,7 @@ func (d *Decoder) appendValue(dst []byte, s *schema, raw json.RawMessage) ([]byt
 		if err != nil {
 			return dst, err
 		}
-		return values.AppendDecimal(dst, twosComplement(b), *v.Scale), nil
+		return values.AppendDecimal(dst, twosComplement(b), *v.Scale)
 	case microTimestamp, nanoTimestamp, milliTimestamp, connectTimestamp:
 		n, err := integer(raw)
 		if err != nil {
@@ -106,16 +129,12 @@ func (d *Decoder) appendValue(dst []byte, s *schema, raw json.RawMessage) ([]byt
 		case negativeInfinity:
 			return values.AppendInfinity(dst, true), nil
 		}
-		var t time.Time
-		switch s.Name {
-		case microTimestamp:
-			t = time.UnixMicro(n)
-		case nanoTimestamp:
-			t = time.Unix(0, n)
-		default:
-			t = time.UnixMilli(n)
+		unit, nanos := unitOf(s.Name)
+		t := time.Unix(n/(1e9/nanos), n%(1e9/nanos)*nanos).UTC()
+		if !values.InTimestampRange(t) {
+			return dst, fmt.Errorf("timestamp %d %s from 1970-01-01 is outside PostgreSQL's range (%s)", n, unit, values.TimestampRange)
 		}
-		return values.AppendTimestamp(dst, t.UTC(), false), nil
+		return values.AppendTimestamp(dst, t, false), nil
 	case zonedTimestamp:
 		str, err := stringOf(raw)
 		if err != nil {
@@ -125,9 +144,12 @@ func (d *Decoder) appendValue(dst []byte, s *schema, raw json.RawMessage) ([]byt
 		case "infinity", "-infinity":
 			return values.AppendInfinity(dst, str[0] == '-'), nil
 		}
-		t, err := time.Parse(time.RFC3339Nano, str)
+		t, err := parseZoned(str)
 		if err != nil {
 			return dst, err
+		}
+		if !values.InTimestampRange(t) {
+			return dst, fmt.Errorf("timestamp %q is outside PostgreSQL's range (%s)", str, values.TimestampRange)
 		}
 		return values.AppendTimestamp(dst, t, true), nil
 	case debeziumDate, connectDate:
@@ -135,19 +157,26 @@ func (d *Decoder) appendValue(dst []byte, s *schema, raw json.RawMessage) ([]byt
 		if err != nil {
 			return dst, err
 		}
+		switch n {
+		case dateInfinity, dateInfinityBefore2524:
+			return values.AppendInfinity(dst, false), nil
+		case dateNegativeInfinity:
+			return values.AppendInfinity(dst, true), nil
+		}
+		if n < values.FirstUnixDay || n >= values.EndUnixDay {
+			return dst, fmt.Errorf("date %d days from 1970-01-01 is outside PostgreSQL's range (%s)", n, values.DateRange)
+		}
 		return values.AppendDate(dst, time.Unix(n*86400, 0).UTC()), nil
 	case microTime, nanoTime, milliTime, connectTime:
 		n, err := integer(raw)
 		if err != nil {
 			return dst, err
 		}
-		switch s.Name {
-		case nanoTime:
-			n /= 1000
-		case milliTime, connectTime:
-			n *= 1000
+		unit, nanos := unitOf(s.Name)
+		if n < 0 || n > values.DayMicros*1000/nanos {
+			return dst, fmt.Errorf("time of day %d %s is outside PostgreSQL's range (%s)", n, unit, values.TimeRange)
 		}
-		return values.AppendTime(dst, n), nil
+		return values.AppendTime(dst, n*nanos/1000)
 	case zonedTime:
 		str, err := stringOf(raw)
 		if err != nil {
@@ -159,7 +188,7 @@ func (d *Decoder) appendValue(dst []byte, s *schema, raw json.RawMessage) ([]byt
 		}
 		_, off := t.Zone()
 		micros := int64(t.Hour()*3600+t.Minute()*60+t.Second())*1e6 + int64(t.Nanosecond()/1000)
-		return values.AppendTimeTZ(dst, micros, off), nil
+		return values.AppendTimeTZ(dst, micros, off)
 	case microDuration:
 		n, err := integer(raw)
 		if err != nil {
@@ -183,7 +212,7 @@ func (d *Decoder) appendValue(dst []byte, s *schema, raw json.RawMessage) ([]byt
 		if err != nil {
 			return dst, err
 		}
-		return appendBits(dst, b, s.Parameters["length"]), nil
+		return appendBits(dst, b, s.Parameters["length"])
 	}
 	st := strings.ToUpper(s.Parameters[sourceType])
 	switch s.Type {
@@ -271,12 +300,31 @@ func appendUntyped(dst []byte, raw json.RawMessage) ([]byte, error) {
 		if err := json.Compact(&buf, raw); err != nil {
 			return dst, err
 		}
-		return values.AppendJSON(dst, buf.Bytes()), nil
+		return values.AppendJSON(dst, validUTF8(buf.Bytes())), nil
 	}
 	if !json.Valid(raw) {
 		return dst, fmt.Errorf("invalid JSON %q", raw)
 	}
 	return append(dst, raw...), nil
+}
+
+// validUTF8 returns JSON text with each byte that is not UTF-8 (valid JSON
+// has them in strings only) made U+FFFD, as encoding/json decodes strings.
+func validUTF8(text []byte) []byte {
+	if utf8.Valid(text) {
+		return text
+	}
+	out := make([]byte, 0, len(text)+16)
+	for len(text) > 0 {
+		r, n := utf8.DecodeRune(text)
+		if r == utf8.RuneError && n == 1 {
+			out = utf8.AppendRune(out, utf8.RuneError)
+		} else {
+			out = append(out, text[:n]...)
+		}
+		text = text[n:]
+	}
+	return out
 }
 
 // stringOf decodes a JSON string. One that holds NUL is no PostgreSQL value
@@ -378,9 +426,14 @@ func appendDuration(dst []byte, micros int64) []byte {
 // appendInterval rewrites Debezium's Interval string, "P1Y2M3DT4H5M6.78S"
 // with every part, in PostgreSQL's iso_8601 style, which omits zero parts.
 func appendInterval(dst []byte, s string) ([]byte, error) {
-	bad := fmt.Errorf("interval %q", s)
+	bad := func(err error) ([]byte, error) {
+		if errors.Is(err, strconv.ErrRange) {
+			return dst, intervalRange(s)
+		}
+		return dst, fmt.Errorf("interval %q is not ISO 8601 as Debezium writes it (P1Y2M3DT4H5M6.78S)", s)
+	}
 	if !strings.HasPrefix(s, "P") {
-		return dst, bad
+		return bad(nil)
 	}
 	var parts [6]int64
 	var usec int64
@@ -392,25 +445,30 @@ func appendInterval(dst []byte, s string) ([]byte, error) {
 		}
 		i := strings.IndexAny(rest, "YMDHS")
 		if i <= 0 {
-			return dst, bad
+			return bad(nil)
 		}
 		num, unit := rest[:i], rest[i]
 		rest = rest[i+1:]
-		idx := map[byte]int{'Y': 0, 'M': 1, 'D': 2}[unit]
+		idx := strings.IndexByte("YMD", unit)
 		if inTime {
-			idx = map[byte]int{'H': 3, 'M': 4, 'S': 5}[unit]
+			if idx = strings.IndexByte("HMS", unit); idx >= 0 {
+				idx += 3
+			}
 		}
-		if unit == 'S' {
+		switch {
+		case idx < 0:
+			return bad(nil)
+		case idx == 5:
 			neg := strings.HasPrefix(num, "-")
 			whole, frac, _ := strings.Cut(strings.TrimPrefix(num, "-"), ".")
 			sec, err := strconv.ParseInt(whole, 10, 64)
 			if err != nil || len(frac) > 9 {
-				return dst, bad
+				return bad(err)
 			}
 			frac = (frac + "000000")[:6]
 			us, err := strconv.ParseInt(frac, 10, 64)
 			if err != nil {
-				return dst, bad
+				return bad(err)
 			}
 			if neg {
 				sec, us = -sec, -us
@@ -420,11 +478,47 @@ func appendInterval(dst []byte, s string) ([]byte, error) {
 		}
 		v, err := strconv.ParseInt(num, 10, 64)
 		if err != nil {
-			return dst, bad
+			return bad(err)
 		}
 		parts[idx] = v
 	}
+	if !intervalFits(parts, usec) {
+		return dst, intervalRange(s)
+	}
 	return appendISOInterval(dst, parts[0], parts[1], parts[2], parts[3], parts[4], parts[5], usec), nil
+}
+
+func intervalRange(s string) error {
+	return fmt.Errorf("interval %q is outside PostgreSQL's range (months and days of 32 bits, the time of 64 bits of microseconds)", s)
+}
+
+// intervalFits reports whether an interval's parts (years, months, days,
+// hours, minutes, seconds) and microseconds fit PostgreSQL's Interval: its
+// months and days are int32, its time int64 microseconds.
+func intervalFits(parts [6]int64, usec int64) bool {
+	in32 := func(v int64) bool { return math.MinInt32 <= v && v <= math.MaxInt32 }
+	if !in32(parts[0]) || !in32(parts[1]) || !in32(parts[0]*12+parts[1]) || !in32(parts[2]) {
+		return false
+	}
+	t, ok := usec, true
+	for i, unit := range [3]int64{3600e6, 60e6, 1e6} {
+		if t, ok = addScaled(t, parts[3+i], unit); !ok {
+			return false
+		}
+	}
+	return true
+}
+
+// addScaled returns acc + v×unit, and false when that overflows int64.
+func addScaled(acc, v, unit int64) (int64, bool) {
+	if v > math.MaxInt64/unit || v < math.MinInt64/unit {
+		return 0, false
+	}
+	sum := acc + v*unit
+	if (v > 0 && sum < acc) || (v < 0 && sum > acc) {
+		return 0, false
+	}
+	return sum, true
 }
 
 // appendISOInterval writes an interval as EncodeInterval's INTSTYLE_ISO_8601.
@@ -469,13 +563,30 @@ func abs(v int64) int64 {
 	return v
 }
 
+// maxBits is the longest bit string PostgreSQL has: bit(83886080), the
+// length limit of anybit_typmodin (MaxAttrSize bytes of bits).
+const maxBits = 10 * 1024 * 1024 * 8
+
 // appendBits writes io.debezium.data.Bits (a Java BitSet's little-endian
 // bytes, bit 0 the last character) as PostgreSQL's bit string text, with the
-// declared length; a varbit's leading zeros are not in the bytes.
-func appendBits(dst, b []byte, length string) []byte {
+// declared length; a varbit's leading zeros are not in the bytes. Debezium
+// pads the bytes of a bit(n) to its ⌈n/8⌉ bytes, but for the up to 64 bits of
+// a value it read as a number: a length beyond the bytes is the message's
+// error, which keeps the text at most 8 characters a byte.
+func appendBits(dst, b []byte, length string) ([]byte, error) {
 	n, err := strconv.Atoi(length)
-	if err != nil || n <= 0 || n == math.MaxInt32 { // a varbit without a length: pgjdbc's unknown length
+	switch {
+	case err != nil || n <= 0 || n == math.MaxInt32: // a varbit without a length: pgjdbc's unknown length
 		n = 8 * len(b)
+	case n > maxBits:
+		return dst, fmt.Errorf("bit string length %d is outside PostgreSQL's range (1 to %d)", n, maxBits)
+	case n > 8*max(len(b), 8):
+		return dst, fmt.Errorf("bit string length %d needs %d bytes, the value has %d", n, (n+7)/8, len(b))
+	}
+	for i := n; i < 8*len(b); i++ {
+		if b[i/8]>>(i%8)&1 == 1 {
+			return dst, fmt.Errorf("bit %d is set, past the bit string length %d", i, n)
+		}
 	}
 	dst = append(dst, '"')
 	for i := n - 1; i >= 0; i-- {
@@ -485,7 +596,33 @@ func appendBits(dst, b []byte, length string) []byte {
 		}
 		dst = append(dst, bit)
 	}
-	return append(dst, '"')
+	return append(dst, '"'), nil
+}
+
+// parseZoned parses a ZonedTimestamp, ISO 8601 as Java writes it: a year
+// past 9999 is signed ("+10000-01-01T00:00:00Z"), and so is one before 1 BC
+// ("-0043-03-15T12:00:00Z" is 44 BC), which time.Parse does not read.
+func parseZoned(s string) (time.Time, error) {
+	if len(s) == 0 || s[0] != '+' && s[0] != '-' {
+		return time.Parse(time.RFC3339Nano, s)
+	}
+	digits, rest, ok := strings.Cut(s[1:], "-")
+	year, err := strconv.Atoi(digits)
+	if !ok || err != nil || len(digits) < 4 || len(digits) > 9 || digits[0] == '+' || digits[0] == '-' {
+		return time.Time{}, fmt.Errorf("timestamp %q is not ISO 8601", s)
+	}
+	if s[0] == '-' {
+		year = -year
+	}
+	t, err := time.Parse(time.RFC3339Nano, "2000-"+rest) // a leap year: February 29 parses
+	if err != nil {
+		return time.Time{}, fmt.Errorf("timestamp %q is not ISO 8601: %w", s, err)
+	}
+	y := time.Date(year, t.Month(), t.Day(), t.Hour(), t.Minute(), t.Second(), t.Nanosecond(), t.Location())
+	if y.Day() != t.Day() {
+		return time.Time{}, fmt.Errorf("timestamp %q: %d has no February 29", s, year)
+	}
+	return y, nil
 }
 
 // textOf renders a canonical JSON value as the text PostgreSQL prints for it

@@ -10,6 +10,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/pgtrail/pgtrail/core/config"
+	"github.com/pgtrail/pgtrail/transports/natsconn"
 )
 
 // State is where the durable consumer stands.
@@ -22,9 +23,9 @@ type State struct {
 }
 
 func connect(ctx context.Context, cfg config.JetStream) (*nats.Conn, jetstream.Stream, error) {
-	nc, err := nats.Connect(cfg.URL, nats.Name("pgtrail"))
+	nc, err := natsconn.Connect("source.jetstream", cfg.URL, cfg.TLS, cfg.Auth, nats.Name("pgtrail"))
 	if err != nil {
-		return nil, nil, fmt.Errorf("connect to NATS at %s: %w (is nats-server running, and is source.jetstream.url right?)", cfg.URL, err)
+		return nil, nil, err
 	}
 	js, err := jetstream.New(nc)
 	if err != nil {

@@ -26,6 +26,7 @@ import (
 	"github.com/pgtrail/pgtrail/core/pipeline"
 	"github.com/pgtrail/pgtrail/transports/deadletter"
 	"github.com/pgtrail/pgtrail/transports/debezium"
+	"github.com/pgtrail/pgtrail/transports/natsconn"
 )
 
 // Header names of a dead letter.
@@ -69,10 +70,13 @@ type mark struct {
 // Open connects, checks the stream, and readies the durable consumer to
 // deliver from the first unacknowledged message.
 func Open(ctx context.Context, cfg config.JetStream, dcfg config.Debezium, log *slog.Logger, m *metrics.Metrics) (*Source, error) {
+	if cfg.FetchMaxBytes <= 0 {
+		cfg.FetchMaxBytes = config.DefaultFetchMaxBytes
+	}
 	s := &Source{cfg: cfg, dcfg: debezium.ConfigFrom(dcfg), log: log, metrics: m}
-	nc, err := nats.Connect(cfg.URL, nats.Name("pgtrail"), nats.MaxReconnects(-1))
+	nc, err := natsconn.Connect("source.jetstream", cfg.URL, cfg.TLS, cfg.Auth, nats.Name("pgtrail"), nats.MaxReconnects(-1))
 	if err != nil {
-		return nil, fmt.Errorf("connect to NATS at %s: %w (is nats-server running, and is source.jetstream.url right?)", cfg.URL, err)
+		return nil, err
 	}
 	s.nc = nc
 	fail := func(err error) (*Source, error) {

@@ -132,7 +132,8 @@ func TestDeadLettersGetAStreamAndAFailingOneIsUnhealthyUntilItIsStored(t *testin
 	b.publish(event(1, 101, 0))
 	b.publish("not json at all")
 	b.publish(event(2, 102, 0))
-	r := run(t, sourceConfig(b.url), slog.New(slog.DiscardHandler), m, 16)
+	var logs testbed.Output
+	r := run(t, sourceConfig(b.url), slog.New(slog.NewTextHandler(&logs, nil)), m, 16)
 	if ids := r.Rows(t, 2); ids != "1,2" {
 		t.Fatalf("rows %s, want 1,2", ids)
 	}
@@ -166,9 +167,12 @@ func TestDeadLettersGetAStreamAndAFailingOneIsUnhealthyUntilItIsStored(t *testin
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	if err := m.Health(); !strings.Contains(err.Error(), `dead letters: storing the dead letter of stream sequence 4 on "bemi.dlq" failed`) ||
-		!strings.Contains(err.Error(), "maximum messages exceeded") {
+	if err := m.Health(); err.Error() != "dead letters: failing, error (see the log)" {
 		t.Fatalf("health: %v", err)
+	}
+	if l := logs.String(); !strings.Contains(l, `msg="storing a dead letter failed; its source waits for it; retrying" dead_letter="the dead letter of stream sequence 4 on \"bemi.dlq\"" attempt=1`) ||
+		!strings.Contains(l, "maximum messages exceeded") {
+		t.Fatalf("the failure is not logged with its dead letter and error:\n%s", l)
 	}
 	r.NoRows(t, 300*time.Millisecond) // nothing past a dead letter that is not stored
 	b.stream(jetstream.StreamConfig{Name: "DebeziumStream_dlq", Subjects: []string{"bemi.dlq"}, Storage: jetstream.FileStorage,

@@ -21,7 +21,11 @@ type Partition struct {
 // Status reports the group's committed offsets and lag on every partition of
 // the topics.
 func Status(ctx context.Context, cfg config.Kafka) ([]Partition, error) {
-	conn, err := dial(ctx, cfg.Brokers)
+	c, err := newClients(cfg)
+	if err != nil {
+		return nil, err
+	}
+	conn, err := dial(ctx, c.dialer, cfg.Brokers)
 	if err != nil {
 		return nil, err
 	}
@@ -30,7 +34,7 @@ func Status(ctx context.Context, cfg config.Kafka) ([]Partition, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read partitions of %v: %w", cfg.Topics, err)
 	}
-	client := &kafkago.Client{Addr: kafkago.TCP(cfg.Brokers...)}
+	client := &kafkago.Client{Addr: kafkago.TCP(cfg.Brokers...), Transport: c.transport}
 	ids := map[string][]int{}
 	ends := map[string][]kafkago.OffsetRequest{}
 	for _, p := range parts {

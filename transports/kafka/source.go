@@ -52,6 +52,7 @@ type Source struct {
 	dcfg    debezium.Config
 	log     *slog.Logger
 	metrics *metrics.Metrics
+	clients clients
 	group   *kafkago.ConsumerGroup
 	dlq     *kafkago.Writer
 	admin   *kafkago.Client
@@ -83,9 +84,16 @@ type entry struct {
 // Open checks that the brokers answer and the topics exist, and joins nothing
 // yet: Run joins the group.
 func Open(ctx context.Context, cfg config.Kafka, dcfg config.Debezium, log *slog.Logger, m *metrics.Metrics) (*Source, error) {
+	if cfg.FetchMaxBytes <= 0 {
+		cfg.FetchMaxBytes = config.DefaultFetchMaxBytes
+	}
 	s := &Source{cfg: cfg, dcfg: debezium.ConfigFrom(dcfg), log: log, metrics: m, split: map[string]bool{},
 		confirmed: map[topicPartition]int64{}, committed: map[topicPartition]int64{}}
-	conn, err := dial(ctx, cfg.Brokers)
+	var err error
+	if s.clients, err = newClients(cfg); err != nil {
+		return nil, err
+	}
+	conn, err := dial(ctx, s.clients.dialer, cfg.Brokers)
 	if err != nil {
 		return nil, err
 	}
@@ -109,7 +117,7 @@ func Open(ctx context.Context, cfg config.Kafka, dcfg config.Debezium, log *slog
 				"topic", t, "partitions", n)
 		}
 	}
-	s.admin = &kafkago.Client{Addr: kafkago.TCP(cfg.Brokers...), Timeout: 10 * time.Second}
+	s.admin = &kafkago.Client{Addr: kafkago.TCP(cfg.Brokers...), Transport: s.clients.transport, Timeout: 10 * time.Second}
 	s.topics = map[string]kafkago.TopicConfig{}
 	for _, t := range cfg.Topics {
 		s.topics[t] = kafkago.TopicConfig{Topic: t + cfg.DLQSuffix, NumPartitions: count[t], ReplicationFactor: max(replicas[t], 1)}
@@ -121,7 +129,7 @@ func Open(ctx context.Context, cfg config.Kafka, dcfg config.Debezium, log *slog
 	}
 	s.group, err = kafkago.NewConsumerGroup(kafkago.ConsumerGroupConfig{
 		ID: cfg.Group, Brokers: cfg.Brokers, Topics: cfg.Topics, StartOffset: kafkago.FirstOffset,
-		WatchPartitionChanges: true,
+		WatchPartitionChanges: true, Dialer: s.clients.dialer,
 		// A member that died (kill -9) holds its partitions until its session
 		// times out: keep that short, its successor is waiting.
 		SessionTimeout: 10 * time.Second, RebalanceTimeout: 10 * time.Second,
@@ -130,7 +138,7 @@ func Open(ctx context.Context, cfg config.Kafka, dcfg config.Debezium, log *slog
 		return nil, fmt.Errorf("consumer group %q: %w", cfg.Group, err)
 	}
 	// One attempt per write: deadLetter retries, with backoff and health.
-	s.dlq = &kafkago.Writer{Addr: kafkago.TCP(cfg.Brokers...), RequiredAcks: kafkago.RequireAll,
+	s.dlq = &kafkago.Writer{Addr: kafkago.TCP(cfg.Brokers...), Transport: s.clients.transport, RequiredAcks: kafkago.RequireAll,
 		BatchTimeout: 5 * time.Millisecond, MaxAttempts: 1}
 	s.newReader = kafkago.NewReader
 	return s, nil
@@ -165,18 +173,19 @@ func (s *Source) ensureDLQ(ctx context.Context, topic string) error {
 	return nil
 }
 
-func dial(ctx context.Context, brokers []string) (*kafkago.Conn, error) {
+func dial(ctx context.Context, d *kafkago.Dialer, brokers []string) (*kafkago.Conn, error) {
 	var errs []error
 	for _, b := range brokers {
 		dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		conn, err := kafkago.DialContext(dctx, "tcp", b)
+		conn, err := d.DialContext(dctx, "tcp", b)
 		cancel()
 		if err == nil {
 			return conn, nil
 		}
 		errs = append(errs, err)
 	}
-	return nil, fmt.Errorf("connect to Kafka %v: %w (is Kafka running, and is source.kafka.brokers right?)", brokers, errors.Join(errs...))
+	err := errors.Join(errs...)
+	return nil, fmt.Errorf("connect to Kafka %v: %w (%s)", brokers, err, hint(err))
 }
 
 // Run takes part in the group until ctx ends, reading every partition it is
@@ -360,7 +369,7 @@ func (h *stall) clear() {
 
 // partitionReader reads partition p of topic from the group's offset.
 func (s *Source) partitionReader(topic string, p kafkago.PartitionAssignment) (*kafkago.Reader, error) {
-	r := s.newReader(kafkago.ReaderConfig{Brokers: s.cfg.Brokers, Topic: topic, Partition: p.ID,
+	r := s.newReader(kafkago.ReaderConfig{Brokers: s.cfg.Brokers, Topic: topic, Partition: p.ID, Dialer: s.clients.dialer,
 		MinBytes: 1, MaxBytes: s.cfg.FetchMaxBytes, MaxWait: 250 * time.Millisecond,
 		// What kafka-go only logs, such as skipping past messages that
 		// retention removed before they were read, pgtrail's log shows.

@@ -3,6 +3,7 @@ package pglogrepl
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"log/slog"
@@ -37,6 +38,8 @@ type decoder struct {
 	database string
 	cfg      config.Postgres
 	side     *pgx.Conn
+	timeout  time.Duration // bounds each query on side
+	own      map[tableName]bool
 	log      *slog.Logger
 	types    *Types
 	rels     map[uint32]*relation
@@ -52,8 +55,8 @@ type decoder struct {
 	occurrence uint32
 }
 
-func newDecoder(database string, cfg config.Postgres, side *pgx.Conn, log *slog.Logger) *decoder {
-	d := &decoder{database: database, cfg: cfg, side: side, log: log, rels: map[uint32]*relation{}}
+func newDecoder(database string, cfg config.Postgres, side *pgx.Conn, timeout time.Duration, own map[tableName]bool, log *slog.Logger) *decoder {
+	d := &decoder{database: database, cfg: cfg, side: side, timeout: timeout, own: own, log: log, rels: map[uint32]*relation{}}
 	d.types = NewTypes(d.resolveType)
 	return d
 }
@@ -66,7 +69,7 @@ func (d *decoder) decode(ctx context.Context, xld repl.XLogData, emit func(pipel
 		}
 		return d.row(ctx, xld.WALStart, m.relID, m.op, oldImage{m.old, m.oldKeyOnly}, m.new, emit)
 	}
-	msg, err := repl.ParseV2(xld.WALData, false)
+	msg, err := parseV2(xld.WALData)
 	if err != nil {
 		return fmt.Errorf("parse pgoutput message at %s: %w", xld.WALStart, err)
 	}
@@ -100,6 +103,22 @@ func (d *decoder) decode(ctx context.Context, xld repl.XLogData, emit func(pipel
 	return nil // type and origin messages carry nothing pgtrail stores
 }
 
+// parseV2 is repl.ParseV2, which panics on some malformed messages (a
+// logical message's length past its end): an error instead. A truncate's
+// relation count sizes an allocation before it is read (up to 16 GB, which
+// would end the process): it is checked against the message's length first.
+func parseV2(data []byte) (msg repl.Message, err error) {
+	if len(data) >= 5 && data[0] == 'T' && uint64(len(data)) < 6+4*uint64(binary.BigEndian.Uint32(data[1:])) {
+		return nil, fmt.Errorf("malformed message: truncate of %d relations in %d bytes", binary.BigEndian.Uint32(data[1:]), len(data))
+	}
+	defer func() {
+		if p := recover(); p != nil {
+			msg, err = nil, fmt.Errorf("malformed message: %v", p)
+		}
+	}()
+	return repl.ParseV2(data, false)
+}
+
 // relation records a table's shape. pgoutput sends it before the first change
 // of the table on this connection and again after every ALTER TABLE.
 func (d *decoder) relation(ctx context.Context, m *repl.RelationMessage) error {
@@ -120,11 +139,16 @@ func (d *decoder) relation(ctx context.Context, m *repl.RelationMessage) error {
 	if r.store {
 		// pgtrail's own audit table may sit in a captured schema: its rows
 		// are decoded like any other, but storing them would loop forever.
-		own, err := d.isAuditTable(ctx, m.RelationID)
+		qctx, cancel := context.WithTimeout(ctx, d.timeout)
+		own, err := isAuditTable(qctx, d.side, d.own, m.RelationID, m.Namespace, m.RelationName)
+		cancel()
 		if err != nil {
 			return err
 		}
 		r.store = !own
+	}
+	if m.ReplicaIdentity != 'f' && r.store && wantsFull(d.cfg) {
+		d.fullOnFirstSight(ctx, m.RelationID, r)
 	}
 	if m.ReplicaIdentity == 'f' && r.store {
 		key, err := d.primaryKey(ctx, m.RelationID, m.Columns)
@@ -137,21 +161,9 @@ func (d *decoder) relation(ctx context.Context, m *repl.RelationMessage) error {
 	return nil
 }
 
-// AuditTableComment marks pgtrail's audit tables (the PostgreSQL sink sets
-// it), so that capture never stores its own writes.
-const AuditTableComment = "pgtrail audit table"
-
-func (d *decoder) isAuditTable(ctx context.Context, relid uint32) (bool, error) {
-	var own bool
-	err := d.side.QueryRow(ctx, `SELECT coalesce(obj_description(coalesce(pg_partition_root($1::oid), $1::oid), 'pg_class'), '') LIKE $2 || '%'`,
-		relid, AuditTableComment).Scan(&own)
-	if err != nil {
-		return false, fmt.Errorf("look up relation %d: %w", relid, err)
-	}
-	return own, nil
-}
-
 func (d *decoder) primaryKey(ctx context.Context, relid uint32, cols []*repl.RelationMessageColumn) ([]int, error) {
+	ctx, cancel := context.WithTimeout(ctx, d.timeout)
+	defer cancel()
 	rows, err := d.side.Query(ctx, `SELECT a.attname FROM pg_index i
 		JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
 		WHERE i.indrelid = $1 AND i.indisprimary ORDER BY array_position(i.indkey, a.attnum)`, relid)
@@ -177,6 +189,8 @@ func (d *decoder) resolveType(ctx context.Context, oid uint32) (TypeInfo, error)
 	var info TypeInfo
 	var typtype, category string
 	var base, elem uint32
+	ctx, cancel := context.WithTimeout(ctx, d.timeout)
+	defer cancel()
 	err := d.side.QueryRow(ctx, "SELECT typtype::text, typcategory::text, typbasetype, typelem FROM pg_type WHERE oid = $1", oid).
 		Scan(&typtype, &category, &base, &elem)
 	if err != nil {

@@ -60,22 +60,12 @@ func (q *quiet) set(n int) {
 	if q.raw == nil {
 		return
 	}
-	if q.setsockopt(n) != nil {
+	if setsockopt(q.raw, unix.SOL_SOCKET, unix.SO_RCVLOWAT, n) != nil {
 		// Without the option capture only wakes more often: stop trying,
 		// and make sure the mark is back at its default.
 		if n != 1 {
-			_ = q.setsockopt(1)
+			_ = setsockopt(q.raw, unix.SOL_SOCKET, unix.SO_RCVLOWAT, 1)
 		}
 		q.raw = nil
 	}
-}
-
-func (q *quiet) setsockopt(n int) error {
-	var serr error
-	if err := q.raw.Control(func(fd uintptr) {
-		serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVLOWAT, n)
-	}); err != nil {
-		return err
-	}
-	return serr
 }

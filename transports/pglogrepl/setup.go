@@ -20,7 +20,11 @@ const OwnSchema = "pgtrail"
 
 // connect opens a plain connection and turns the usual failures into advice.
 func connect(ctx context.Context, url string) (*pgx.Conn, error) {
-	conn, err := pgx.Connect(ctx, url)
+	cc, err := connConfig(url)
+	if err != nil {
+		return nil, fmt.Errorf("source.postgres.url: %w", err)
+	}
+	conn, err := pgx.ConnectConfig(ctx, cc)
 	if err != nil {
 		return nil, explain(err)
 	}
@@ -69,13 +73,18 @@ func Preflight(ctx context.Context, conn *pgx.Conn) error {
 
 // Check connects and runs Preflight: the first thing every command does, so
 // that the user hears about the source before anything else is attempted.
+// It also refuses a pgtrail schema that another role controls, before any
+// sink sets up its audit table there.
 func Check(ctx context.Context, cfg config.Postgres) error {
 	conn, err := connect(ctx, cfg.URL)
 	if err != nil {
 		return err
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
-	return Preflight(ctx, conn)
+	if err := Preflight(ctx, conn); err != nil {
+		return err
+	}
+	return checkOwnSchema(ctx, conn)
 }
 
 // Setup creates or updates the publication, creates the replication slot if
@@ -106,6 +115,9 @@ func setup(ctx context.Context, cfg config.Postgres, log *slog.Logger, explicit 
 		return err
 	}
 	if err := setupHelpers(ctx, conn, log); err != nil {
+		return err
+	}
+	if err := replicaIdentity(ctx, conn, cfg, log); err != nil {
 		return err
 	}
 	return setupSlot(ctx, conn, cfg, log, explicit)
@@ -278,7 +290,10 @@ const slotsTable = OwnSchema + ".slots"
 func setupHelpers(ctx context.Context, conn *pgx.Conn, log *slog.Logger) error {
 	schema := pgx.Identifier{OwnSchema}.Sanitize()
 	if _, err := conn.Exec(ctx, "CREATE SCHEMA IF NOT EXISTS "+schema); err != nil {
-		return fmt.Errorf("create schema %s for pgtrail's own objects: %w (grant the role CREATE on the database, or create the schema for it)", OwnSchema, err)
+		return fmt.Errorf("create schema %s for pgtrail's own objects: %w (grant the role CREATE on the database, or have a superuser create the schema for it: CREATE SCHEMA %s AUTHORIZATION <role>)", OwnSchema, err, schema)
+	}
+	if err := checkOwnSchema(ctx, conn); err != nil {
+		return err
 	}
 	if _, err := conn.Exec(ctx, `CREATE TABLE IF NOT EXISTS `+slotsTable+` (
 		slot text PRIMARY KEY, lsn pg_lsn NOT NULL, created_at timestamptz NOT NULL DEFAULT now())`); err != nil {

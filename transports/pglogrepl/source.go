@@ -30,6 +30,9 @@ type Source struct {
 	repl *pgconn.PgConn // the replication stream; used by Run's goroutine only
 	side *pgx.Conn      // catalog look-ups and lag; likewise
 	dec  *decoder
+	// timeout is how long the server may stay silent before the stream is
+	// taken for stalled, and bounds every query and write (receiveTimeout).
+	timeout time.Duration
 
 	start      repl.LSN
 	confirmed  atomic.Uint64 // highest LSN durable in every sink
@@ -49,8 +52,15 @@ var sessionSettings = map[string]string{
 	"application_name":   "pgtrail",
 }
 
+// openTimeout bounds Open: a few connections and queries.
+const openTimeout = 30 * time.Second
+
 // Open connects to the slot that Setup made, without starting to read.
-func Open(ctx context.Context, cfg config.Postgres, log *slog.Logger, m *metrics.Metrics) (*Source, error) {
+// audit lists the tables pgtrail's sinks write, wherever they are: those in
+// the source database are never stored.
+func Open(ctx context.Context, cfg config.Postgres, audit []AuditTable, log *slog.Logger, m *metrics.Metrics) (*Source, error) {
+	ctx, cancel := context.WithTimeout(ctx, openTimeout)
+	defer cancel()
 	side, err := connect(ctx, cfg.URL)
 	if err != nil {
 		return nil, err
@@ -79,10 +89,19 @@ func Open(ctx context.Context, cfg config.Postgres, log *slog.Logger, m *metrics
 	s.confirmed.Store(uint64(s.start))
 	s.reported = s.start
 
+	if s.timeout, err = receiveTimeout(ctx, side, cfg); err != nil {
+		return fail(err)
+	}
+	own, err := ownTables(ctx, side, cfg.URL, audit)
+	if err != nil {
+		return fail(err)
+	}
+
 	pc, err := pgconn.ParseConfig(cfg.URL)
 	if err != nil {
 		return fail(fmt.Errorf("source.postgres.url: %w", err))
 	}
+	harden(pc)
 	for k, v := range sessionSettings {
 		pc.RuntimeParams[k] = v
 	}
@@ -90,8 +109,27 @@ func Open(ctx context.Context, cfg config.Postgres, log *slog.Logger, m *metrics
 	if s.repl, err = pgconn.ConnectConfig(ctx, pc); err != nil {
 		return fail(explain(err))
 	}
-	s.dec = newDecoder(side.Config().Database, cfg, side, log)
+	s.dec = newDecoder(side.Config().Database, cfg, side, s.timeout, own, log)
 	return s, nil
+}
+
+// receiveTimeout is source.postgres.receive_timeout, or else the server's
+// wal_sender_timeout: the silence after which the server itself gives up on
+// capture, as PostgreSQL's own standbys use wal_receiver_timeout. It is at
+// least two status intervals, since capture asks for a message once each.
+func receiveTimeout(ctx context.Context, side *pgx.Conn, cfg config.Postgres) (time.Duration, error) {
+	if cfg.ReceiveTimeout > 0 {
+		return time.Duration(cfg.ReceiveTimeout), nil
+	}
+	var ms int64
+	if err := side.QueryRow(ctx, "SELECT setting::bigint FROM pg_settings WHERE name = 'wal_sender_timeout'").Scan(&ms); err != nil {
+		return 0, fmt.Errorf("read wal_sender_timeout: %w", err)
+	}
+	d := time.Duration(ms) * time.Millisecond
+	if d <= 0 { // the server never times out: PostgreSQL's default
+		d = time.Minute
+	}
+	return max(d, 2*time.Duration(cfg.StatusInterval)), nil
 }
 
 // waitedRead tells a read that waited for the server from one served from
@@ -104,9 +142,11 @@ const chunkSize = 256
 
 // Run streams changes from the slot's confirmed position until ctx ends.
 func (s *Source) Run(ctx context.Context, out chan<- []pipeline.Event) error {
-	err := repl.StartReplication(ctx, s.repl, s.cfg.Slot, s.start, repl.StartReplicationOptions{
+	sctx, cancel := context.WithTimeout(ctx, s.timeout)
+	err := repl.StartReplication(sctx, s.repl, s.cfg.Slot, s.start, repl.StartReplicationOptions{
 		PluginArgs: []string{"proto_version '2'", fmt.Sprintf("publication_names '%s'", s.cfg.Publication), "messages 'true'"},
 	})
+	cancel()
 	if err != nil {
 		return fmt.Errorf("start replication from slot %q: %w", s.cfg.Slot, explain(err))
 	}
@@ -157,6 +197,10 @@ func (s *Source) Run(ctx context.Context, out chan<- []pipeline.Event) error {
 	var deadline time.Time
 	q := newQuiet(conn)
 	heldBytes := 0 // bytes still to decode of what came in during a hold
+	// silentSince is when capture began waiting for a message that has not
+	// come: a cut that sends no reset leaves a read waiting for ever
+	// otherwise, and the server answers every status update at once.
+	var silentSince time.Time
 	for {
 		if time.Now().After(s.nextStatus) {
 			if err := s.status(ctx, false); err != nil {
@@ -179,10 +223,19 @@ func (s *Source) Run(ctx context.Context, out chan<- []pipeline.Event) error {
 				return ctx.Err()
 			}
 			if pgconn.Timeout(err) {
+				if silentSince.IsZero() {
+					silentSince = asked
+				}
+				if silent := time.Since(silentSince); silent > s.timeout {
+					return fmt.Errorf("receive from slot %q: no message from the server for %s although capture asks for one every %s: "+
+						"the connection is stalled (a network cut?); reconnecting (the bound is source.postgres.receive_timeout, by default the server's wal_sender_timeout)",
+						s.cfg.Slot, silent.Round(time.Millisecond), time.Duration(s.cfg.StatusInterval))
+				}
 				continue
 			}
 			return fmt.Errorf("receive from slot %q: %w", s.cfg.Slot, err)
 		}
+		silentSince = time.Time{}
 		if time.Since(asked) > waitedRead && s.cfg.Coalesce > 0 {
 			// The first message after a quiet spell: let the rest of the
 			// burst arrive, so that it is read in a few large reads rather
@@ -263,9 +316,12 @@ func (s *Source) Confirm(pos any) {
 // is merely received.
 func (s *Source) status(ctx context.Context, final bool) error {
 	lsn := repl.LSN(s.confirmed.Load())
-	err := repl.SendStandbyStatusUpdate(ctx, s.repl, repl.StandbyStatusUpdate{
-		WALWritePosition: lsn, WALFlushPosition: lsn, WALApplyPosition: lsn,
+	sctx, cancel := context.WithTimeout(ctx, s.timeout)
+	// The reply asked for is how Run tells a quiet server from a cut.
+	err := repl.SendStandbyStatusUpdate(sctx, s.repl, repl.StandbyStatusUpdate{
+		WALWritePosition: lsn, WALFlushPosition: lsn, WALApplyPosition: lsn, ReplyRequested: !final,
 	})
+	cancel()
 	if err != nil {
 		return fmt.Errorf("send status to slot %q: %w", s.cfg.Slot, err)
 	}
@@ -288,11 +344,17 @@ func (s *Source) status(ctx context.Context, final bool) error {
 // goes on, and it resumes from the confirmed position once the server is back.
 func (s *Source) updateLag(ctx context.Context) error {
 	var lag int64
-	err := s.side.QueryRow(ctx, `SELECT coalesce((pg_current_wal_lsn() - confirmed_flush_lsn)::bigint, 0)
+	// A query that outlives the timeout is cancelled, and the connection
+	// with it: a network cut then ends capture like a shutdown.
+	qctx, cancel := context.WithTimeout(ctx, s.timeout)
+	defer cancel()
+	err := s.side.QueryRow(qctx, `SELECT coalesce((pg_current_wal_lsn() - confirmed_flush_lsn)::bigint, 0)
 		FROM pg_replication_slots WHERE slot_name = $1`, s.cfg.Slot).Scan(&lag)
 	switch {
 	case err == nil:
 		s.metrics.SlotLagBytes.Set(float64(lag))
+	case errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil:
+		return fmt.Errorf("read the slot's lag: the source database did not answer within %s (a network cut?); reconnecting: %w", s.timeout, err)
 	case s.side.IsClosed() && ctx.Err() == nil:
 		return fmt.Errorf("lost the connection to the source database (shutting down?): %w", explain(err))
 	}

@@ -697,7 +697,7 @@ func appendTime(dst, text []byte, zoned bool) ([]byte, error) {
 		return append(dst, 'Z', '"'), nil
 	}
 	micros := (int64(c.hour)*3600+int64(c.minute)*60+int64(c.sec))*1e6 + int64(c.usec)
-	return values.AppendTimeTZ(dst, micros, off), nil
+	return values.AppendTimeTZ(dst, micros, off)
 }
 
 func invalidTime(k kind, text []byte) error {

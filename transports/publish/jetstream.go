@@ -10,6 +10,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/pgtrail/pgtrail/core/config"
+	"github.com/pgtrail/pgtrail/transports/natsconn"
 )
 
 // jetStream publishes to a NATS JetStream stream. Every message carries its
@@ -25,9 +26,9 @@ type jetStream struct {
 const maxPending = 1024
 
 func openJetStream(ctx context.Context, cfg config.PublishJetStream, subjects []string) (*jetStream, error) {
-	nc, err := nats.Connect(cfg.URL, nats.Name("pgtrail capture"), nats.MaxReconnects(-1))
+	nc, err := natsconn.Connect("publish.jetstream", cfg.URL, cfg.TLS, cfg.Auth, nats.Name("pgtrail capture"), nats.MaxReconnects(-1))
 	if err != nil {
-		return nil, fmt.Errorf("connect to NATS at %s: %w (is nats-server running with JetStream, and is publish.jetstream.url right?)", cfg.URL, err)
+		return nil, err
 	}
 	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(maxPending))
 	if err != nil {

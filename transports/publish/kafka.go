@@ -17,19 +17,23 @@ type kafka struct {
 }
 
 func openKafka(ctx context.Context, cfg config.PublishKafka) (*kafka, error) {
-	cl, err := kgo.NewClient(
+	security, err := kafkaSecurity(cfg)
+	if err != nil {
+		return nil, err
+	}
+	cl, err := kgo.NewClient(append([]kgo.Opt{
 		kgo.SeedBrokers(cfg.Brokers...),
 		kgo.RequiredAcks(kgo.AllISRAcks()),
 		kgo.AllowAutoTopicCreation(),
 		kgo.ProducerLinger(0),
 		kgo.ClientID("pgtrail-capture"),
-	)
+	}, security...)...)
 	if err != nil {
 		return nil, fmt.Errorf("publish.kafka.brokers: %w", err)
 	}
 	if err := cl.Ping(ctx); err != nil {
 		cl.Close()
-		return nil, fmt.Errorf("connect to Kafka at %v: %w (is Kafka running, and is publish.kafka.brokers right?)", cfg.Brokers, err)
+		return nil, fmt.Errorf("connect to Kafka at %v: %w (%s)", cfg.Brokers, err, kafkaHint(cfg, err))
 	}
 	return &kafka{cl: cl}, nil
 }
