@@ -65,6 +65,10 @@ type Postgres struct {
 	ReplicaIdentity string `yaml:"replica_identity"`
 }
 
+// DefaultFetchMaxBytes bounds one broker fetch unless fetch_max_bytes says
+// otherwise (the sources take 0 for it too).
+const DefaultFetchMaxBytes = 8 << 20
+
 // JetStream is Debezium change events read from a NATS JetStream stream.
 type JetStream struct {
 	URL     string `yaml:"url"`
@@ -77,8 +81,11 @@ type JetStream struct {
 	// pgtrail never relies on redelivery (it restarts from the ack floor),
 	// so it is long: a big transaction stays unacked until it is complete.
 	AckWait Duration `yaml:"ack_wait"`
-	TLS     TLS      `yaml:"tls"`
-	Auth    NATSAuth `yaml:"auth"`
+	// FetchMaxBytes bounds one pull (at most 512 messages and this many
+	// bytes); a message larger than it is pulled alone.
+	FetchMaxBytes int      `yaml:"fetch_max_bytes"`
+	TLS           TLS      `yaml:"tls"`
+	Auth          NATSAuth `yaml:"auth"`
 }
 
 // Kafka is Debezium change events read from Kafka topics.
@@ -88,8 +95,11 @@ type Kafka struct {
 	Group   string   `yaml:"group"`
 	// DLQSuffix names the topic that receives a topic's malformed messages.
 	DLQSuffix string `yaml:"dlq_suffix"`
-	TLS       TLS    `yaml:"tls"`
-	SASL      SASL   `yaml:"sasl"`
+	// FetchMaxBytes bounds what one fetch of a partition asks the broker
+	// for; a record batch larger than it still comes whole.
+	FetchMaxBytes int  `yaml:"fetch_max_bytes"`
+	TLS           TLS  `yaml:"tls"`
+	SASL          SASL `yaml:"sasl"`
 }
 
 // Debezium says how Debezium's connector was configured, where it matters for
@@ -234,8 +244,9 @@ func defaults() Config {
 				Coalesce:       Duration(5 * time.Millisecond),
 			},
 			JetStream: JetStream{URL: "nats://127.0.0.1:4222", Stream: "DebeziumStream", Subject: "bemi", Durable: "pgtrail",
-				AckWait: Duration(30 * time.Minute)},
-			Kafka: Kafka{Brokers: []string{"127.0.0.1:9092"}, Topics: []string{"bemi"}, Group: "pgtrail", DLQSuffix: ".dlq"},
+				AckWait: Duration(30 * time.Minute), FetchMaxBytes: DefaultFetchMaxBytes},
+			Kafka: Kafka{Brokers: []string{"127.0.0.1:9092"}, Topics: []string{"bemi"}, Group: "pgtrail", DLQSuffix: ".dlq",
+				FetchMaxBytes: DefaultFetchMaxBytes},
 			Debezium: Debezium{UnavailableValuePlaceholder: "__debezium_unavailable_value", BinaryHandlingMode: "bytes",
 				KeyColumns: []string{"id"}},
 		},

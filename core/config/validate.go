@@ -39,11 +39,20 @@ func (c *Config) validate() error {
 		required("source.jetstream.stream", js.Stream)
 		required("source.jetstream.subject", js.Subject)
 		required("source.jetstream.durable", js.Durable)
-		if js.DLQSubject == js.Subject {
+		switch {
+		case js.DLQSubject == js.Subject:
 			bad("source.jetstream.dlq_subject", "%q is the subject read from; dead letters need another (e.g. %s.dlq)", js.DLQSubject, js.Subject)
+		case strings.ContainsAny(js.DLQSubject, "*> \t"):
+			bad("source.jetstream.dlq_subject", "%q is not a literal subject: name the one subject dead letters are published to (e.g. bemi.dlq)", js.DLQSubject)
+		case subjectMatches(js.Subject, js.DLQSubject):
+			// The consumer would read its own dead letters, and dead-letter them again, for ever.
+			bad("source.jetstream.dlq_subject", "%q is matched by source.jetstream.subject %q, so dead letters would be read again: choose a subject outside it", js.DLQSubject, js.Subject)
 		}
 		if js.AckWait <= 0 {
 			bad("source.jetstream.ack_wait", "must be positive (e.g. 30m)")
+		}
+		if js.FetchMaxBytes <= 0 {
+			bad("source.jetstream.fetch_max_bytes", "must be positive (e.g. 8388608)")
 		}
 		validateNATS(bad, "source.jetstream", js.URL, js.TLS, js.Auth)
 	case "kafka":
@@ -56,6 +65,9 @@ func (c *Config) validate() error {
 		}
 		required("source.kafka.group", k.Group)
 		required("source.kafka.dlq_suffix", k.DLQSuffix)
+		if k.FetchMaxBytes <= 0 {
+			bad("source.kafka.fetch_max_bytes", "must be positive (e.g. 8388608)")
+		}
 		validateTLS(bad, "source.kafka.tls", k.TLS)
 		validateSASL(bad, "source.kafka.sasl", k.SASL)
 	default:
@@ -214,4 +226,19 @@ func postgresURL(s string) bool {
 	}
 	k, _, ok := strings.Cut(strings.TrimSpace(s), "=")
 	return ok && k != "" && !strings.ContainsAny(k, " /:@")
+}
+
+// subjectMatches says whether NATS subject filter (with * for one token, >
+// for the rest) matches the literal subject.
+func subjectMatches(filter, subject string) bool {
+	f, s := strings.Split(filter, "."), strings.Split(subject, ".")
+	for i, tok := range f {
+		switch {
+		case tok == ">":
+			return len(s) > i
+		case i >= len(s) || (tok != "*" && tok != s[i]):
+			return false
+		}
+	}
+	return len(f) == len(s)
 }

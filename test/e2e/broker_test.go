@@ -17,42 +17,24 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	natsserver "github.com/nats-io/nats-server/v2/server"
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	kafkago "github.com/segmentio/kafka-go"
 	"github.com/twmb/franz-go/pkg/kfake"
+
+	"github.com/pgtrail/pgtrail/test/natstest"
 )
 
 // startBrokerNATS runs a JetStream-enabled nats-server in this process, with the
 // stream Debezium Server creates for the Bemi stack.
 func startBrokerNATS(t *testing.T) (string, jetstream.JetStream) {
 	t.Helper()
-	srv, err := natsserver.NewServer(&natsserver.Options{Host: "127.0.0.1", Port: -1, JetStream: true,
-		StoreDir: t.TempDir(), NoLog: true, NoSigs: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	go srv.Start()
-	if !srv.ReadyForConnections(10 * time.Second) {
-		t.Fatal("nats-server did not start")
-	}
-	t.Cleanup(srv.Shutdown)
-	nc, err := nats.Connect(srv.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, err = js.CreateStream(context.Background(), jetstream.StreamConfig{Name: "DebeziumStream",
+	url, js := natstest.Start(t)
+	_, err := js.CreateStream(context.Background(), jetstream.StreamConfig{Name: "DebeziumStream",
 		Subjects: []string{"bemi", "__debezium-heartbeat.*"}, Storage: jetstream.FileStorage})
 	if err != nil {
 		t.Fatal(err)
 	}
-	return srv.ClientURL(), js
+	return url, js
 }
 
 // startBrokerKafka runs kfake in this process with the topic and its dead-letter

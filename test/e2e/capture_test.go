@@ -18,31 +18,21 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	natsserver "github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/pgtrail/pgtrail/core/change"
+	"github.com/pgtrail/pgtrail/test/natstest"
 )
 
 // startNATS runs a nats-server with JetStream in this process, on a free
 // loopback port, storing in a temp dir.
 func startNATS(t *testing.T) string {
 	t.Helper()
-	ns, err := natsserver.NewServer(&natsserver.Options{
-		Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: t.TempDir(), NoLog: true, NoSigs: true,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	go ns.Start()
-	if !ns.ReadyForConnections(10 * time.Second) {
-		t.Fatal("nats-server not ready after 10s")
-	}
-	t.Cleanup(ns.Shutdown)
-	return ns.ClientURL()
+	url, _ := natstest.Start(t)
+	return url
 }
 
 // startKafka runs kfake, an in-process Kafka, with the topic bemi.

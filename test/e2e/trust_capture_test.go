@@ -168,13 +168,17 @@ func proxied(t *testing.T, url string) (*faultproxy.Proxy, string) {
 	return p, strings.Replace(url, fmt.Sprintf(":%d/", cluster.Port()), fmt.Sprintf(":%d/", p.Port()), 1)
 }
 
+// itemsSchema is the table itemsLoad writes and, outside the captured
+// schema, its record of each change.
+const itemsSchema = `CREATE TABLE IF NOT EXISTS items (id int PRIMARY KEY, n int NOT NULL);
+	CREATE SCHEMA IF NOT EXISTS bookkeeping; CREATE TABLE IF NOT EXISTS bookkeeping.truth (op text, id int, n int)`
+
 // itemsLoad writes under pgtrail until stopped: each transaction inserts an
 // item, sometimes updates the one before, and records both in
 // bookkeeping.truth, which commits with them or not at all.
 func itemsLoad(t *testing.T, conn *pgx.Conn, url string) (stop func()) {
 	t.Helper()
-	exec1(t, conn, `CREATE TABLE IF NOT EXISTS items (id int PRIMARY KEY, n int NOT NULL);
-		CREATE SCHEMA IF NOT EXISTS bookkeeping; CREATE TABLE IF NOT EXISTS bookkeeping.truth (op text, id int, n int)`)
+	exec1(t, conn, itemsSchema)
 	return writeLoad(t, url, 2, func(conn *pgx.Conn, w, i int) error {
 		id := w*1_000_000 + i
 		time.Sleep(2 * time.Millisecond) // a steady load, not a flood: the machine is shared

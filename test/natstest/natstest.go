@@ -11,6 +11,8 @@ import (
 
 	"github.com/nats-io/jwt/v2"
 	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nkeys"
 )
 
@@ -35,6 +37,23 @@ func Run(t testing.TB, opts *server.Options) *server.Server {
 	}
 	t.Cleanup(srv.Shutdown)
 	return srv
+}
+
+// Start runs a server with default options and returns its client URL and a
+// JetStream client of it, closed at cleanup.
+func Start(t testing.TB) (string, jetstream.JetStream) {
+	t.Helper()
+	srv := Run(t, nil)
+	nc, err := nats.Connect(srv.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return srv.ClientURL(), js
 }
 
 // NkeyUser makes a user nkey: its public key, for the server's Nkeys, and a

@@ -24,7 +24,7 @@ import (
 	"github.com/pgtrail/pgtrail/core/config"
 	"github.com/pgtrail/pgtrail/core/metrics"
 	"github.com/pgtrail/pgtrail/core/pipeline"
-	"github.com/pgtrail/pgtrail/core/retry"
+	"github.com/pgtrail/pgtrail/transports/deadletter"
 	"github.com/pgtrail/pgtrail/transports/debezium"
 	"github.com/pgtrail/pgtrail/transports/natsconn"
 )
@@ -37,7 +37,8 @@ const (
 	HeaderSeq     = "Pgtrail-Original-Sequence"
 )
 
-// fetchBatch is how many messages one pull asks for.
+// fetchBatch is how many messages one pull asks for, at most
+// source.jetstream.fetch_max_bytes of them.
 const fetchBatch = 512
 
 // Source reads one durable consumer.
@@ -50,6 +51,9 @@ type Source struct {
 	nc   *nats.Conn
 	js   jetstream.JetStream
 	cons jetstream.Consumer
+
+	replicas  int    // the source stream's, for a dead-letter stream made here
+	delivered uint64 // the consumer's delivery sequence when opened
 
 	mu    sync.Mutex
 	marks []mark // confirmable positions handed out, not yet acknowledged
@@ -66,6 +70,9 @@ type mark struct {
 // Open connects, checks the stream, and readies the durable consumer to
 // deliver from the first unacknowledged message.
 func Open(ctx context.Context, cfg config.JetStream, dcfg config.Debezium, log *slog.Logger, m *metrics.Metrics) (*Source, error) {
+	if cfg.FetchMaxBytes <= 0 {
+		cfg.FetchMaxBytes = config.DefaultFetchMaxBytes
+	}
 	s := &Source{cfg: cfg, dcfg: debezium.ConfigFrom(dcfg), log: log, metrics: m}
 	nc, err := natsconn.Connect("source.jetstream", cfg.URL, cfg.TLS, cfg.Auth, nats.Name("pgtrail"), nats.MaxReconnects(-1))
 	if err != nil {
@@ -86,17 +93,21 @@ func Open(ctx context.Context, cfg config.JetStream, dcfg config.Debezium, log *
 	if err != nil {
 		return fail(fmt.Errorf("look up stream %q: %w (is JetStream enabled on the server?)", cfg.Stream, err))
 	}
+	s.replicas = stream.CachedInfo().Config.Replicas
 	if err := s.ensureDLQ(ctx); err != nil {
 		return fail(err)
 	}
-	if s.cons, err = s.consumer(ctx, stream); err != nil {
+	if err := s.settle(ctx, stream); err != nil {
 		return fail(err)
 	}
 	return s, nil
 }
 
-// ensureDLQ makes sure a stream keeps the dead letters: pgtrail creates a
-// small one when no stream captures the dead-letter subject.
+// ensureDLQ makes sure a stream keeps the dead letters. When none captures
+// the dead-letter subject, pgtrail creates a stream of its own for it,
+// "<stream>_dlq", with the source stream's replicas, rather than add the
+// subject to the source stream: that one is Debezium's, with Debezium's
+// limits, and dead letters must outlive them.
 func (s *Source) ensureDLQ(ctx context.Context) error {
 	_, err := s.js.StreamNameBySubject(ctx, s.cfg.DLQSubject)
 	if err == nil {
@@ -107,14 +118,50 @@ func (s *Source) ensureDLQ(ctx context.Context) error {
 	}
 	name := s.cfg.Stream + "_dlq"
 	_, err = s.js.CreateStream(ctx, jetstream.StreamConfig{
-		Name: name, Subjects: []string{s.cfg.DLQSubject}, Storage: jetstream.FileStorage,
+		Name: name, Subjects: []string{s.cfg.DLQSubject}, Storage: jetstream.FileStorage, Replicas: s.replicas,
 		Description: "pgtrail: malformed messages of stream " + s.cfg.Stream,
 	})
-	if err != nil {
-		return fmt.Errorf("create stream %q for dead-letter subject %q (source.jetstream.dlq_subject): %w", name, s.cfg.DLQSubject, err)
+	if errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
+		return fmt.Errorf("no stream captures dead-letter subject %q (source.jetstream.dlq_subject), and stream %q, which pgtrail would create for it, exists with other subjects: add the subject to a stream, or set source.jetstream.dlq_subject to a subject one captures", s.cfg.DLQSubject, name)
 	}
-	s.log.Info("created stream for dead letters", "stream", name, "subject", s.cfg.DLQSubject)
+	if err != nil {
+		return fmt.Errorf("create stream %q for dead-letter subject %q (source.jetstream.dlq_subject): %w (create a stream that captures the subject, or let pgtrail's NATS user create streams)", name, s.cfg.DLQSubject, err)
+	}
+	s.log.Info("created stream for dead letters", "stream", name, "subject", s.cfg.DLQSubject, "replicas", s.replicas)
 	return nil
+}
+
+// settle readies the consumer with nothing delivered past its ack floor and
+// takes its delivery sequence, which each message of the session must then
+// follow. A pull still open from a session that just ended (its connection
+// not yet gone at the server) can take messages right after a reset: then
+// the consumer is reset again.
+func (s *Source) settle(ctx context.Context, stream jetstream.Stream) error {
+	for attempt := 1; ; attempt++ {
+		c, err := s.consumer(ctx, stream)
+		if err != nil {
+			return err
+		}
+		info, err := c.Info(ctx)
+		if err != nil {
+			return fmt.Errorf("look up consumer %q: %w", s.cfg.Durable, err)
+		}
+		if info.Delivered.Stream <= info.AckFloor.Stream {
+			s.cons, s.delivered = c, info.Delivered.Consumer
+			return nil
+		}
+		if attempt == 5 {
+			return fmt.Errorf("consumer %q on stream %q keeps delivering to another reader (delivered up to %d, acknowledged %d): pgtrail must be its only reader; stop the other one, or set source.jetstream.durable to a consumer of pgtrail's own",
+				s.cfg.Durable, s.cfg.Stream, info.Delivered.Stream, info.AckFloor.Stream)
+		}
+		s.log.Debug("consumer delivered past its ack floor while opening; resetting it again", "durable", s.cfg.Durable,
+			"delivered", info.Delivered.Stream, "ack_floor", info.AckFloor.Stream)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Duration(attempt) * 100 * time.Millisecond):
+		}
+	}
 }
 
 // consumer returns the durable consumer, positioned at its first
@@ -172,7 +219,7 @@ func (s *Source) consumer(ctx context.Context, stream jetstream.Stream) (jetstre
 // Commit after each message carrying the position it makes confirmable.
 func (s *Source) Run(ctx context.Context, out chan<- []pipeline.Event) error {
 	s.log.Info("capturing", "stream", s.cfg.Stream, "subject", s.cfg.Subject, "durable", s.cfg.Durable)
-	r := reader{s: s, ctx: ctx, out: out, dec: debezium.NewDecoder(s.dcfg)}
+	r := reader{s: s, ctx: ctx, out: out, dec: debezium.NewDecoder(s.dcfg), dseq: s.delivered}
 	for ctx.Err() == nil {
 		if err := s.fetch(&r); err != nil {
 			if ctx.Err() != nil {
@@ -188,29 +235,50 @@ func (s *Source) Run(ctx context.Context, out chan<- []pipeline.Event) error {
 // is not used: cancelling it could drop messages the server counts as
 // delivered.)
 func (s *Source) fetch(r *reader) error {
-	batch, err := s.cons.Fetch(fetchBatch, jetstream.FetchMaxWait(time.Second))
-	if err != nil {
+	n, err := s.pull(r, fetchBatch, jetstream.FetchMaxBytes(s.cfg.FetchMaxBytes), jetstream.FetchMaxWait(time.Second))
+	if err != nil || n > 0 {
 		return err
+	}
+	// Nothing came: the stream is idle, or its next message alone is larger
+	// than fetch_max_bytes, which the server answers at once with no message.
+	info, err := s.cons.Info(r.ctx)
+	if err != nil {
+		return fmt.Errorf("consumer info: %w", err)
+	}
+	if info.Delivered.Consumer != r.dseq {
+		// No pull of this session is open now: what the server counts
+		// delivered beyond what came was lost in transit.
+		return r.lost(info.Delivered.Consumer)
+	}
+	if info.NumPending > 0 {
+		_, err := s.pull(r, 1, jetstream.FetchMaxWait(time.Second))
+		return err
+	}
+	// Idle: a held delete is not the first half of a key change.
+	if err := r.emitAll(r.dec.Flush(), 0); err != nil {
+		return err
+	}
+	return r.send()
+}
+
+// pull fetches up to batch messages and handles them; it returns how many came.
+func (s *Source) pull(r *reader, batch int, opts ...jetstream.FetchOpt) (int, error) {
+	b, err := s.cons.Fetch(batch, opts...)
+	if err != nil {
+		return 0, err
 	}
 	n := 0
-	for msg := range batch.Messages() {
+	for msg := range b.Messages() {
 		n++
 		if err := r.handle(msg); err != nil {
-			return err
+			return n, err
 		}
 	}
-	if err := batch.Error(); err != nil && r.ctx.Err() == nil &&
+	if err := b.Error(); err != nil && r.ctx.Err() == nil &&
 		!errors.Is(err, nats.ErrTimeout) && !errors.Is(err, context.DeadlineExceeded) {
-		return err
+		return n, err
 	}
-	if n == 0 {
-		// Idle: a held delete is not the first half of a key change.
-		if err := r.emitAll(r.dec.Flush(), 0); err != nil {
-			return err
-		}
-		return r.send()
-	}
-	return nil
+	return n, nil
 }
 
 // reader is Run's state: the stream as read in this session.
@@ -221,6 +289,7 @@ type reader struct {
 	evs  []pipeline.Event // the current message's, sent together
 	dec  *debezium.Decoder
 	last uint64        // highest stream sequence handled
+	dseq uint64        // delivery (consumer) sequence of the last message received
 	prev jetstream.Msg // the message handled before the current one
 	open bool          // a transaction has been seen; it ends when another starts
 	xid  uint64
@@ -233,6 +302,10 @@ func (r *reader) handle(msg jetstream.Msg) error {
 		return fmt.Errorf("message metadata: %w", err)
 	}
 	seq := md.Sequence.Stream
+	if md.Sequence.Consumer != r.dseq+1 {
+		return r.lost(md.Sequence.Consumer)
+	}
+	r.dseq = md.Sequence.Consumer
 	if seq <= r.last {
 		return nil // redelivered while this session holds it
 	}
@@ -257,6 +330,15 @@ func (r *reader) handle(msg jetstream.Msg) error {
 		return err
 	}
 	return r.send()
+}
+
+// lost is the error of a delivery sequence that does not follow on from
+// what this session received: the server counts deliveries that never
+// arrived (lost with a broken connection, or a server restarted on older
+// state), and an AckAll past them would confirm them unread.
+func (r *reader) lost(dseq uint64) error {
+	return fmt.Errorf("consumer %q is at delivery %d, this session received up to %d: deliveries were lost in transit; reading again from the last acknowledged message",
+		r.s.cfg.Durable, dseq, r.dseq)
 }
 
 // emitAll emits decoded events; the first event of a new transaction makes
@@ -319,7 +401,8 @@ func (r *reader) send() error {
 
 // deadLetter publishes a malformed message, with the reason, to the
 // dead-letter subject, and waits until the server stored it: only then may
-// the message be acknowledged.
+// the message be acknowledged. A dead-letter stream that went away is made
+// again.
 func (s *Source) deadLetter(ctx context.Context, msg jetstream.Msg, seq uint64, bad *debezium.Malformed) error {
 	s.metrics.DeadLetters.WithLabelValues(bad.Reason).Inc()
 	s.log.Warn("malformed message sent to the dead-letter subject", "subject", msg.Subject(), "seq", seq,
@@ -330,14 +413,18 @@ func (s *Source) deadLetter(ctx context.Context, msg jetstream.Msg, seq uint64, 
 		dl.Header[k] = v
 	}
 	dl.Header.Set(HeaderReason, bad.Reason)
-	dl.Header.Set(HeaderError, bad.Err.Error())
+	dl.Header.Set(HeaderError, deadletter.Detail(bad.Err))
 	dl.Header.Set(HeaderSubject, msg.Subject())
 	dl.Header.Set(HeaderSeq, fmt.Sprint(seq))
-	return retry.Do(ctx, retry.Default(), func(ctx context.Context) error {
+	what := fmt.Sprintf("the dead letter of stream sequence %d on %q", seq, s.cfg.DLQSubject)
+	return deadletter.Store(ctx, s.metrics, s.log, what, func(ctx context.Context) error {
 		_, err := s.js.PublishMsg(ctx, dl, jetstream.WithMsgID(fmt.Sprintf("pgtrail-dlq-%s-%d", s.cfg.Stream, seq)))
+		if errors.Is(err, jetstream.ErrNoStreamResponse) {
+			if eerr := s.ensureDLQ(ctx); eerr != nil {
+				err = fmt.Errorf("%w; %w", err, eerr)
+			}
+		}
 		return err
-	}, func(err error, attempt int) {
-		s.log.Error("publish dead letter failed; retrying", "dlq", s.cfg.DLQSubject, "attempt", attempt, "err", err)
 	})
 }
 

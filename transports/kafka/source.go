@@ -24,6 +24,7 @@ import (
 	"github.com/pgtrail/pgtrail/core/pipeline"
 	"github.com/pgtrail/pgtrail/core/retry"
 	"github.com/pgtrail/pgtrail/core/stitch"
+	"github.com/pgtrail/pgtrail/transports/deadletter"
 	"github.com/pgtrail/pgtrail/transports/debezium"
 )
 
@@ -54,7 +55,12 @@ type Source struct {
 	clients clients
 	group   *kafkago.ConsumerGroup
 	dlq     *kafkago.Writer
+	admin   *kafkago.Client
 	split   map[string]bool // topics with more than one partition
+	// newReader makes a partition's reader (kafkago.NewReader; a test makes
+	// one that fails).
+	newReader func(kafkago.ReaderConfig) *kafkago.Reader
+	topics    map[string]kafkago.TopicConfig // the dead-letter topic to make for each topic
 
 	emitMu sync.Mutex // one partition emits at a time
 	last   *stream    // the stream whose context the pipeline's stitcher holds
@@ -78,6 +84,9 @@ type entry struct {
 // Open checks that the brokers answer and the topics exist, and joins nothing
 // yet: Run joins the group.
 func Open(ctx context.Context, cfg config.Kafka, dcfg config.Debezium, log *slog.Logger, m *metrics.Metrics) (*Source, error) {
+	if cfg.FetchMaxBytes <= 0 {
+		cfg.FetchMaxBytes = config.DefaultFetchMaxBytes
+	}
 	s := &Source{cfg: cfg, dcfg: debezium.ConfigFrom(dcfg), log: log, metrics: m, split: map[string]bool{},
 		confirmed: map[topicPartition]int64{}, committed: map[topicPartition]int64{}}
 	var err error
@@ -93,9 +102,10 @@ func Open(ctx context.Context, cfg config.Kafka, dcfg config.Debezium, log *slog
 	if err != nil {
 		return nil, fmt.Errorf("read partitions of %v: %w (do the topics in source.kafka.topics exist?)", cfg.Topics, err)
 	}
-	count := map[string]int{}
+	count, replicas := map[string]int{}, map[string]int{}
 	for _, p := range parts {
 		count[p.Topic]++
+		replicas[p.Topic] = max(replicas[p.Topic], len(p.Replicas))
 	}
 	for _, t := range cfg.Topics {
 		switch n := count[t]; {
@@ -105,6 +115,16 @@ func Open(ctx context.Context, cfg config.Kafka, dcfg config.Debezium, log *slog
 			s.split[t] = true
 			log.Warn("topic has several partitions: context is stitched within a partition only, and changes that share a WAL position get partition-specific ids (route all events into one partition for ids equal to native capture's)",
 				"topic", t, "partitions", n)
+		}
+	}
+	s.admin = &kafkago.Client{Addr: kafkago.TCP(cfg.Brokers...), Transport: s.clients.transport, Timeout: 10 * time.Second}
+	s.topics = map[string]kafkago.TopicConfig{}
+	for _, t := range cfg.Topics {
+		s.topics[t] = kafkago.TopicConfig{Topic: t + cfg.DLQSuffix, NumPartitions: count[t], ReplicationFactor: max(replicas[t], 1)}
+	}
+	for _, t := range cfg.Topics {
+		if err := s.ensureDLQ(ctx, t); err != nil {
+			return nil, err
 		}
 	}
 	s.group, err = kafkago.NewConsumerGroup(kafkago.ConsumerGroupConfig{
@@ -117,9 +137,40 @@ func Open(ctx context.Context, cfg config.Kafka, dcfg config.Debezium, log *slog
 	if err != nil {
 		return nil, fmt.Errorf("consumer group %q: %w", cfg.Group, err)
 	}
+	// One attempt per write: deadLetter retries, with backoff and health.
 	s.dlq = &kafkago.Writer{Addr: kafkago.TCP(cfg.Brokers...), Transport: s.clients.transport, RequiredAcks: kafkago.RequireAll,
-		AllowAutoTopicCreation: true, BatchTimeout: 5 * time.Millisecond}
+		BatchTimeout: 5 * time.Millisecond, MaxAttempts: 1}
+	s.newReader = kafkago.NewReader
 	return s, nil
+}
+
+// ensureDLQ makes sure topic's dead-letter topic exists: pgtrail creates it
+// with the topic's partitions and replication factor, not counting on the
+// brokers' auto-creation (often off, and with the brokers' defaults).
+func (s *Source) ensureDLQ(ctx context.Context, topic string) error {
+	want := s.topics[topic]
+	md, err := s.admin.Metadata(ctx, &kafkago.MetadataRequest{Topics: []string{want.Topic}})
+	if err != nil {
+		return fmt.Errorf("look up dead-letter topic %q: %w", want.Topic, err)
+	}
+	for _, t := range md.Topics {
+		if t.Name == want.Topic && t.Error == nil {
+			return nil
+		}
+	}
+	resp, err := s.admin.CreateTopics(ctx, &kafkago.CreateTopicsRequest{Topics: []kafkago.TopicConfig{want}})
+	if err == nil {
+		err = resp.Errors[want.Topic]
+	}
+	if errors.Is(err, kafkago.TopicAlreadyExists) {
+		return nil // made meanwhile, by another member
+	}
+	if err != nil {
+		return fmt.Errorf("create dead-letter topic %q for the malformed messages of %q (source.kafka.dlq_suffix): %w (create it, e.g. kafka-topics.sh --create --topic %s --partitions %d --replication-factor %d, or allow pgtrail to create topics)",
+			want.Topic, topic, err, want.Topic, want.NumPartitions, want.ReplicationFactor)
+	}
+	s.log.Info("created dead-letter topic", "topic", want.Topic, "partitions", want.NumPartitions, "replication_factor", want.ReplicationFactor)
+	return nil
 }
 
 func dial(ctx context.Context, d *kafkago.Dialer, brokers []string) (*kafkago.Conn, error) {
@@ -224,23 +275,27 @@ func (s *Source) read(ctx, gctx context.Context, out chan<- []pipeline.Event, to
 	defer cancel()
 	stop := context.AfterFunc(ctx, cancel)
 	defer stop()
-	r := kafkago.NewReader(kafkago.ReaderConfig{Brokers: s.cfg.Brokers, Topic: topic, Partition: p.ID, Dialer: s.clients.dialer,
-		MinBytes: 1, MaxBytes: 16 << 20, MaxWait: 250 * time.Millisecond})
+	h := &stall{s: s, topic: topic, partition: p.ID}
+	defer h.clear() // another member may read it now
+	b := retry.Default()
+	r, err := s.partitionReader(topic, p)
+	for err != nil {
+		// Not reading it would leave the partition unread until the next
+		// rebalance, which may be never.
+		h.failed("start reading the partition", err)
+		if b.Wait(rctx) != nil {
+			return
+		}
+		r, err = s.partitionReader(topic, p)
+	}
 	defer r.Close()
-	start := p.Offset
-	if start < 0 {
-		start = kafkago.FirstOffset
-	}
-	if err := r.SetOffset(start); err != nil {
-		s.log.Error("set offset", "topic", topic, "partition", p.ID, "err", err)
-		return
-	}
+	h.clear()
 	dcfg := s.dcfg
 	if s.split[topic] {
 		dcfg.OccurrenceBase = uint32(p.ID) << 20
 	}
 	st := &stream{tp: topicPartition{topic, p.ID}, dec: debezium.NewDecoder(dcfg), safe: -1}
-	b := retry.Default()
+	b.Reset()
 	for rctx.Err() == nil {
 		fctx, fcancel := context.WithTimeout(rctx, idle)
 		m, err := r.FetchMessage(fctx)
@@ -255,13 +310,12 @@ func (s *Source) read(ctx, gctx context.Context, out chan<- []pipeline.Event, to
 				}
 				continue
 			}
-			s.log.Error("fetch from partition failed; retrying", "topic", topic, "partition", p.ID, "err", err)
+			h.failed("fetch from the partition", err)
 			if b.Wait(rctx) != nil {
 				return
 			}
 			continue
 		}
-		b.Reset()
 		if st.safe < 0 {
 			st.safe = m.Offset
 		}
@@ -270,12 +324,13 @@ func (s *Source) read(ctx, gctx context.Context, out chan<- []pipeline.Event, to
 		for err != nil && !errors.As(err, &bad) {
 			// Not the message's fault (the type catalog is unreachable):
 			// the partition waits for it rather than skip the message.
-			s.log.Error("decode failed; retrying", "topic", topic, "partition", p.ID, "offset", m.Offset, "err", err)
+			h.failed("decode", err, "offset", m.Offset)
 			if b.Wait(rctx) != nil {
 				return
 			}
 			evs, err = st.dec.Decode(m.Key, m.Value)
 		}
+		h.clear()
 		b.Reset()
 		if bad != nil {
 			if s.deadLetter(rctx, m, bad) != nil {
@@ -286,6 +341,50 @@ func (s *Source) read(ctx, gctx context.Context, out chan<- []pipeline.Event, to
 			return
 		}
 	}
+}
+
+// stall is a partition that cannot go on: logged at each attempt, and on
+// /healthz (as "partition T[p]") until it goes on.
+type stall struct {
+	s         *Source
+	topic     string
+	partition int
+	on        bool
+}
+
+func (h *stall) name() string { return fmt.Sprintf("partition %s[%d]", h.topic, h.partition) }
+
+func (h *stall) failed(what string, err error, attrs ...any) {
+	h.on = true
+	h.s.metrics.SetHealth(h.name(), fmt.Errorf("%s: %w", what, err))
+	h.s.log.Error(what+" failed; retrying", append([]any{"topic", h.topic, "partition", h.partition, "err", err}, attrs...)...)
+}
+
+func (h *stall) clear() {
+	if h.on {
+		h.s.metrics.SetHealth(h.name(), nil)
+		h.on = false
+	}
+}
+
+// partitionReader reads partition p of topic from the group's offset.
+func (s *Source) partitionReader(topic string, p kafkago.PartitionAssignment) (*kafkago.Reader, error) {
+	r := s.newReader(kafkago.ReaderConfig{Brokers: s.cfg.Brokers, Topic: topic, Partition: p.ID, Dialer: s.clients.dialer,
+		MinBytes: 1, MaxBytes: s.cfg.FetchMaxBytes, MaxWait: 250 * time.Millisecond,
+		// What kafka-go only logs, such as skipping past messages that
+		// retention removed before they were read, pgtrail's log shows.
+		ErrorLogger: kafkago.LoggerFunc(func(msg string, args ...any) {
+			s.log.Warn("kafka reader: "+fmt.Sprintf(msg, args...), "topic", topic, "partition", p.ID)
+		})})
+	start := p.Offset
+	if start < 0 {
+		start = kafkago.FirstOffset
+	}
+	if err := r.SetOffset(start); err != nil {
+		r.Close()
+		return nil, fmt.Errorf("set offset %d: %w", start, err)
+	}
+	return r, nil
 }
 
 // emit hands one message's events to the pipeline, then the position that
@@ -361,7 +460,8 @@ func (s *Source) events(st *stream, evs []debezium.Event, offset int64) []pipeli
 }
 
 // deadLetter writes a malformed message, with the reason in its headers, to
-// the topic's dead-letter topic, and waits until the brokers have it.
+// the topic's dead-letter topic, and waits until the brokers have it. A
+// dead-letter topic that went away is made again.
 func (s *Source) deadLetter(ctx context.Context, m kafkago.Message, bad *debezium.Malformed) error {
 	dlq := m.Topic + s.cfg.DLQSuffix
 	s.metrics.DeadLetters.WithLabelValues(bad.Reason).Inc()
@@ -369,14 +469,19 @@ func (s *Source) deadLetter(ctx context.Context, m kafkago.Message, bad *debeziu
 		"offset", m.Offset, "dlq", dlq, "reason", bad.Reason, "err", bad.Err)
 	headers := append(append([]kafkago.Header(nil), m.Headers...),
 		kafkago.Header{Key: HeaderReason, Value: []byte(bad.Reason)},
-		kafkago.Header{Key: HeaderError, Value: []byte(bad.Err.Error())},
+		kafkago.Header{Key: HeaderError, Value: []byte(deadletter.Detail(bad.Err))},
 		kafkago.Header{Key: HeaderTopic, Value: []byte(m.Topic)},
 		kafkago.Header{Key: HeaderPartition, Value: []byte(strconv.Itoa(m.Partition))},
 		kafkago.Header{Key: HeaderOffset, Value: []byte(strconv.FormatInt(m.Offset, 10))})
-	return retry.Do(ctx, retry.Default(), func(ctx context.Context) error {
-		return s.dlq.WriteMessages(ctx, kafkago.Message{Topic: dlq, Key: m.Key, Value: m.Value, Headers: headers})
-	}, func(err error, attempt int) {
-		s.log.Error("write dead letter failed; retrying", "dlq", dlq, "attempt", attempt, "err", err)
+	what := fmt.Sprintf("the dead letter of %s[%d] offset %d in %q", m.Topic, m.Partition, m.Offset, dlq)
+	return deadletter.Store(ctx, s.metrics, s.log, what, func(ctx context.Context) error {
+		err := s.dlq.WriteMessages(ctx, kafkago.Message{Topic: dlq, Key: m.Key, Value: m.Value, Headers: headers})
+		if err != nil {
+			if eerr := s.ensureDLQ(ctx, m.Topic); eerr != nil {
+				err = fmt.Errorf("%w; %w", err, eerr)
+			}
+		}
+		return err
 	})
 }
 

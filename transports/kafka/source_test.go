@@ -139,7 +139,7 @@ func TestLeaderDyingBetweenJoinAndSyncHandsThePartitionToTheSurvivor(t *testing.
 	x := dialMember(t, addr)
 	x.lead("pgtrail", x.join("pgtrail", "bemi", 30*time.Second).Generation, "bemi", 0)
 
-	s, err := Open(ctx, config.Kafka{Brokers: []string{addr}, Topics: []string{"bemi"}, Group: "pgtrail", DLQSuffix: ".dlq"},
+	s, err := Open(ctx, config.Kafka{Brokers: []string{addr}, Topics: []string{"bemi"}, Group: "pgtrail", DLQSuffix: ".dlq", FetchMaxBytes: 8 << 20},
 		config.Debezium{KeyColumns: []string{"id"}}, slog.New(slog.DiscardHandler), metrics.New())
 	if err != nil {
 		t.Fatal(err)
@@ -206,7 +206,7 @@ func TestAPartitionWaitsForTheCatalogRatherThanSkipAMessage(t *testing.T) {
 		"source": {"connector": "postgresql", "db": "late", "schema": "public", "table": "accounts", "txId": 7, "lsn": 100, "ts_ms": 1}}`)
 
 	var logs testbed.Output
-	s, err := Open(ctx, config.Kafka{Brokers: []string{addr}, Topics: []string{"bemi"}, Group: "pgtrail", DLQSuffix: ".dlq"},
+	s, err := Open(ctx, config.Kafka{Brokers: []string{addr}, Topics: []string{"bemi"}, Group: "pgtrail", DLQSuffix: ".dlq", FetchMaxBytes: 8 << 20},
 		config.Debezium{Catalog: pg.URL("late")}, slog.New(slog.NewTextHandler(&logs, nil)), metrics.New())
 	if err != nil {
 		t.Fatal(err)
