@@ -67,7 +67,7 @@ func TestDefaultsFromDatabaseURLOnly(t *testing.T) {
 			Type: "postgres",
 			Postgres: Postgres{
 				URL: "postgres://u:p@127.0.0.1:5432/app", Slot: "pgtrail", Publication: "pgtrail",
-				Tables: []string{"public.*"}, StatusInterval: Duration(10 * time.Second), Coalesce: Duration(5 * time.Millisecond),
+				Tables: []string{"public.*"}, StatusInterval: Duration(10 * time.Second), Coalesce: Duration(5 * time.Millisecond), Heartbeat: Duration(10 * time.Second), MaxRetainedWAL: 10 << 30,
 			},
 			JetStream: JetStream{URL: "nats://127.0.0.1:4222", Stream: "DebeziumStream", Subject: "bemi", Durable: "pgtrail",
 				DLQSubject: "bemi.dlq", AckWait: Duration(30 * time.Minute)},
@@ -426,7 +426,7 @@ log: {level: debug, format: json}
 			Type: "postgres",
 			Postgres: Postgres{
 				URL: "postgres://u@127.0.0.1/app", Slot: "pgtrail", Publication: "pgtrail",
-				Tables: []string{"public.*"}, Exclude: []string{"public.sessions"}, StatusInterval: Duration(5 * time.Second), Coalesce: Duration(5 * time.Millisecond),
+				Tables: []string{"public.*"}, Exclude: []string{"public.sessions"}, StatusInterval: Duration(5 * time.Second), Coalesce: Duration(5 * time.Millisecond), Heartbeat: Duration(10 * time.Second), MaxRetainedWAL: 10 << 30,
 			},
 			JetStream: JetStream{URL: "nats://127.0.0.1:4222", Stream: "DebeziumStream", Subject: "bemi", Durable: "pgtrail",
 				DLQSubject: "bemi.dlq", AckWait: Duration(30 * time.Minute)},
@@ -488,6 +488,19 @@ func TestDebeziumExampleConfigsLoad(t *testing.T) {
 		}
 		if cfg.Source.Debezium.Catalog != "postgres://u:p@127.0.0.1:5432/app" {
 			t.Errorf("%s: catalog %q", name, cfg.Source.Debezium.Catalog)
+		}
+	}
+}
+
+func TestSizesParseWithUnits(t *testing.T) {
+	for in, want := range map[string]Size{"10GB": 10e9, "512MiB": 512 << 20, "1.5GiB": 3 << 29, "4096": 4096, "1 TB": 1e12, "2KiB": 2048} {
+		if got, err := ParseSize(in); err != nil || got != want {
+			t.Errorf("ParseSize(%q) = %d, %v; want %d", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"", "ten GB", "-1GB", "10 parsecs"} {
+		if _, err := ParseSize(in); err == nil || !strings.Contains(err.Error(), "use e.g. 10GB") {
+			t.Errorf("ParseSize(%q): want an error naming the form, got %v", in, err)
 		}
 	}
 }

@@ -342,14 +342,6 @@ func Teardown(ctx context.Context, cfg config.Postgres, log *slog.Logger) error 
 }
 
 // SlotStatus is what `pgtrail status` reports about the slot.
-type SlotStatus struct {
-	Slot         string
-	Active       bool
-	ConfirmedLSN string
-	LagBytes     int64
-	WALStatus    string
-}
-
 // Status reads the slot's position and lag.
 func Status(ctx context.Context, cfg config.Postgres) (SlotStatus, error) {
 	conn, err := connect(ctx, cfg.URL)
@@ -357,15 +349,5 @@ func Status(ctx context.Context, cfg config.Postgres) (SlotStatus, error) {
 		return SlotStatus{}, err
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
-	st := SlotStatus{Slot: cfg.Slot}
-	err = conn.QueryRow(ctx, `SELECT active, coalesce(confirmed_flush_lsn::text, ''),
-		coalesce((pg_current_wal_lsn() - confirmed_flush_lsn)::bigint, 0), coalesce(wal_status, '')
-		FROM pg_replication_slots WHERE slot_name = $1`, cfg.Slot).Scan(&st.Active, &st.ConfirmedLSN, &st.LagBytes, &st.WALStatus)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return st, fmt.Errorf("replication slot %q does not exist: run `pgtrail setup`", cfg.Slot)
-	}
-	if err != nil {
-		return st, fmt.Errorf("read replication slot %q: %w", cfg.Slot, err)
-	}
-	return st, nil
+	return readSlot(ctx, conn, cfg.Slot)
 }
