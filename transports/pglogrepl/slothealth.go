@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pgtrail/pgtrail/core/config"
 	"github.com/pgtrail/pgtrail/core/metrics"
@@ -83,8 +84,13 @@ func (st SlotStatus) Warnings(max config.Size) []string {
 }
 
 // isLostSlot tells the server's refusal to stream from an invalidated slot.
+// The reason is in the message (PostgreSQL 16 on) or the detail (13 to 15).
 func isLostSlot(err error) bool {
 	msg := err.Error()
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		msg += " " + pgErr.Detail
+	}
 	return strings.Contains(msg, "can no longer get changes from replication slot") || strings.Contains(msg, "This slot has been invalidated")
 }
 
