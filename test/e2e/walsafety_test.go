@@ -1,0 +1,86 @@
+package e2e
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/pgtrail/pgtrail/test/pgtest"
+)
+
+// TestStatusWarnsWhenTheSlotRetainsMoreWALThanAllowed: with
+// max_retained_wal at one byte, `pgtrail status` prints the retained and
+// safe WAL and a warning naming the key.
+func TestStatusWarnsWhenTheSlotRetainsMoreWALThanAllowed(t *testing.T) {
+	url := cluster.NewDatabase(t)
+	conn := connect(t, url)
+	exec1(t, conn, `CREATE TABLE t (id int PRIMARY KEY)`)
+	cfg := writeConfig(t, url, "", "    max_retained_wal: 1\n")
+	if out, err := pgtrail(t, cfg, "setup"); err != nil {
+		t.Fatalf("setup: %v\n%s", err, out)
+	}
+	exec1(t, conn, `INSERT INTO t SELECT generate_series(1, 1000)`)
+	out, err := pgtrail(t, cfg, "status")
+	if err != nil {
+		t.Fatalf("status: %v\n%s", err, out)
+	}
+	for _, want := range []string{"wal status  reserved", "retained wal", "safe wal  unlimited (max_slot_wal_keep_size is -1)",
+		"warning", "more than source.postgres.max_retained_wal (1)"} {
+		if !strings.Contains(strings.Join(strings.Fields(out), " "), strings.Join(strings.Fields(want), " ")) {
+			t.Errorf("status lacks %q:\n%s", want, out)
+		}
+	}
+}
+
+// TestRunAndStatusOnAnInvalidatedSlotFailClearlyAndMakeNoNewSlot: a slot
+// invalidated while pgtrail was stopped stops `pgtrail run` and `pgtrail
+// status` with what was lost and how to recover, and the slot stays as it
+// was until teardown and setup make a new one.
+func TestRunAndStatusOnAnInvalidatedSlotFailClearlyAndMakeNoNewSlot(t *testing.T) {
+	c, err := pgtest.Start(pgtest.Options{Settings: map[string]string{
+		"max_slot_wal_keep_size": "1MB", "max_wal_size": "32MB", "min_wal_size": "32MB"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Stop)
+	url := c.NewDatabase(t)
+	conn := connect(t, url)
+	exec1(t, conn, `CREATE TABLE big (id int PRIMARY KEY, pad text)`)
+	cfg := writeConfig(t, url, "", "")
+	if out, err := pgtrail(t, cfg, "setup"); err != nil {
+		t.Fatalf("setup: %v\n%s", err, out)
+	}
+	var confirmed string
+	if err := conn.QueryRow(t.Context(), `SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = 'pgtrail'`).Scan(&confirmed); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 4 {
+		exec1(t, conn, `INSERT INTO big SELECT g, repeat(md5(g::text), 20) FROM generate_series($1::int, $1::int + 19999) g`, i*20000)
+		exec1(t, conn, `SELECT pg_switch_wal()`)
+	}
+	exec1(t, conn, `CHECKPOINT`)
+
+	for _, cmd := range []string{"run", "status"} {
+		out, err := pgtrail(t, cfg, cmd)
+		if err == nil {
+			t.Fatalf("%s on a lost slot succeeded:\n%s", cmd, out)
+		}
+		for _, want := range []string{"replication slot invalidated", confirmed, "are gone from the trail", "`pgtrail teardown` then `pgtrail setup`"} {
+			if !strings.Contains(out, want) {
+				t.Errorf("%s on a lost slot does not say %q:\n%s", cmd, want, tail(out, 10))
+			}
+		}
+	}
+	if n := count(t, conn, `SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'pgtrail' AND wal_status = 'lost' AND confirmed_flush_lsn = $1::pg_lsn`, confirmed); n != 1 {
+		t.Fatalf("the lost slot was replaced or moved: %d lost slots at %s", n, confirmed)
+	}
+
+	if out, err := pgtrail(t, cfg, "teardown"); err != nil {
+		t.Fatalf("teardown: %v\n%s", err, out)
+	}
+	if out, err := pgtrail(t, cfg, "setup"); err != nil {
+		t.Fatalf("setup after teardown: %v\n%s", err, out)
+	}
+	if out, err := pgtrail(t, cfg, "status"); err != nil || !strings.Contains(out, "reserved") {
+		t.Fatalf("status of the new slot: %v\n%s", err, out)
+	}
+}
