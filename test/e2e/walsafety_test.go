@@ -36,15 +36,13 @@ func TestStatusWarnsWhenTheSlotRetainsMoreWALThanAllowed(t *testing.T) {
 // status` with what was lost and how to recover, and the slot stays as it
 // was until teardown and setup make a new one.
 func TestRunAndStatusOnAnInvalidatedSlotFailClearlyAndMakeNoNewSlot(t *testing.T) {
-	c, err := pgtest.Start(pgtest.Options{Settings: map[string]string{
-		"max_slot_wal_keep_size": "1MB", "max_wal_size": "32MB", "min_wal_size": "32MB"}})
+	c, err := pgtest.Start(pgtest.Options{Settings: pgtest.SmallSlotWAL})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(c.Stop)
 	url := c.NewDatabase(t)
 	conn := connect(t, url)
-	exec1(t, conn, `CREATE TABLE big (id int PRIMARY KEY, pad text)`)
 	cfg := writeConfig(t, url, "", "")
 	if out, err := pgtrail(t, cfg, "setup"); err != nil {
 		t.Fatalf("setup: %v\n%s", err, out)
@@ -53,11 +51,7 @@ func TestRunAndStatusOnAnInvalidatedSlotFailClearlyAndMakeNoNewSlot(t *testing.T
 	if err := conn.QueryRow(t.Context(), `SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = 'pgtrail'`).Scan(&confirmed); err != nil {
 		t.Fatal(err)
 	}
-	for i := range 4 {
-		exec1(t, conn, `INSERT INTO big SELECT g, repeat(md5(g::text), 20) FROM generate_series($1::int, $1::int + 19999) g`, i*20000)
-		exec1(t, conn, `SELECT pg_switch_wal()`)
-	}
-	exec1(t, conn, `CHECKPOINT`)
+	c.OutgrowSlots(t, url)
 
 	for _, cmd := range []string{"run", "status"} {
 		out, err := pgtrail(t, cfg, cmd)

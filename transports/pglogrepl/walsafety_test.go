@@ -1,13 +1,11 @@
 package pglogrepl
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"log/slog"
 	"math"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -19,26 +17,8 @@ import (
 	"github.com/pgtrail/pgtrail/core/metrics"
 	"github.com/pgtrail/pgtrail/core/pipeline"
 	"github.com/pgtrail/pgtrail/test/pgtest"
+	"github.com/pgtrail/pgtrail/test/testbed"
 )
-
-// syncBuffer is a log destination written by capture's goroutine and read
-// by the test.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // capture runs a Source whose every event is durable at once, as with an
 // instant sink, and returns the events it emitted and Run's end.
@@ -152,7 +132,7 @@ func TestRetainedWALPastTheThresholdWarnsInTheLogAndStatus(t *testing.T) {
 		t.Fatal(err)
 	}
 	c.Exec(t, url, `INSERT INTO t SELECT g, repeat('x', 100) FROM generate_series(1, 1000) g`)
-	var logs syncBuffer
+	var logs testbed.Output
 	m := metrics.New()
 	s, err := Open(ctx, cfg, nil, slog.New(slog.NewTextHandler(&logs, nil)), m)
 	if err != nil {
@@ -195,14 +175,12 @@ func TestRetainedWALPastTheThresholdWarnsInTheLogAndStatus(t *testing.T) {
 // ErrSlotLost, so does the next Open, both saying what was lost and how to
 // recover; the start-up preparation leaves the lost slot as it is.
 func TestInvalidatedSlotIsAClearErrorAndNeverReplaced(t *testing.T) {
-	c, err := pgtest.Start(pgtest.Options{Settings: map[string]string{
-		"max_slot_wal_keep_size": "1MB", "max_wal_size": "32MB", "min_wal_size": "32MB"}})
+	c, err := pgtest.Start(pgtest.Options{Settings: pgtest.SmallSlotWAL})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(c.Stop)
 	url := c.NewDatabase(t)
-	c.Exec(t, url, `CREATE TABLE big (id int PRIMARY KEY, pad text)`)
 	cfg := testConfig(url)
 	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
 	defer cancel()
@@ -220,12 +198,7 @@ func TestInvalidatedSlotIsAClearErrorAndNeverReplaced(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	// WAL past the limit while the slot is not read, then a checkpoint.
-	for i := 0; i < 4; i++ {
-		c.Exec(t, url, `INSERT INTO big SELECT g, repeat(md5(g::text), 20) FROM generate_series($1::int, $1::int + 19999) g`, i*20000)
-		c.Exec(t, url, `SELECT pg_switch_wal()`)
-	}
-	c.Exec(t, url, `CHECKPOINT`)
+	c.OutgrowSlots(t, url) // while the slot is not read
 	st, err := Status(ctx, cfg)
 	if err != nil {
 		t.Fatal(err)
