@@ -32,8 +32,8 @@ func TestStatusWarnsWhenTheSlotRetainsMoreWALThanAllowed(t *testing.T) {
 }
 
 // TestRunAndStatusOnAnInvalidatedSlotFailClearlyAndMakeNoNewSlot: a slot
-// invalidated while pgtrail was stopped stops `pgtrail run` and `pgtrail
-// status` with what was lost and how to recover, and the slot stays as it
+// invalidated while pgtrail was stopped stops `pgtrail run`, `pgtrail
+// status` and `pgtrail setup` with what was lost and how to recover, and the slot stays as it
 // was until teardown and setup make a new one.
 func TestRunAndStatusOnAnInvalidatedSlotFailClearlyAndMakeNoNewSlot(t *testing.T) {
 	c, err := pgtest.Start(pgtest.Options{Settings: pgtest.SmallSlotWAL})
@@ -53,7 +53,7 @@ func TestRunAndStatusOnAnInvalidatedSlotFailClearlyAndMakeNoNewSlot(t *testing.T
 	}
 	c.OutgrowSlots(t, url)
 
-	for _, cmd := range []string{"run", "status"} {
+	for _, cmd := range []string{"run", "status", "setup"} {
 		out, err := pgtrail(t, cfg, cmd)
 		if err == nil {
 			t.Fatalf("%s on a lost slot succeeded:\n%s", cmd, out)

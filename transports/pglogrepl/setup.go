@@ -256,7 +256,11 @@ func setupSlot(ctx context.Context, conn *pgx.Conn, cfg config.Postgres, log *sl
 		if plugin != "pgoutput" || db != cur {
 			return fmt.Errorf("replication slot %q exists for plugin %q in database %q, but pgtrail needs pgoutput in %q: set source.postgres.slot to another name", cfg.Slot, plugin, db, cur)
 		}
-		return nil
+		st, err := readSlot(ctx, conn, cfg.Slot)
+		if err != nil {
+			return err
+		}
+		return st.Lost() // setup never replaces a slot on its own: teardown first
 	case !errors.Is(err, pgx.ErrNoRows):
 		return fmt.Errorf("look up replication slot %q: %w", cfg.Slot, err)
 	}

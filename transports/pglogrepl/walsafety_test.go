@@ -173,7 +173,7 @@ func TestRetainedWALPastTheThresholdWarnsInTheLogAndStatus(t *testing.T) {
 // behind more than max_slot_wal_keep_size while nobody reads it is
 // invalidated at a checkpoint. Run on the source opened before fails with
 // ErrSlotLost, so does the next Open, both saying what was lost and how to
-// recover; the start-up preparation leaves the lost slot as it is.
+// recover; setup and the start-up preparation refuse it and leave it as it is.
 func TestInvalidatedSlotIsAClearErrorAndNeverReplaced(t *testing.T) {
 	c, err := pgtest.Start(pgtest.Options{Settings: pgtest.SmallSlotWAL})
 	if err != nil {
@@ -217,8 +217,11 @@ func TestInvalidatedSlotIsAClearErrorAndNeverReplaced(t *testing.T) {
 		t.Fatalf("Run on the lost slot: got %v, want ErrSlotLost naming the confirmed position %s and the recovery", runErr, before.ConfirmedLSN)
 	}
 
-	if err := Prepare(ctx, cfg, log); err != nil {
-		t.Fatalf("start-up preparation: %v", err)
+	if err := Prepare(ctx, cfg, log); !errors.Is(err, ErrSlotLost) {
+		t.Fatalf("start-up preparation on the lost slot: got %v, want ErrSlotLost", err)
+	}
+	if err := Setup(ctx, cfg, log); !errors.Is(err, ErrSlotLost) {
+		t.Fatalf("setup on the lost slot: got %v, want ErrSlotLost (teardown first)", err)
 	}
 	_, err = Open(ctx, cfg, nil, log, metrics.New())
 	for _, want := range []string{"replication slot invalidated", "wal_status lost", before.ConfirmedLSN, "are gone from the trail",
