@@ -252,6 +252,7 @@ func TestDecodeErrorsNameKey(t *testing.T) {
 	for _, tc := range []struct{ body, want string }{
 		{"pipeline:\n  batch_size: lots\n", `line 2: pipeline.batch_size: expected a whole number, got "lots"`},
 		{"pipeline:\n  flush_interval: 50\n", `line 2: pipeline.flush_interval: invalid duration "50" (use e.g. 10s or 50ms)`},
+		{"source:\n  postgres:\n    max_retained_wal: lots\n", `line 3: source.postgres.max_retained_wal: invalid size "lots" (use e.g. 10GB, 512MiB or a number of bytes)`},
 		{"source:\n  postgres:\n    tables: public.*\n", `line 3: source.postgres.tables: expected a list of strings, got "public.*"`},
 		{"source:\n  postgres: yes\n", "line 2: source.postgres: expected a mapping of keys"},
 		{"sinks: {plugin: postgres}\n", "line 1: sinks: expected a list"},
@@ -276,6 +277,7 @@ func TestValidationErrorsNameKey(t *testing.T) {
 		{"source: {postgres: {tables: [a.b.c]}}", `source.postgres.tables[0]: "a.b.c" is not a schema.table pattern`},
 		{"source: {postgres: {exclude: [.x]}}", `source.postgres.exclude[0]: ".x" is not a schema.table pattern`},
 		{"source: {postgres: {status_interval: 0s}}", "source.postgres.status_interval: must be positive (e.g. 10s)"},
+		{"source: {postgres: {heartbeat: -1s}}", "source.postgres.heartbeat: must be 0 (off) or positive (e.g. 10s), got -1s"},
 		{"source: {postgres: {coalesce: 2s}}", "source.postgres.coalesce: must be between 0 (read at once) and 1s, got 2s (default 5ms)"},
 		{"source: {postgres: {coalesce: 50ms}}", "source.postgres.coalesce: 50ms must be below pipeline.flush_interval (50ms): the wait counts toward it"},
 		{"source: {postgres: {receive_timeout: 10s}}", "source.postgres.receive_timeout: 10s must be longer than status_interval (10s), or 0 for the server's wal_sender_timeout"},
