@@ -1,6 +1,12 @@
 package metrics
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"math"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
 
 // WALStatuses are the values of pg_replication_slots.wal_status, each a
 // series of pgtrail_slot_wal_status.
@@ -10,8 +16,10 @@ var WALStatuses = []string{"reserved", "extended", "unreserved", "lost"}
 // from filling the source's disk or being invalidated.
 type WAL struct {
 	// LagSeconds is now minus the commit time (or the heartbeat's send
-	// time) of the last transaction made durable in every sink.
-	LagSeconds prometheus.Gauge
+	// time) of the last transaction made durable in every sink (Durable),
+	// computed when read: it keeps growing while capture is down or
+	// restarting. NaN until the process made anything durable.
+	LagSeconds prometheus.GaugeFunc
 	// RetainedBytes is the WAL the slot holds back: current WAL position
 	// minus restart_lsn.
 	RetainedBytes prometheus.Gauge
@@ -24,12 +32,23 @@ type WAL struct {
 	Status *prometheus.GaugeVec
 	// Heartbeats counts heartbeat messages written into the source's WAL.
 	Heartbeats prometheus.Counter
+
+	durable *atomic.Int64 // Unix nanoseconds; 0: nothing yet
 }
 
 func newWAL(r *prometheus.Registry) WAL {
+	durable := new(atomic.Int64)
 	w := WAL{
-		LagSeconds: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "pgtrail_lag_seconds", Help: "Seconds between now and the commit (or heartbeat) time of the last transaction durable in every sink."}),
+		durable: durable,
+		LagSeconds: prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "pgtrail_lag_seconds", Help: "Seconds between now and the commit (or heartbeat) time of the last transaction durable in every sink."},
+			func() float64 {
+				d := durable.Load()
+				if d == 0 {
+					return math.NaN()
+				}
+				return max(0, time.Since(time.Unix(0, d)).Seconds())
+			}),
 		RetainedBytes: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "pgtrail_slot_retained_wal_bytes", Help: "WAL bytes the replication slot holds back (current WAL position minus restart_lsn)."}),
 		SafeBytes: prometheus.NewGauge(prometheus.GaugeOpts{
@@ -41,6 +60,18 @@ func newWAL(r *prometheus.Registry) WAL {
 	}
 	r.MustRegister(w.LagSeconds, w.RetainedBytes, w.SafeBytes, w.Status, w.Heartbeats)
 	return w
+}
+
+// Durable records that a transaction committed (or a heartbeat sent) at
+// is durable in every sink; an earlier time than the last changes nothing.
+func (w WAL) Durable(at time.Time) {
+	n := at.UnixNano()
+	for {
+		old := w.durable.Load()
+		if n <= old || w.durable.CompareAndSwap(old, n) {
+			return
+		}
+	}
 }
 
 // SetWALStatus marks status as the slot's, and the others as not.

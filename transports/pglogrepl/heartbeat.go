@@ -2,7 +2,6 @@ package pglogrepl
 
 import (
 	"context"
-	"math"
 	"sync"
 	"time"
 
@@ -57,12 +56,11 @@ func (d *decoder) heartbeat(lsn repl.LSN, transactional bool, content []byte, em
 }
 
 // clock knows the commit time of each position capture emitted, until the
-// position is confirmed: the lag in seconds is now minus the time of the
-// last position every sink made durable.
+// position is confirmed: the lag in seconds is measured from the time of
+// the last position every sink made durable.
 type clock struct {
-	mu      sync.Mutex
-	marks   []mark // in position order
-	durable time.Time
+	mu    sync.Mutex
+	marks []mark // in position order
 }
 
 type mark struct {
@@ -87,25 +85,18 @@ func (c *clock) mark(lsn repl.LSN, at time.Time) {
 	c.marks = append(c.marks, mark{lsn, at})
 }
 
-// confirm records that everything up to lsn is durable.
-func (c *clock) confirm(lsn repl.LSN) {
+// confirm forgets the positions up to lsn and returns the latest time among
+// them, if any.
+func (c *clock) confirm(lsn repl.LSN) (time.Time, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	var latest time.Time
 	i := 0
 	for ; i < len(c.marks) && c.marks[i].lsn <= lsn; i++ {
-		if c.marks[i].at.After(c.durable) {
-			c.durable = c.marks[i].at
+		if c.marks[i].at.After(latest) {
+			latest = c.marks[i].at
 		}
 	}
 	c.marks = c.marks[i:]
-}
-
-// seconds is the lag at now, NaN before anything was durable.
-func (c *clock) seconds(now time.Time) float64 {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.durable.IsZero() {
-		return math.NaN()
-	}
-	return max(0, now.Sub(c.durable).Seconds())
+	return latest, i > 0
 }

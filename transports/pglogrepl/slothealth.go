@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"math"
 	"strings"
-	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -114,7 +113,6 @@ func (s *Source) checkSlot(ctx context.Context) (SlotStatus, error) {
 		return st, err
 	}
 	observe(s.metrics, st)
-	s.metrics.LagSeconds.Set(s.clock.seconds(time.Now()))
 	if err := st.Lost(); err != nil {
 		return st, err
 	}

@@ -98,7 +98,6 @@ func Open(ctx context.Context, cfg config.Postgres, audit []AuditTable, log *slo
 		return fail(err)
 	}
 	observe(m, st)
-	m.LagSeconds.Set(s.clock.seconds(time.Now()))
 	if err := st.Lost(); err != nil {
 		return fail(err)
 	}
@@ -327,7 +326,9 @@ func (s *Source) Confirm(pos any) {
 	if lsn > s.confirmed.Load() {
 		s.confirmed.Store(lsn)
 		s.metrics.ConfirmedLSN.Set(float64(lsn))
-		s.clock.confirm(repl.LSN(lsn))
+		if at, ok := s.clock.confirm(repl.LSN(lsn)); ok {
+			s.metrics.Durable(at)
+		}
 	}
 }
 
