@@ -3,6 +3,7 @@ package e2e
 import (
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/pgtrail/pgtrail/test/pgtest"
 )
@@ -76,5 +77,40 @@ func TestRunAndStatusOnAnInvalidatedSlotFailClearlyAndMakeNoNewSlot(t *testing.T
 	}
 	if out, err := pgtrail(t, cfg, "status"); err != nil || !strings.Contains(out, "reserved") {
 		t.Fatalf("status of the new slot: %v\n%s", err, out)
+	}
+}
+
+// TestRunStopsWhenItsSlotIsInvalidatedWhileCapturing: a running pgtrail
+// whose sink is stuck (its table locked) falls behind past
+// max_slot_wal_keep_size; the checkpoint ends its stream and invalidates
+// the slot. pgtrail does not retry for ever: it exits with the lost-slot
+// error.
+func TestRunStopsWhenItsSlotIsInvalidatedWhileCapturing(t *testing.T) {
+	c, err := pgtest.Start(pgtest.Options{Settings: pgtest.SmallSlotWAL})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Stop)
+	url := c.NewDatabase(t)
+	conn := connect(t, url)
+	exec1(t, conn, `CREATE TABLE t (id int PRIMARY KEY)`)
+	_, _, p := setupAndStart(t, url, "", "")
+
+	locker := connect(t, url)
+	exec1(t, locker, `BEGIN`)
+	exec1(t, locker, `LOCK TABLE pgtrail.changes IN ACCESS EXCLUSIVE MODE`)
+	c.OutgrowSlots(t, url)
+	if n := count(t, conn, `SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'pgtrail' AND wal_status = 'lost'`); n != 1 {
+		t.Fatalf("the slot was not invalidated behind a stuck sink (lost slots: %d)", n)
+	}
+	exec1(t, locker, `ROLLBACK`)
+
+	select {
+	case <-p.done:
+	case <-time.After(60 * time.Second):
+		t.Fatalf("pgtrail still running 60s after its slot was lost:\n%s", tail(p.out.String(), 20))
+	}
+	if p.err == nil || !strings.Contains(p.out.String(), "replication slot invalidated") || !strings.Contains(p.out.String(), "are gone from the trail") {
+		t.Fatalf("pgtrail ended with %v, want the lost-slot error:\n%s", p.err, tail(p.out.String(), 20))
 	}
 }
