@@ -9,13 +9,22 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 all: build
 
 # deps installs the PostgreSQL server binaries when the machine lacks them.
-deps: deps-sinks deps-ui
+deps: deps-sinks deps-ui deps-monitoring
 	@command -v $(GO) >/dev/null || { echo "Go is required: https://go.dev/dl/"; exit 1; }
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
 		echo "installing the PostgreSQL server (Debian package postgresql)"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
 		ls /usr/lib/postgresql/*/bin/initdb >/dev/null; }
 	@$(GO) mod download
+
+# deps-monitoring installs Debian's prometheus package: promtool checks and
+# unit-tests configs/monitoring, and prometheus scrapes pgtrail in
+# test/e2e/monitoring_test.go.
+.PHONY: deps-monitoring
+deps-monitoring:
+	@command -v promtool >/dev/null && command -v prometheus >/dev/null || { \
+		echo "installing Prometheus and promtool (Debian package prometheus)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
 
 # deps-ui installs Debian's chromium, the headless browser the web UI's
 # tests drive (test/e2e/ui_test.go, with chromedp).

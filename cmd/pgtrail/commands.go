@@ -94,7 +94,7 @@ func (a *app) run(ctx context.Context) error {
 		return err
 	}
 	if a.cfg.Retention.Enabled() {
-		go a.retainEvery(ctx)
+		go a.retainEvery(ctx, a.metrics())
 	}
 	return a.supervise(ctx, "pipeline", a.runOnce)
 }
@@ -103,7 +103,7 @@ func (a *app) run(ctx context.Context) error {
 // failure after a successful start is retried with backoff from the last
 // confirmed position; a failure at start-up is for the user to fix.
 func (a *app) supervise(ctx context.Context, what string, once func(context.Context, *metrics.Metrics, *bool) error) error {
-	m := metrics.New()
+	m := a.metrics()
 	if err := a.mountWeb(ctx, m); err != nil {
 		return err
 	}
@@ -127,7 +127,7 @@ func (a *app) supervise(ctx context.Context, what string, once func(context.Cont
 			a.log.Info("stopped")
 			return nil
 		}
-		if !started {
+		if !started || errors.Is(err, pglogrepl.ErrSlotLost) { // a lost slot needs the user
 			return err
 		}
 		m.SetHealth("pipeline", err)
@@ -210,7 +210,16 @@ func (a *app) slotStatus(ctx context.Context, w io.Writer) error {
 	fmt.Fprintf(w, "confirmed position\t%s\n", st.ConfirmedLSN)
 	fmt.Fprintf(w, "lag\t%d bytes\n", st.LagBytes)
 	fmt.Fprintf(w, "wal status\t%s\n", st.WALStatus)
-	return nil
+	fmt.Fprintf(w, "retained wal\t%d bytes\n", st.RetainedBytes)
+	if st.SafeBytes != nil {
+		fmt.Fprintf(w, "safe wal\t%d bytes\n", *st.SafeBytes)
+	} else {
+		fmt.Fprintf(w, "safe wal\tunlimited (max_slot_wal_keep_size is -1)\n")
+	}
+	for _, warning := range st.Warnings(a.cfg.Source.Postgres.MaxRetainedWAL) {
+		fmt.Fprintf(w, "warning\t%s\n", warning)
+	}
+	return st.Lost()
 }
 
 func (a *app) teardownCmd() *cobra.Command {

@@ -15,6 +15,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/pgtrail/pgtrail/core/config"
+	"github.com/pgtrail/pgtrail/core/metrics"
 	"github.com/pgtrail/pgtrail/core/redact"
 	"github.com/pgtrail/pgtrail/plugins/host"
 	"github.com/pgtrail/pgtrail/plugins/sdk"
@@ -78,6 +79,16 @@ type app struct {
 	cfg        *config.Config
 	log        *slog.Logger
 	pprof      bool // run --pprof: serve net/http/pprof on http.listen
+	m          *metrics.Metrics
+}
+
+// metrics returns the process's one set of metrics, made on first use (on
+// the main goroutine, before run starts any other).
+func (a *app) metrics() *metrics.Metrics {
+	if a.m == nil {
+		a.m = metrics.New()
+	}
+	return a.m
 }
 
 func root() *cobra.Command {

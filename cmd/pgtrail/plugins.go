@@ -105,7 +105,11 @@ func (a *app) hostOptions(health func(string, error)) host.Options {
 	if err != nil {
 		self = os.Args[0]
 	}
-	return host.Options{Builtins: builtins, BuiltinEnv: builtinEnv, Self: []string{self, serveSink}, Log: a.log, Health: health}
+	opts := host.Options{Builtins: builtins, BuiltinEnv: builtinEnv, Self: []string{self, serveSink}, Log: a.log, Health: health}
+	if a.m != nil {
+		opts.Restarted = func(sink string) { a.m.PluginRestarts.WithLabelValues(sink).Inc() }
+	}
+	return opts
 }
 
 // loadSinks starts and configures every sink of the config. On an error the
@@ -113,6 +117,10 @@ func (a *app) hostOptions(health func(string, error)) host.Options {
 func (a *app) loadSinks(ctx context.Context, health func(string, error)) ([]*host.Sink, error) {
 	var sinks []*host.Sink
 	for _, spec := range a.cfg.Sinks {
+		if a.m != nil { // every sink's series exist from the start, for alerts and dashboards
+			a.m.PluginRestarts.WithLabelValues(spec.Name)
+			a.m.WriteErrors.WithLabelValues(spec.Name)
+		}
 		s, err := host.Load(ctx, spec, a.hostOptions(health))
 		if err != nil {
 			closeSinks(ctx, sinks)

@@ -16,6 +16,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/pgtrail/pgtrail/core/config"
+	"github.com/pgtrail/pgtrail/core/metrics"
 	"github.com/pgtrail/pgtrail/plugins/host"
 	"github.com/pgtrail/pgtrail/plugins/sdk"
 	"github.com/pgtrail/pgtrail/sinks/postgres"
@@ -83,12 +84,15 @@ func (a *app) retention(ctx context.Context, w io.Writer, dry bool) error {
 // §11): once pgtrail elects one among several, start this loop on it alone.
 // Until then each `pgtrail run` does it; two passes side by side are safe
 // (a partition one detaches the other finds gone), only wasteful.
-func (a *app) retainEvery(ctx context.Context) {
+func (a *app) retainEvery(ctx context.Context, m *metrics.Metrics) {
 	t := time.NewTicker(a.cfg.Retention.Every())
 	defer t.Stop()
 	for {
 		if err := a.retention(ctx, io.Discard, false); err != nil && ctx.Err() == nil {
+			m.RetentionErrors.Inc()
 			a.log.Error("retention pass failed; the next one tries again", "in", a.cfg.Retention.Every(), "err", err)
+		} else if err == nil {
+			m.RetentionLastSuccess.SetToCurrentTime()
 		}
 		select {
 		case <-ctx.Done():

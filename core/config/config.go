@@ -63,6 +63,14 @@ type Postgres struct {
 	// row (before images, reverts) at some WAL cost; "" only reports the
 	// tables without it.
 	ReplicaIdentity string `yaml:"replica_identity"`
+	// Heartbeat is how often capture writes a non-transactional logical
+	// message (prefix pgtrail_heartbeat, never stored) into the source's
+	// WAL, so that lag is known in seconds and the slot advances on an idle
+	// database. 0 sends none.
+	Heartbeat Duration `yaml:"heartbeat"`
+	// MaxRetainedWAL is the WAL the slot may hold back before capture warns
+	// (log, `pgtrail status`). 0 never warns on size.
+	MaxRetainedWAL Size `yaml:"max_retained_wal"`
 }
 
 // DefaultFetchMaxBytes bounds one broker fetch unless fetch_max_bytes says
@@ -242,6 +250,8 @@ func defaults() Config {
 				Tables:         []string{"public.*"},
 				StatusInterval: Duration(10 * time.Second),
 				Coalesce:       Duration(5 * time.Millisecond),
+				Heartbeat:      Duration(10 * time.Second),
+				MaxRetainedWAL: 10 << 30,
 			},
 			JetStream: JetStream{URL: "nats://127.0.0.1:4222", Stream: "DebeziumStream", Subject: "bemi", Durable: "pgtrail",
 				AckWait: Duration(30 * time.Minute), FetchMaxBytes: DefaultFetchMaxBytes},

@@ -67,7 +67,7 @@ func TestDefaultsFromDatabaseURLOnly(t *testing.T) {
 			Type: "postgres",
 			Postgres: Postgres{
 				URL: "postgres://u:p@127.0.0.1:5432/app", Slot: "pgtrail", Publication: "pgtrail",
-				Tables: []string{"public.*"}, StatusInterval: Duration(10 * time.Second), Coalesce: Duration(5 * time.Millisecond),
+				Tables: []string{"public.*"}, StatusInterval: Duration(10 * time.Second), Coalesce: Duration(5 * time.Millisecond), Heartbeat: Duration(10 * time.Second), MaxRetainedWAL: 10 << 30,
 			},
 			JetStream: JetStream{URL: "nats://127.0.0.1:4222", Stream: "DebeziumStream", Subject: "bemi", Durable: "pgtrail",
 				DLQSubject: "bemi.dlq", AckWait: Duration(30 * time.Minute), FetchMaxBytes: 8 << 20},
@@ -252,6 +252,7 @@ func TestDecodeErrorsNameKey(t *testing.T) {
 	for _, tc := range []struct{ body, want string }{
 		{"pipeline:\n  batch_size: lots\n", `line 2: pipeline.batch_size: expected a whole number, got "lots"`},
 		{"pipeline:\n  flush_interval: 50\n", `line 2: pipeline.flush_interval: invalid duration "50" (use e.g. 10s or 50ms)`},
+		{"source:\n  postgres:\n    max_retained_wal: lots\n", `line 3: source.postgres.max_retained_wal: invalid size "lots" (use e.g. 10GB, 512MiB or a number of bytes)`},
 		{"source:\n  postgres:\n    tables: public.*\n", `line 3: source.postgres.tables: expected a list of strings, got "public.*"`},
 		{"source:\n  postgres: yes\n", "line 2: source.postgres: expected a mapping of keys"},
 		{"sinks: {plugin: postgres}\n", "line 1: sinks: expected a list"},
@@ -276,6 +277,7 @@ func TestValidationErrorsNameKey(t *testing.T) {
 		{"source: {postgres: {tables: [a.b.c]}}", `source.postgres.tables[0]: "a.b.c" is not a schema.table pattern`},
 		{"source: {postgres: {exclude: [.x]}}", `source.postgres.exclude[0]: ".x" is not a schema.table pattern`},
 		{"source: {postgres: {status_interval: 0s}}", "source.postgres.status_interval: must be positive (e.g. 10s)"},
+		{"source: {postgres: {heartbeat: -1s}}", "source.postgres.heartbeat: must be 0 (off) or positive (e.g. 10s), got -1s"},
 		{"source: {postgres: {coalesce: 2s}}", "source.postgres.coalesce: must be between 0 (read at once) and 1s, got 2s (default 5ms)"},
 		{"source: {postgres: {coalesce: 50ms}}", "source.postgres.coalesce: 50ms must be below pipeline.flush_interval (50ms): the wait counts toward it"},
 		{"source: {postgres: {receive_timeout: 10s}}", "source.postgres.receive_timeout: 10s must be longer than status_interval (10s), or 0 for the server's wal_sender_timeout"},
@@ -433,7 +435,7 @@ log: {level: debug, format: json}
 			Type: "postgres",
 			Postgres: Postgres{
 				URL: "postgres://u@127.0.0.1/app", Slot: "pgtrail", Publication: "pgtrail",
-				Tables: []string{"public.*"}, Exclude: []string{"public.sessions"}, StatusInterval: Duration(5 * time.Second), Coalesce: Duration(5 * time.Millisecond),
+				Tables: []string{"public.*"}, Exclude: []string{"public.sessions"}, StatusInterval: Duration(5 * time.Second), Coalesce: Duration(5 * time.Millisecond), Heartbeat: Duration(10 * time.Second), MaxRetainedWAL: 10 << 30,
 			},
 			JetStream: JetStream{URL: "nats://127.0.0.1:4222", Stream: "DebeziumStream", Subject: "bemi", Durable: "pgtrail",
 				DLQSubject: "bemi.dlq", AckWait: Duration(30 * time.Minute), FetchMaxBytes: 8 << 20},
@@ -495,6 +497,19 @@ func TestDebeziumExampleConfigsLoad(t *testing.T) {
 		}
 		if cfg.Source.Debezium.Catalog != "postgres://u:p@127.0.0.1:5432/app" {
 			t.Errorf("%s: catalog %q", name, cfg.Source.Debezium.Catalog)
+		}
+	}
+}
+
+func TestSizesParseWithUnits(t *testing.T) {
+	for in, want := range map[string]Size{"10GB": 10e9, "512MiB": 512 << 20, "1.5GiB": 3 << 29, "4096": 4096, "1 TB": 1e12, "2KiB": 2048} {
+		if got, err := ParseSize(in); err != nil || got != want {
+			t.Errorf("ParseSize(%q) = %d, %v; want %d", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"", "ten GB", "-1GB", "10 parsecs"} {
+		if _, err := ParseSize(in); err == nil || !strings.Contains(err.Error(), "use e.g. 10GB") {
+			t.Errorf("ParseSize(%q): want an error naming the form, got %v", in, err)
 		}
 	}
 }

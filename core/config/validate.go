@@ -113,6 +113,9 @@ func (c *Config) validate() error {
 		bad("source.postgres.receive_timeout", "%s must be longer than status_interval (%s), or 0 for the server's wal_sender_timeout: capture asks the server for a message every status_interval",
 			time.Duration(pg.ReceiveTimeout), time.Duration(pg.StatusInterval))
 	}
+	if pg.Heartbeat < 0 {
+		bad("source.postgres.heartbeat", "must be 0 (off) or positive (e.g. 10s), got %s", time.Duration(pg.Heartbeat))
+	}
 	if pg.Coalesce < 0 || pg.Coalesce > Duration(time.Second) {
 		bad("source.postgres.coalesce", "must be between 0 (read at once) and 1s, got %s (default 5ms)", time.Duration(pg.Coalesce))
 	} else if pg.Coalesce >= c.Pipeline.FlushInterval && c.Pipeline.FlushInterval > 0 {

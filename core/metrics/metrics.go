@@ -43,6 +43,9 @@ type Metrics struct {
 	// stored with their images replaced by markers, by sink.
 	UnstorableChanges *prometheus.CounterVec
 
+	WAL // slot health and lag in seconds (native capture)
+	Ops // changes by table, plugin restarts, retention
+
 	mu     sync.Mutex
 	health map[string]error
 	pprof  bool
@@ -80,6 +83,8 @@ func New() *Metrics {
 		m.BadContext, m.DeadLetters, m.SlotLagBytes, m.ConfirmedLSN,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m.Registry.MustRegister(m.ValuesRewritten, m.UnstorableChanges)
+	m.WAL = newWAL(m.Registry)
+	m.Ops = newOps(m.Registry)
 	return m
 }
 

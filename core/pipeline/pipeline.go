@@ -333,6 +333,7 @@ func (p *Pipeline) assemble(events <-chan []Event, queues []chan batch, wm *chec
 						p.storable(ev.Change)
 					}
 					p.metrics.ChangesRead.Inc()
+					p.metrics.Changes.WithLabelValues(ev.Change.Schema, ev.Change.Table, string(ev.Change.Operation)).Inc()
 					add(ev.Change)
 				case Commit, Progress:
 					pos = ev.Position

@@ -48,6 +48,9 @@ type Options struct {
 	// reads (like AWS_* for S3) beyond those every plugin gets (see baseEnv).
 	BuiltinEnv map[string][]string
 	Log        *slog.Logger
+	// Restarted, when set, is called each time a sink's plugin process is
+	// started again after the first start.
+	Restarted func(sink string)
 	// Health is told when a sink's process fails and when it is back.
 	Health func(component string, err error)
 }
@@ -95,8 +98,10 @@ type Sink struct {
 	b      backend
 	desc   sdk.Description
 	opened bool
-	seq    uint64    // last batch handed to the current backend
-	unsafe []pending // handed over, not yet durable: re-delivered after a failure
+	// launched says a backend was started before: starting another is a restart.
+	launched bool
+	seq      uint64    // last batch handed to the current backend
+	unsafe   []pending // handed over, not yet durable: re-delivered after a failure
 	// resend says the backend failed since it took the batches of unsafe:
 	// they must reach it again before anything new.
 	resend bool
@@ -226,6 +231,10 @@ func Describe(ctx context.Context, spec config.Sink, opts Options) (sdk.Descript
 // restart starts a backend, configures it, opens it if the sink was open, and
 // re-delivers what the previous one had not made durable.
 func (s *Sink) restart(ctx context.Context) error {
+	if s.launched && s.opts.Restarted != nil {
+		s.opts.Restarted(s.name)
+	}
+	s.launched = true
 	if s.b != nil {
 		s.b.Kill()
 		s.b = nil

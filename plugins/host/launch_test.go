@@ -10,7 +10,9 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -249,4 +251,43 @@ func TestRestartsLeaveNoGoroutineBehind(t *testing.T) {
 func firstStacks(all string, n int) string {
 	stacks := strings.Split(all, "\n\n")
 	return strings.Join(stacks[:min(n, len(stacks))], "\n\n")
+}
+
+// TestAPluginProcessThatDiesIsRestartedAndCounted: the first start is no
+// restart; a process that dies is started again and reported once.
+func TestAPluginProcessThatDiesIsRestartedAndCounted(t *testing.T) {
+	path, _ := pluginCopy(t, 0o755, 0o755)
+	ctx := context.Background()
+	var mu sync.Mutex
+	var restarted []string
+	opts := quiet
+	opts.Restarted = func(sink string) {
+		mu.Lock()
+		defer mu.Unlock()
+		restarted = append(restarted, sink)
+	}
+	s, err := Load(ctx, config.Sink{Name: "p", Plugin: path}, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close(ctx)
+	mu.Lock()
+	if len(restarted) != 0 {
+		t.Fatalf("restarts counted at the first start: %q", restarted)
+	}
+	mu.Unlock()
+	s.mu.Lock()
+	s.b.Kill()
+	s.mu.Unlock()
+	for deadline := time.Now().Add(5 * HealthInterval); ; time.Sleep(20 * time.Millisecond) {
+		mu.Lock()
+		n := slices.Clone(restarted)
+		mu.Unlock()
+		if len(n) == 1 && n[0] == "p" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("restarts reported after the process died: got %q, want [p]", n)
+		}
+	}
 }

@@ -53,6 +53,7 @@ type decoder struct {
 	lastLSN    repl.LSN
 	lastRel    uint32
 	occurrence uint32
+	clock      *clock // where commit times go, for the lag in seconds
 }
 
 func newDecoder(database string, cfg config.Postgres, side *pgx.Conn, timeout time.Duration, own map[tableName]bool, log *slog.Logger) *decoder {
@@ -82,8 +83,12 @@ func (d *decoder) decode(ctx context.Context, xld repl.XLogData, emit func(pipel
 		return emit(pipeline.Event{Kind: pipeline.Begin, XID: d.xid, Held: d.held})
 	case *repl.CommitMessage:
 		d.inTxn = false
+		d.clock.mark(m.TransactionEndLSN, d.commitTime)
 		return emit(pipeline.Event{Kind: pipeline.Commit, XID: d.xid, Position: m.TransactionEndLSN})
 	case *repl.LogicalDecodingMessageV2:
+		if m.Prefix == HeartbeatPrefix {
+			return d.heartbeat(xld.WALStart, m.Transactional, m.Content, emit)
+		}
 		if !m.Transactional || !d.inTxn {
 			return nil // context is transactional; anything else is not ours
 		}

@@ -256,7 +256,11 @@ func setupSlot(ctx context.Context, conn *pgx.Conn, cfg config.Postgres, log *sl
 		if plugin != "pgoutput" || db != cur {
 			return fmt.Errorf("replication slot %q exists for plugin %q in database %q, but pgtrail needs pgoutput in %q: set source.postgres.slot to another name", cfg.Slot, plugin, db, cur)
 		}
-		return nil
+		st, err := readSlot(ctx, conn, cfg.Slot)
+		if err != nil {
+			return err
+		}
+		return st.Lost() // setup never replaces a slot on its own: teardown first
 	case !errors.Is(err, pgx.ErrNoRows):
 		return fmt.Errorf("look up replication slot %q: %w", cfg.Slot, err)
 	}
@@ -342,14 +346,6 @@ func Teardown(ctx context.Context, cfg config.Postgres, log *slog.Logger) error 
 }
 
 // SlotStatus is what `pgtrail status` reports about the slot.
-type SlotStatus struct {
-	Slot         string
-	Active       bool
-	ConfirmedLSN string
-	LagBytes     int64
-	WALStatus    string
-}
-
 // Status reads the slot's position and lag.
 func Status(ctx context.Context, cfg config.Postgres) (SlotStatus, error) {
 	conn, err := connect(ctx, cfg.URL)
@@ -357,15 +353,5 @@ func Status(ctx context.Context, cfg config.Postgres) (SlotStatus, error) {
 		return SlotStatus{}, err
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
-	st := SlotStatus{Slot: cfg.Slot}
-	err = conn.QueryRow(ctx, `SELECT active, coalesce(confirmed_flush_lsn::text, ''),
-		coalesce((pg_current_wal_lsn() - confirmed_flush_lsn)::bigint, 0), coalesce(wal_status, '')
-		FROM pg_replication_slots WHERE slot_name = $1`, cfg.Slot).Scan(&st.Active, &st.ConfirmedLSN, &st.LagBytes, &st.WALStatus)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return st, fmt.Errorf("replication slot %q does not exist: run `pgtrail setup`", cfg.Slot)
-	}
-	if err != nil {
-		return st, fmt.Errorf("read replication slot %q: %w", cfg.Slot, err)
-	}
-	return st, nil
+	return readSlot(ctx, conn, cfg.Slot)
 }

@@ -39,6 +39,11 @@ type Source struct {
 	reported   repl.LSN      // last flush position sent to the server
 	received   repl.LSN      // highest position seen from the server
 	nextStatus time.Time
+
+	clock    clock     // commit times of positions not yet confirmed
+	lastBeat time.Time // last heartbeat sent
+	beatOff  bool      // a heartbeat failed: send no more
+	warned   string    // the slot's last warning state logged
 }
 
 // sessionSettings make the server's text output of values canonical, so that
@@ -88,6 +93,14 @@ func Open(ctx context.Context, cfg config.Postgres, audit []AuditTable, log *slo
 	}
 	s.confirmed.Store(uint64(s.start))
 	s.reported = s.start
+	st, err := readSlot(ctx, side, cfg.Slot)
+	if err != nil {
+		return fail(err)
+	}
+	observe(m, st)
+	if err := st.Lost(); err != nil {
+		return fail(err)
+	}
 
 	if s.timeout, err = receiveTimeout(ctx, side, cfg); err != nil {
 		return fail(err)
@@ -110,6 +123,7 @@ func Open(ctx context.Context, cfg config.Postgres, audit []AuditTable, log *slo
 		return fail(explain(err))
 	}
 	s.dec = newDecoder(side.Config().Database, cfg, side, s.timeout, own, log)
+	s.dec.clock = &s.clock
 	return s, nil
 }
 
@@ -147,6 +161,10 @@ func (s *Source) Run(ctx context.Context, out chan<- []pipeline.Event) error {
 		PluginArgs: []string{"proto_version '2'", fmt.Sprintf("publication_names '%s'", s.cfg.Publication), "messages 'true'"},
 	})
 	cancel()
+	if err != nil && isLostSlot(err) {
+		return fmt.Errorf("start replication from slot %q: %w: %w (run `pgtrail teardown` then `pgtrail setup` to capture again with a new slot; the changes since the slot's last confirmed position %s are missing from the trail)",
+			s.cfg.Slot, ErrSlotLost, err, s.start)
+	}
 	if err != nil {
 		return fmt.Errorf("start replication from slot %q: %w", s.cfg.Slot, explain(err))
 	}
@@ -308,6 +326,9 @@ func (s *Source) Confirm(pos any) {
 	if lsn > s.confirmed.Load() {
 		s.confirmed.Store(lsn)
 		s.metrics.ConfirmedLSN.Set(float64(lsn))
+		if at, ok := s.clock.confirm(repl.LSN(lsn)); ok {
+			s.metrics.Durable(at)
+		}
 	}
 }
 
@@ -331,6 +352,7 @@ func (s *Source) status(ctx context.Context, final bool) error {
 	}
 	s.nextStatus = time.Now().Add(time.Duration(s.cfg.StatusInterval))
 	if !final {
+		s.beat(ctx)
 		return s.updateLag(ctx)
 	}
 	return nil
@@ -343,16 +365,15 @@ func (s *Source) status(ctx context.Context, final bool) error {
 // writes to that server fail. Capture disconnects instead, so the shutdown
 // goes on, and it resumes from the confirmed position once the server is back.
 func (s *Source) updateLag(ctx context.Context) error {
-	var lag int64
 	// A query that outlives the timeout is cancelled, and the connection
 	// with it: a network cut then ends capture like a shutdown.
 	qctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
-	err := s.side.QueryRow(qctx, `SELECT coalesce((pg_current_wal_lsn() - confirmed_flush_lsn)::bigint, 0)
-		FROM pg_replication_slots WHERE slot_name = $1`, s.cfg.Slot).Scan(&lag)
+	_, err := s.checkSlot(qctx)
 	switch {
 	case err == nil:
-		s.metrics.SlotLagBytes.Set(float64(lag))
+	case errors.Is(err, ErrSlotLost):
+		return err
 	case errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil:
 		return fmt.Errorf("read the slot's lag: the source database did not answer within %s (a network cut?); reconnecting: %w", s.timeout, err)
 	case s.side.IsClosed() && ctx.Err() == nil:
