@@ -28,6 +28,8 @@ type Config struct {
 	UI       UI       `yaml:"ui"`      // the activity log: API and web UI
 	// Retention removes old changes from the audit table (retention.go).
 	Retention Retention `yaml:"retention"`
+	// Rules ignore and redact values before any sink (rules.go).
+	Rules Rules `yaml:"rules"`
 }
 
 // Source selects the ingress; only the section named by Type is required.
