@@ -26,8 +26,10 @@ import (
 
 // Metrics are the collectors of one pipeline.
 type Metrics struct {
-	Registry       *prometheus.Registry
-	ChangesRead    prometheus.Counter
+	Registry    *prometheus.Registry
+	ChangesRead prometheus.Counter
+	// ChangesIgnored counts updates not stored by rules.ignore_columns.
+	ChangesIgnored prometheus.Counter
 	ChangesWritten *prometheus.CounterVec
 	BatchSeconds   *prometheus.HistogramVec
 	WriteErrors    *prometheus.CounterVec
@@ -55,6 +57,8 @@ func New() *Metrics {
 		Registry: prometheus.NewRegistry(),
 		ChangesRead: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "pgtrail_changes_read_total", Help: "Row changes read from the source."}),
+		ChangesIgnored: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "pgtrail_changes_ignored_total", Help: "Updates not stored because only columns of rules.ignore_columns changed."}),
 		ChangesWritten: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "pgtrail_changes_written_total", Help: "Row changes durably written, by sink."}, []string{"sink"}),
 		BatchSeconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{
@@ -79,7 +83,7 @@ func New() *Metrics {
 	m.Registry.MustRegister(m.ChangesRead, m.ChangesWritten, m.BatchSeconds, m.WriteErrors,
 		m.BadContext, m.DeadLetters, m.SlotLagBytes, m.ConfirmedLSN,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	m.Registry.MustRegister(m.ValuesRewritten, m.UnstorableChanges)
+	m.Registry.MustRegister(m.ValuesRewritten, m.UnstorableChanges, m.ChangesIgnored)
 	return m
 }
 

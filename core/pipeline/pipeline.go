@@ -15,6 +15,7 @@ import (
 	"github.com/pgtrail/pgtrail/core/change"
 	"github.com/pgtrail/pgtrail/core/checkpoint"
 	"github.com/pgtrail/pgtrail/core/metrics"
+	"github.com/pgtrail/pgtrail/core/rules"
 	"github.com/pgtrail/pgtrail/core/stitch"
 	"github.com/pgtrail/pgtrail/core/values"
 )
@@ -105,6 +106,10 @@ type Options struct {
 	// MaxContextBytes caps a context message; a larger one is a bad
 	// context. 0: 64 KiB.
 	MaxContextBytes int
+	// Rules ignore and redact values right after stitching, before any
+	// sink (and, with PassMessages, the context messages passed on). nil:
+	// none, at no cost.
+	Rules *rules.Rules
 }
 
 // OpMessage is the Operation of a batch item that is a logical decoding
@@ -321,6 +326,7 @@ func (p *Pipeline) assemble(events <-chan []Event, queues []chan batch, wm *chec
 				case Message:
 					p.stitch.Message(ev.XID, ev.Prefix, ev.Content)
 					if p.opts.PassMessages {
+						ev.Content = p.opts.Rules.Message(ev.Prefix, ev.Content)
 						add(MessageItem(ev))
 					}
 				case Row:
@@ -329,6 +335,12 @@ func (p *Pipeline) assemble(events <-chan []Event, queues []chan batch, wm *chec
 						continue
 					}
 					ev.Change.Context = ctxJSON
+					if !p.opts.Rules.Apply(ev.Change) {
+						// Not stored; its transaction's Commit still
+						// advances the position.
+						p.metrics.ChangesIgnored.Inc()
+						continue
+					}
 					if !p.opts.Verbatim {
 						p.storable(ev.Change)
 					}
