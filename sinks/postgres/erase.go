@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"maps"
+	"reflect"
 	"slices"
 	"strings"
 
@@ -80,16 +81,16 @@ func (s *Sink) Erase(ctx context.Context, e Erasure) (ErasureReport, error) {
 		rows bigint NOT NULL DEFAULT 0)`); err != nil {
 		return rep, fmt.Errorf("create %s: %w", log, err)
 	}
-	digest := e.digest(ctxFilter)
+	digest, audit := e.digest(ctxFilter), s.cfg.Schema+"."+s.cfg.Table
 	err := s.pool.QueryRow(ctx, `SELECT id FROM `+log+` WHERE digest = $1 AND audit_table = $2 AND finished_at IS NULL ORDER BY id LIMIT 1`,
-		digest, s.target).Scan(&rep.ID)
+		digest, audit).Scan(&rep.ID)
 	switch {
 	case err == nil:
 		rep.Resumed = true
 	case err == pgx.ErrNoRows:
 		filter, _ := json.Marshal(map[string]any{"schema": e.Schema, "table": e.Table, "context_keys": slices.Sorted(maps.Keys(e.Context))})
 		err = s.pool.QueryRow(ctx, `INSERT INTO `+log+` (requested_by, audit_table, filter, digest) VALUES (nullif($1, ''), $2, $3, $4) RETURNING id`,
-			e.By, s.target, filter, digest).Scan(&rep.ID)
+			e.By, audit, filter, digest).Scan(&rep.ID)
 		if err != nil {
 			return rep, fmt.Errorf("record erasure in %s: %w", log, err)
 		}
@@ -166,16 +167,24 @@ func (s *Sink) eraseBatch(ctx context.Context, e Erasure, match string, args []a
 	return int64(len(batch)), wrap(tx.Commit(ctx), "commit erasure in %s", s.target)
 }
 
-// eraseObject replaces the values of obj's keys (of only, when given, else
-// all) that are not null.
+// eraseObject replaces the values of obj's keys that are not null: all of
+// them, or with only those whose value is only's (the --where-context
+// values, and not another user's id in the same key).
 func (e Erasure) eraseObject(obj []byte, only map[string]any) ([]byte, error) {
 	var m map[string]json.RawMessage
 	if err := json.Unmarshal(obj, &m); err != nil {
 		return nil, err
 	}
 	for k, v := range m {
-		if _, ok := only[k]; (only != nil && !ok) || string(v) == "null" {
+		if string(v) == "null" {
 			continue
+		}
+		if only != nil {
+			want, ok := only[k]
+			var got any
+			if !ok || json.Unmarshal(v, &got) != nil || !reflect.DeepEqual(got, want) {
+				continue
+			}
 		}
 		m[k] = e.erased(v)
 	}
