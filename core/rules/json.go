@@ -1,28 +1,29 @@
 package rules
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 )
 
 // member is one key: value of a JSON object, as bytes of the original text.
 type member struct {
-	key   string // decoded
+	key   []byte // decoded (the text between the quotes, unless escaped)
 	rawK  []byte // the quoted key as written
 	value []byte
 }
 
 var errNotObject = errors.New("not a JSON object")
 
-// members splits a JSON object into its members without decoding values.
-// Images come from pgtrail's own decoders, so the text is valid JSON; what
-// is not an object is an error.
-func members(obj []byte) ([]member, error) {
+// members splits a JSON object into its members, appended to out[:0],
+// without decoding values. Images come from pgtrail's own decoders, so the
+// text is valid JSON; what is not an object is an error.
+func members(out []member, obj []byte) ([]member, error) {
+	out = out[:0]
 	i := space(obj, 0)
 	if i >= len(obj) || obj[i] != '{' {
 		return nil, errNotObject
 	}
-	var out []member
 	i = space(obj, i+1)
 	if i < len(obj) && obj[i] == '}' {
 		return out, nil
@@ -63,15 +64,13 @@ func members(obj []byte) ([]member, error) {
 	return nil, errNotObject
 }
 
-func decodeKey(raw []byte) (string, error) {
-	for _, b := range raw[1 : len(raw)-1] {
-		if b == '\\' {
-			var s string
-			err := json.Unmarshal(raw, &s)
-			return s, err
-		}
+func decodeKey(raw []byte) ([]byte, error) {
+	if bytes.IndexByte(raw, '\\') < 0 {
+		return raw[1 : len(raw)-1], nil
 	}
-	return string(raw[1 : len(raw)-1]), nil
+	var s string
+	err := json.Unmarshal(raw, &s)
+	return []byte(s), err
 }
 
 // appendObject writes members back as one JSON object.

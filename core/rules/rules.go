@@ -11,6 +11,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"hash"
 	"strings"
 	"unicode/utf8"
 
@@ -47,10 +48,20 @@ type Rules struct {
 	columns []pattern
 	context []pattern // column holds the dotted key path
 	key     []byte
-	tables  map[string]*table
+	tables  map[tableName]*table
 	// The context of a transaction is the same slice for each of its
 	// changes: redacted once.
 	lastIn, lastOut []byte
+	// Scratch space, reused: Rules serve one goroutine.
+	mac           hash.Hash
+	before, after []member
+	keys          []keyed
+}
+
+// keyed is a redacted value, to be redacted in the primary key too.
+type keyed struct {
+	old []byte
+	m   mode
 }
 
 // table is what the rules say about one table's columns, found once.
@@ -69,7 +80,8 @@ func New(cfg config.Rules) (*Rules, error) {
 	if cfg.Empty() {
 		return nil, nil
 	}
-	r := &Rules{key: []byte(cfg.HMACKey), tables: map[string]*table{}}
+	r := &Rules{key: []byte(cfg.HMACKey), tables: map[tableName]*table{}}
+	r.mac = hmac.New(sha256.New, r.key)
 	for i, p := range cfg.IgnoreColumns {
 		s, t, c, ok := config.SplitColumnPattern(p)
 		if !ok {
@@ -121,8 +133,11 @@ func (r *Rules) Unmatched(columns [][3]string) []string {
 	return out
 }
 
+// tableName keys the table cache without building a string per change.
+type tableName struct{ schema, table string }
+
 func (r *Rules) table(schema, name string) *table {
-	k := schema + "." + name
+	k := tableName{schema, name}
 	if t, ok := r.tables[k]; ok {
 		return t
 	}
@@ -144,10 +159,11 @@ func (r *Rules) table(schema, name string) *table {
 	return t
 }
 
-func (t *table) action(column string) action {
-	if a, ok := t.actions[column]; ok {
+func (t *table) action(col []byte) action {
+	if a, ok := t.actions[string(col)]; ok {
 		return a
 	}
+	column := string(col)
 	var a action
 	for _, p := range t.ignore {
 		if config.Glob(p.column, column) {
@@ -172,7 +188,7 @@ func (r *Rules) Apply(c *change.Change) bool {
 		return true
 	}
 	if t := r.table(c.Schema, c.Table); t != nil {
-		if len(t.ignore) > 0 && c.Operation == change.Update && t.onlyIgnored(c) {
+		if len(t.ignore) > 0 && c.Operation == change.Update && r.onlyIgnored(t, c) {
 			return false
 		}
 		if len(t.columns) > 0 {
@@ -188,19 +204,21 @@ func (r *Rules) Apply(c *change.Change) bool {
 // onlyIgnored reports whether the update changed at least one column and
 // only ignored ones. Without the whole before image (REPLICA IDENTITY
 // FULL) what changed is unknown, and the change is stored.
-func (t *table) onlyIgnored(c *change.Change) bool {
-	before, err := members(c.Before)
+func (r *Rules) onlyIgnored(t *table, c *change.Change) bool {
+	before, err := members(r.before, c.Before)
 	if err != nil || len(before) == 0 {
 		return false
 	}
-	after, err := members(c.After)
+	r.before = before
+	after, err := members(r.after, c.After)
 	if err != nil {
 		return false
 	}
+	r.after = after
 	changed := false
 	for _, a := range after {
 		i := 0
-		for i < len(before) && before[i].key != a.key {
+		for i < len(before) && !bytes.Equal(before[i].key, a.key) {
 			i++
 		}
 		if i == len(before) {
@@ -218,17 +236,14 @@ func (t *table) onlyIgnored(c *change.Change) bool {
 
 // redactRow redacts the images, the unchanged-TOAST names and the key.
 func (r *Rules) redactRow(t *table, c *change.Change) {
-	type keyed struct {
-		old []byte
-		m   mode
-	}
-	var keys []keyed
+	keys := r.keys[:0]
 	for _, img := range []*json.RawMessage{&c.After, &c.Before} {
-		ms, err := members(*img)
+		ms, err := members(r.after, *img)
 		if err != nil {
 			*img = change.Empty // fail closed: nothing unredacted passes
 			continue
 		}
+		r.after = ms
 		touched := false
 		out := ms[:0]
 		for _, m := range ms {
@@ -239,6 +254,7 @@ func (r *Rules) redactRow(t *table, c *change.Change) {
 			}
 			touched = true
 			keys = append(keys, keyed{m.value, a.mode})
+			r.keys = keys
 			if a.mode == drop {
 				continue
 			}
@@ -252,7 +268,7 @@ func (r *Rules) redactRow(t *table, c *change.Change) {
 	if len(c.UnchangedToast) > 0 {
 		kept := c.UnchangedToast[:0:0]
 		for _, col := range c.UnchangedToast {
-			if t.action(col).mode != drop {
+			if t.action([]byte(col)).mode != drop {
 				kept = append(kept, col)
 			}
 		}
@@ -270,7 +286,7 @@ func (r *Rules) redactKey(key string, value []byte, m mode) string {
 	if key == "" {
 		return key
 	}
-	if key == keyText(value) {
+	if keyIs(key, value) {
 		if m == drop || m == null {
 			return ""
 		}
@@ -301,6 +317,14 @@ func (r *Rules) redactKey(key string, value []byte, m mode) string {
 	return string(b)
 }
 
+// keyIs reports whether key is value's keyText, without allocating.
+func keyIs(key string, v []byte) bool {
+	if len(v) >= 2 && v[0] == '"' && bytes.IndexByte(v, '\\') < 0 {
+		return key == string(v[1:len(v)-1])
+	}
+	return key == keyText(v)
+}
+
 // keyText is a one-column key's text for a JSON value: a string unquoted,
 // anything else as written (how the decoders form primary_key).
 func keyText(v []byte) string {
@@ -320,7 +344,12 @@ func (r *Rules) redact(m mode, v []byte) []byte {
 	case mask:
 		return Mask(v)
 	case pseudonym:
-		return values.AppendString(nil, Pseudonym(r.key, v))
+		r.mac.Reset()
+		r.mac.Write(canonical(v))
+		out := append(make([]byte, 0, 2+len(PseudonymPrefix)+64), '"')
+		out = append(out, PseudonymPrefix...)
+		out = hex.AppendEncode(out, r.mac.Sum(nil))
+		return append(out, '"')
 	}
 	return v
 }
@@ -356,12 +385,18 @@ func Mask(v []byte) []byte {
 // that the same value gives the same pseudonym whatever the ingress.
 func Pseudonym(key, v []byte) string {
 	mac := hmac.New(sha256.New, key)
-	mac.Write(Canonical(v))
+	mac.Write(canonical(v))
 	return PseudonymPrefix + hex.EncodeToString(mac.Sum(nil))
 }
 
-// Canonical is v's canonical JSON text; v as is when it is not JSON.
-func Canonical(v []byte) []byte {
+// canonical is v's canonical JSON text; v as is when it is not JSON. A
+// number, and a string without escapes, is its own.
+func canonical(v []byte) []byte {
+	// (encoding/json escapes U+2028 and U+2029 even without HTML escaping.)
+	if len(v) > 0 && v[0] != '{' && v[0] != '[' && bytes.IndexByte(v, '\\') < 0 &&
+		!bytes.Contains(v, []byte("\u2028")) && !bytes.Contains(v, []byte("\u2029")) {
+		return v
+	}
 	d := json.NewDecoder(bytes.NewReader(v))
 	d.UseNumber()
 	var x any
@@ -394,14 +429,14 @@ func (r *Rules) Context(ctx []byte) []byte {
 }
 
 func (r *Rules) object(obj []byte, prefix string) ([]byte, bool) {
-	ms, err := members(obj)
+	ms, err := members(nil, obj) // nested: its own slice
 	if err != nil {
 		return nil, false
 	}
 	out := ms[:0]
 	touched := false
 	for _, m := range ms {
-		path := prefix + m.key
+		path := prefix + string(m.key)
 		md := keep
 		for _, p := range r.context {
 			if config.Glob(p.column, path) {

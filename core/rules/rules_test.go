@@ -160,3 +160,28 @@ func pseudo(key, canonical string) string {
 	m.Write([]byte(canonical))
 	return "hmac:" + hex.EncodeToString(m.Sum(nil))
 }
+
+// BenchmarkApply is the cost of rules on one change of a table they touch
+// (an ignore pattern, hmac of one column, drop of another, a masked
+// context key) and on one of a table they do not.
+func BenchmarkApply(b *testing.B) {
+	r := mustNew(b, config.Rules{IgnoreColumns: []string{"public.*.updated_at"}, HMACKey: "k", Redact: []config.Redaction{
+		{Columns: []string{"public.users.ssn"}, With: "hmac"}, {Columns: []string{"*.*.password*"}, With: "drop"},
+		{Context: []string{"ip"}, With: "mask"}}})
+	before := json.RawMessage(`{"id":1,"name":"Ann","email":"ann@example.com","ssn":"123-45-6789","password_hash":"x","balance":10,"updated_at":"2026-01-01T00:00:00Z"}`)
+	after := json.RawMessage(`{"id":1,"name":"Ann","email":"ann@example.com","ssn":"123-45-6789","password_hash":"x","balance":11,"updated_at":"2026-01-01T00:00:01Z"}`)
+	ctx := json.RawMessage(`{"user_id":42,"ip":"203.0.113.9","endpoint":"/users"}`)
+	for _, table := range []string{"users", "other"} {
+		b.Run(table, func(b *testing.B) {
+			schema := "public"
+			if table == "other" {
+				schema = "app"
+			}
+			b.ReportAllocs()
+			for range b.N {
+				c := &change.Change{Schema: schema, Table: table, Operation: change.Update, PrimaryKey: "1", Before: before, After: after, Context: ctx}
+				r.Apply(c)
+			}
+		})
+	}
+}
