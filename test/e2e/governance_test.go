@@ -4,10 +4,12 @@ import (
 	"bytes"
 	"compress/gzip"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -102,6 +104,118 @@ func TestGovernanceRedactedValuesReachNoSink(t *testing.T) {
 			if bytes.Contains(b, []byte(s)) {
 				t.Errorf("%s holds the redacted value %q", sink, s)
 			}
+		}
+	}
+
+	// `pgtrail erase` rewrites the audit table's history of users 1 and
+	// says that the other sinks are not rewritten.
+	cfg := cfgPath(p)
+	out, err := pgtrail(t, cfg, "erase", "--table", "public.users", "--primary-key", "1", "--by", "dpo")
+	if err != nil {
+		t.Fatalf("erase: %v\n%s", err, out)
+	}
+	for _, want := range []string{"sink audit: erasure 1: 3 rows rewritten", "sink analytics (clickhouse): not erased", "sink archive (s3): not erased", "sink lines (" + jsonlPlugin + "): not erased"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("erase output lacks %q:\n%s", want, out)
+		}
+	}
+	for _, r := range auditRows(t, conn) {
+		// With rules.hmac_key, erased values become pseudonyms.
+		vals := regexp.MustCompile(`: [^,}]+`).FindAllString(r.Before+r.After, -1)
+		erased := len(vals) > 0
+		for _, v := range vals {
+			erased = erased && strings.HasPrefix(v, `: "hmac:`)
+		}
+		if !strings.HasPrefix(r.PrimaryKey, "hmac:") || r.PrimaryKey == rows[0].PrimaryKey || !erased {
+			t.Errorf("not erased: %v", r)
+		}
+	}
+	if n := count(t, conn, `SELECT count(*) FROM pgtrail.erasures WHERE requested_by = 'dpo' AND rows = 3 AND finished_at IS NOT NULL`); n != 1 {
+		t.Errorf("%d erasures logged, want 1", n)
+	}
+}
+
+// kafkaBytes returns every record of the broker's topic bemi with the
+// content of logical decoding messages decoded, to search for plaintext.
+func kafkaBytes(t *testing.T, broker string, want int) []byte {
+	t.Helper()
+	var all []byte
+	for _, r := range readKafka(t, broker, want) {
+		all = append(all, r.key...)
+		all = append(all, r.value...)
+		var ev struct {
+			Message struct{ Content []byte } `json:"message"`
+		}
+		if json.Unmarshal(r.value, &ev) == nil {
+			all = append(all, ev.Message.Content...)
+		}
+	}
+	return all
+}
+
+// TestGovernanceCaptureRedactsBeforeTheBrokerAndBrokerIngressRedacts runs
+// `pgtrail capture` with rules (no redacted value reaches Kafka, nor the
+// ignored update), and `pgtrail capture` without rules into a second Kafka
+// read by `pgtrail run` with rules (the broker ingress redacts before its
+// sink).
+func TestGovernanceCaptureRedactsBeforeTheBrokerAndBrokerIngressRedacts(t *testing.T) {
+	url := cluster.NewDatabase(t)
+	conn := connect(t, url)
+	exec1(t, conn, `CREATE TABLE users (id int PRIMARY KEY, name text, ssn text, password_hash text, updated_at int)`)
+	publish := func(broker string) string {
+		return fmt.Sprintf("publish:\n  type: kafka\n  kafka: {brokers: [%q]}\n", broker)
+	}
+	redacted, plain := startKafka(t), startKafka(t)
+	startCapture(t, writeConfig(t, url, publish(redacted)+governanceRules, "    slot: redacted\n    replica_identity: full\n"))
+	startCapture(t, writeConfig(t, url, publish(plain), "    slot: plain\n    replica_identity: full\n"))
+	exec1(t, conn, `BEGIN;
+		SELECT pg_logical_emit_message(true, 'pgtrail', '{"ip": "198.51.100.77", "user": "ann"}');
+		INSERT INTO users VALUES (1, 'Ann', '123-45-6789', 'hunter2-secret', 1);
+		COMMIT;
+		UPDATE users SET updated_at = 2 WHERE id = 1;
+		UPDATE users SET name = 'Anne', updated_at = 3 WHERE id = 1;
+		DELETE FROM users WHERE id = 1`)
+
+	// message, insert, update, delete and its tombstone; without rules
+	// the ignored update too.
+	got := kafkaBytes(t, redacted, 5)
+	for _, s := range secrets {
+		if bytes.Contains(got, []byte(s)) {
+			t.Errorf("capture with rules published the redacted value %q", s)
+		}
+	}
+	if n := bytes.Count(got, []byte(`"op":"u"`)); n != 1 || !bytes.Contains(got, []byte("hmac:")) {
+		t.Errorf("capture with rules published %d updates (want 1) and pseudonyms: %v", n, bytes.Contains(got, []byte("hmac:")))
+	}
+	if all := kafkaBytes(t, plain, 6); !bytes.Contains(all, []byte(secrets[0])) || !bytes.Contains(all, []byte(secrets[2])) {
+		t.Fatal("capture without rules published no plaintext: the test proves nothing")
+	}
+
+	path := filepath.Join(t.TempDir(), "broker.yaml")
+	cfg := fmt.Sprintf("source:\n  type: kafka\n  kafka: {brokers: [%q], topics: [bemi], group: pgtrail}\n", plain) +
+		fmt.Sprintf("sinks:\n  - name: audit\n    plugin: postgres\n    config: {url: %q, schema: viabroker}\n", url) +
+		"http: {listen: \"\"}\n" + governanceRules
+	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := pgtrail(t, path, "setup"); err != nil {
+		t.Fatalf("setup: %v\n%s", err, out)
+	}
+	start(t, path)
+	waitFor(t, 30*time.Second, "the broker's changes in the audit table", func() bool {
+		return count(t, conn, "SELECT count(*) FROM viabroker.changes") >= 3
+	})
+	time.Sleep(500 * time.Millisecond)
+	var text, ops string
+	if err := conn.QueryRow(context.Background(), `SELECT string_agg(c::text, ' '), string_agg(operation, ',' ORDER BY committed_at, position) FROM viabroker.changes c`).Scan(&text, &ops); err != nil {
+		t.Fatal(err)
+	}
+	if ops != "CREATE,UPDATE,DELETE" || !strings.Contains(text, "hmac:") {
+		t.Fatalf("stored through Kafka: %s\n%s", ops, text)
+	}
+	for _, s := range secrets {
+		if strings.Contains(text, s) {
+			t.Errorf("the audit table fed by Kafka holds the redacted value %q", s)
 		}
 	}
 }
