@@ -170,6 +170,7 @@ func (a *app) runOnce(ctx context.Context, m *metrics.Metrics, started *bool) er
 		MaxInFlight:     p.MaxInFlight,
 		MaxContextBytes: p.MaxContextBytes,
 		Rules:           rules,
+		DDL:             a.cfg.Source.Postgres.Match,
 	}, a.log, m).Run(ctx)
 }
 

@@ -65,6 +65,9 @@ type Postgres struct {
 	// row (before images, reverts) at some WAL cost; "" only reports the
 	// tables without it.
 	ReplicaIdentity string `yaml:"replica_identity"`
+	// DDL makes setup install event triggers whose messages pgtrail stores
+	// as DDL rows (transports/pglogrepl/ddl.go).
+	DDL bool `yaml:"ddl"`
 }
 
 // JetStream is Debezium change events read from a NATS JetStream stream.

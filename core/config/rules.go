@@ -80,3 +80,15 @@ func (r Rules) validate(bad func(key, format string, args ...any)) {
 		bad("rules.hmac_key", "required by %s: hmac (set it, e.g. hmac_key: \"${PGTRAIL_HMAC_KEY}\")", hmac)
 	}
 }
+
+// validateDDL refuses DDL rows for a sink that cannot store them.
+func (c *Config) validateDDL(bad func(key, format string, args ...any)) {
+	if !c.Source.Postgres.DDL {
+		return
+	}
+	for i, s := range c.Sinks {
+		if s.Plugin == "clickhouse" {
+			bad("source.postgres.ddl", "sinks[%d] (clickhouse) cannot store DDL rows yet (its operation column is an Enum without DDL): turn ddl off or remove that sink", i)
+		}
+	}
+}

@@ -41,3 +41,15 @@ rules:
 	wantContains(t, msg, `rules.redact[3].context[0]: "headers..x" is not a context key path`)
 	wantContains(t, msg, `rules.redact[3].with: required: one of drop, null, mask, hmac (quote null`)
 }
+
+func TestDDLWithAClickHouseSinkIsRefused(t *testing.T) {
+	wantContains(t, loadErr(t, `
+source: {postgres: {url: "postgres://u:p@127.0.0.1/app", ddl: true}}
+sinks:
+  - {name: audit, plugin: postgres, config: {url: "postgres://u:p@127.0.0.1/app"}}
+  - {name: ch, plugin: clickhouse, config: {url: "http://127.0.0.1:8123"}}
+`), "source.postgres.ddl: sinks[1] (clickhouse) cannot store DDL rows yet")
+	if !mustLoad(t, `source: {postgres: {url: "postgres://u:p@127.0.0.1/app", ddl: true}}`).Source.Postgres.DDL {
+		t.Fatal("ddl: true not read")
+	}
+}

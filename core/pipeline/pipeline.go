@@ -110,6 +110,9 @@ type Options struct {
 	// sink (and, with PassMessages, the context messages passed on). nil:
 	// none, at no cost.
 	Rules *rules.Rules
+	// DDL, when set, says whether a DDL row of schema.table is stored
+	// (the source's table patterns); nil stores every one.
+	DDL func(schema, table string) bool
 }
 
 // OpMessage is the Operation of a batch item that is a logical decoding
@@ -324,6 +327,15 @@ func (p *Pipeline) assemble(events <-chan []Event, queues []chan batch, wm *chec
 					p.stitch.Begin(ev.XID)
 					held = ev.Held
 				case Message:
+					if ev.Prefix == PrefixDDL && !p.opts.PassMessages {
+						if c := ddlChange(ev); c != nil && (p.opts.DDL == nil || p.opts.DDL(c.Schema, c.Table)) {
+							c.Context = p.stitch.Next(ev.XID)
+							p.opts.Rules.Apply(c) // its context
+							p.metrics.ChangesRead.Inc()
+							add(c)
+						}
+						continue
+					}
 					p.stitch.Message(ev.XID, ev.Prefix, ev.Content)
 					if p.opts.PassMessages {
 						ev.Content = p.opts.Rules.Message(ev.Prefix, ev.Content)

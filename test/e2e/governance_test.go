@@ -219,3 +219,58 @@ func TestGovernanceCaptureRedactsBeforeTheBrokerAndBrokerIngressRedacts(t *testi
 		}
 	}
 }
+
+// TestDDLRowsAreStoredInOrderWithTheDataChanges turns on
+// source.postgres.ddl: CREATE, ALTER and DROP TABLE are each a DDL row, in
+// order among the row changes around them, with their context; an existing
+// audit table's operation check is widened by setup.
+func TestDDLRowsAreStoredInOrderWithTheDataChanges(t *testing.T) {
+	url := cluster.NewDatabase(t)
+	conn := connect(t, url)
+	// An audit table made before DDL rows: its check allows four operations.
+	exec1(t, conn, `CREATE TABLE keep (id int PRIMARY KEY)`)
+	_, _, p := setupAndStart(t, url, "", "    ddl: true\n")
+	exec1(t, conn, `BEGIN;
+		SELECT pgtrail.set_context('{"user":"dba"}');
+		CREATE TABLE items (id int PRIMARY KEY, name text);
+		INSERT INTO items VALUES (1, 'a');
+		COMMIT;
+		ALTER TABLE items ADD COLUMN price int;
+		UPDATE items SET price = 5 WHERE id = 1;
+		DROP TABLE items;
+		CREATE TEMP TABLE scratch (x int);
+		INSERT INTO keep VALUES (1)`)
+	waitForChanges(t, conn, 6, 30*time.Second)
+	if err := p.stop(); err != nil {
+		t.Fatalf("stop: %v", err)
+	}
+	var got []string
+	for _, r := range auditRows(t, conn) {
+		line := r.Operation + " " + r.Table
+		if r.Operation == "DDL" {
+			var d struct {
+				Tag       string `json:"command_tag"`
+				Statement string `json:"statement"`
+			}
+			if err := json.Unmarshal([]byte(r.After), &d); err != nil {
+				t.Fatalf("DDL row after %s: %v", r.After, err)
+			}
+			line += " " + d.Tag
+			if !strings.Contains(d.Statement, d.Tag[:5]) {
+				t.Errorf("DDL row statement %q lacks its command", d.Statement)
+			}
+		}
+		got = append(got, line+" "+r.Context)
+	}
+	want := []string{
+		`DDL items CREATE TABLE {"user": "dba"}`,
+		`CREATE items {"user": "dba"}`,
+		`DDL items ALTER TABLE {}`,
+		`UPDATE items {}`,
+		`DDL items DROP TABLE {}`,
+		`CREATE keep {}`,
+	}
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Fatalf("stored:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+}
