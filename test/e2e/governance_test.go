@@ -51,12 +51,17 @@ func TestGovernanceRedactedValuesReachNoSink(t *testing.T) {
 	conn := connect(t, url)
 	exec1(t, conn, `CREATE TABLE users (id int PRIMARY KEY, name text, ssn text, password_hash text, updated_at int)`)
 	extra := sinksConfig(url, ch, database, s3srv, bucket) + fmt.Sprintf("  - name: lines\n    plugin: %q\n    config: {path: %q, flush_interval: 300ms}\n", jsonlPlugin, lines) + governanceRules
+	// A typo (ssm) is warned about at start.
+	extra = strings.Replace(extra, "  hmac_key:", "    - {columns: [\"public.users.ssm\"], with: mask}\n  hmac_key:", 1)
 	_, _, p := setupAndStart(t, url, extra, "    replica_identity: full\n")
 
 	exec1(t, conn, governanceWorkload)
 	waitForChanges(t, conn, 3, 30*time.Second)
 	if err := p.stop(); err != nil { // drains S3 and the plugin
 		t.Fatalf("stop: %v", err)
+	}
+	if out := p.out.String(); !strings.Contains(out, "rules: column patterns match no column of a captured table") || !strings.Contains(out, "patterns=public.users.ssm") {
+		t.Errorf("no warning about public.users.ssm:\n%s", tail(out, 30))
 	}
 	rows := auditRows(t, conn)
 	var ops []string
