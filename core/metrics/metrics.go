@@ -26,10 +26,8 @@ import (
 
 // Metrics are the collectors of one pipeline.
 type Metrics struct {
-	Registry    *prometheus.Registry
-	ChangesRead prometheus.Counter
-	// ChangesIgnored counts updates not stored by rules.ignore_columns.
-	ChangesIgnored prometheus.Counter
+	Registry       *prometheus.Registry
+	ChangesRead    prometheus.Counter
 	ChangesWritten *prometheus.CounterVec
 	BatchSeconds   *prometheus.HistogramVec
 	WriteErrors    *prometheus.CounterVec
@@ -44,6 +42,8 @@ type Metrics struct {
 	// UnstorableChanges counts changes a sink refused for their data,
 	// stored with their images replaced by markers, by sink.
 	UnstorableChanges *prometheus.CounterVec
+	// ChangesIgnored counts updates not stored by rules.ignore_columns.
+	ChangesIgnored prometheus.Counter
 
 	mu     sync.Mutex
 	health map[string]error

@@ -57,6 +57,9 @@ func TestRulesApplyBeforeAnySinkAndIgnoredUpdatesStillConfirm(t *testing.T) {
 	waitUntil(t, "position 7 to be confirmed", func() bool { return src.last() == 7 })
 	cancel()
 	<-done
+	if n := count(p.metrics.ChangesIgnored); n != 1 {
+		t.Errorf("pgtrail_changes_ignored_total = %v, want 1", n)
+	}
 	if len(k.changes) != 2 {
 		t.Fatalf("sink got %d items, want the message and the insert (the update of updated_at only is not stored)", len(k.changes))
 	}
