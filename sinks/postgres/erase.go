@@ -63,7 +63,11 @@ func (s *Sink) Erase(ctx context.Context, e Erasure) (ErasureReport, error) {
 		return rep, err
 	}
 	match := `(schema = $1 AND "table" = $2 AND primary_key = $3) OR ($4::jsonb IS NOT NULL AND context @> $4::jsonb)`
-	args := []any{e.Schema, e.Table, e.PrimaryKey, string(ctxFilter)}
+	var ctxArg any // SQL NULL without --where-context ('null'::jsonb is not NULL)
+	if len(e.Context) > 0 {
+		ctxArg = string(ctxFilter)
+	}
+	args := []any{e.Schema, e.Table, e.PrimaryKey, ctxArg}
 	if e.DryRun {
 		err := s.pool.QueryRow(ctx, `SELECT count(*) FROM `+s.target+` WHERE `+match, args...).Scan(&rep.Rows)
 		return rep, wrap(err, "count rows to erase in %s", s.target)

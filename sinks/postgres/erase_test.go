@@ -137,4 +137,16 @@ func TestEraseRemovesTheSubjectsValuesAndCompletesAfterAnInterruption(t *testing
 	if log != want {
 		t.Fatalf("erasure log %s, want %s", log, want)
 	}
+
+	// Without --where-context only the row's history is rewritten.
+	before = rowTexts(t, conn)
+	if rep, err := s.Erase(ctx, Erasure{Schema: "public", Table: "users", PrimaryKey: "43"}); err != nil || rep.Rows != 1 || rep.Resumed {
+		t.Fatalf("erase users 43: %+v, %v; want 1 row", rep, err)
+	}
+	after = rowTexts(t, conn)
+	for id, text := range before {
+		if changed := after[id] != text; changed != (id == others[0].ID.String()) {
+			t.Errorf("row %s changed %v:\n%s\n%s", id, changed, text, after[id])
+		}
+	}
 }
