@@ -12,7 +12,7 @@ import (
 // rules compiles the rules: section. With native capture, column patterns
 // that match no column of a captured table are warned about: a typo there
 // would leave a value unredacted.
-func (a *app) rules(ctx context.Context) (*rules.Rules, error) {
+func (a *app) rules(ctx context.Context) (*rules.Set, error) {
 	r, err := rules.New(a.cfg.Rules)
 	if err != nil || r == nil || a.cfg.Source.Type != "postgres" {
 		return r, err

@@ -109,7 +109,7 @@ type Options struct {
 	// Rules ignore and redact values right after stitching, before any
 	// sink (and, with PassMessages, the context messages passed on). nil:
 	// none, at no cost.
-	Rules *rules.Rules
+	Rules *rules.Set
 	// DDL, when set, says whether a DDL row of schema.table is stored
 	// (the source's table patterns); nil stores every one.
 	DDL func(schema, table string) bool

@@ -57,7 +57,7 @@ func (nop) Flush(context.Context) error                          { return nil }
 func (nop) Write(context.Context, []*change.Change) (int, error) { return 0, nil }
 
 // throughput runs n changes through a pipeline with r and returns changes/s.
-func throughput(b *testing.B, n int, r *rules.Rules) float64 {
+func throughput(b *testing.B, n int, r *rules.Set) float64 {
 	src := &burst{n: n, done: make(chan struct{})}
 	p := newPipeline(src, []Sink{nop{}}, Options{BatchSize: 5000, FlushInterval: time.Millisecond, Rules: r})
 	ctx, cancel := context.WithCancel(context.Background())

@@ -41,9 +41,9 @@ type pattern struct {
 	mode                  mode
 }
 
-// Rules are compiled rules. A nil *Rules does nothing and costs nothing.
-// Rules keep caches and are used by one goroutine (the pipeline's).
-type Rules struct {
+// Set is the compiled rules. A nil *Set does nothing and costs nothing.
+// A Set keeps caches and is used by one goroutine (the pipeline's).
+type Set struct {
 	ignore  []pattern
 	columns []pattern
 	context []pattern // column holds the dotted key path
@@ -52,7 +52,7 @@ type Rules struct {
 	// The context of a transaction is the same slice for each of its
 	// changes: redacted once.
 	lastIn, lastOut []byte
-	// Scratch space, reused: Rules serve one goroutine.
+	// Scratch space, reused: a Set serves one goroutine.
 	mac           hash.Hash
 	before, after []member
 	keys          []keyed
@@ -76,11 +76,11 @@ type action struct {
 }
 
 // New compiles cfg; nil when it has no rule.
-func New(cfg config.Rules) (*Rules, error) {
+func New(cfg config.Rules) (*Set, error) {
 	if cfg.Empty() {
 		return nil, nil
 	}
-	r := &Rules{key: []byte(cfg.HMACKey), tables: map[tableName]*table{}}
+	r := &Set{key: []byte(cfg.HMACKey), tables: map[tableName]*table{}}
 	r.mac = hmac.New(sha256.New, r.key)
 	for i, p := range cfg.IgnoreColumns {
 		s, t, c, ok := config.SplitColumnPattern(p)
@@ -113,7 +113,7 @@ func New(cfg config.Rules) (*Rules, error) {
 
 // Unmatched returns the column patterns (ignore and redact) that match
 // none of columns, each given as schema.table.column: a typo to warn about.
-func (r *Rules) Unmatched(columns [][3]string) []string {
+func (r *Set) Unmatched(columns [][3]string) []string {
 	if r == nil {
 		return nil
 	}
@@ -136,7 +136,7 @@ func (r *Rules) Unmatched(columns [][3]string) []string {
 // tableName keys the table cache without building a string per change.
 type tableName struct{ schema, table string }
 
-func (r *Rules) table(schema, name string) *table {
+func (r *Set) table(schema, name string) *table {
 	k := tableName{schema, name}
 	if t, ok := r.tables[k]; ok {
 		return t
@@ -183,7 +183,7 @@ func (t *table) action(col []byte) action {
 
 // Apply applies the rules to a row change in place; false means the change
 // is not to be stored (an update of ignored columns only).
-func (r *Rules) Apply(c *change.Change) bool {
+func (r *Set) Apply(c *change.Change) bool {
 	if r == nil {
 		return true
 	}
@@ -204,7 +204,7 @@ func (r *Rules) Apply(c *change.Change) bool {
 // onlyIgnored reports whether the update changed at least one column and
 // only ignored ones. Without the whole before image (REPLICA IDENTITY
 // FULL) what changed is unknown, and the change is stored.
-func (r *Rules) onlyIgnored(t *table, c *change.Change) bool {
+func (r *Set) onlyIgnored(t *table, c *change.Change) bool {
 	before, err := members(r.before, c.Before)
 	if err != nil || len(before) == 0 {
 		return false
@@ -235,7 +235,7 @@ func (r *Rules) onlyIgnored(t *table, c *change.Change) bool {
 }
 
 // redactRow redacts the images, the unchanged-TOAST names and the key.
-func (r *Rules) redactRow(t *table, c *change.Change) {
+func (r *Set) redactRow(t *table, c *change.Change) {
 	keys := r.keys[:0]
 	for _, img := range []*json.RawMessage{&c.After, &c.Before} {
 		ms, err := members(r.after, *img)
@@ -282,7 +282,7 @@ func (r *Rules) redactRow(t *table, c *change.Change) {
 // redactKey redacts the primary key text where it is, or for a composite
 // key holds, the value of a redacted column: a redacted key column must not
 // show through the key.
-func (r *Rules) redactKey(key string, value []byte, m mode) string {
+func (r *Set) redactKey(key string, value []byte, m mode) string {
 	if key == "" {
 		return key
 	}
@@ -337,7 +337,7 @@ func keyText(v []byte) string {
 	return string(v)
 }
 
-func (r *Rules) redact(m mode, v []byte) []byte {
+func (r *Set) redact(m mode, v []byte) []byte {
 	switch m {
 	case null:
 		return []byte("null")
@@ -413,7 +413,7 @@ func canonical(v []byte) []byte {
 }
 
 // Context returns the context object with its redacted keys replaced.
-func (r *Rules) Context(ctx []byte) []byte {
+func (r *Set) Context(ctx []byte) []byte {
 	if r == nil || len(r.context) == 0 {
 		return ctx
 	}
@@ -428,7 +428,7 @@ func (r *Rules) Context(ctx []byte) []byte {
 	return out
 }
 
-func (r *Rules) object(obj []byte, prefix string) ([]byte, bool) {
+func (r *Set) object(obj []byte, prefix string) ([]byte, bool) {
 	ms, err := members(nil, obj) // nested: its own slice
 	if err != nil {
 		return nil, false
@@ -467,7 +467,7 @@ func (r *Rules) object(obj []byte, prefix string) ([]byte, bool) {
 
 // Message redacts the context a logical decoding message carries (prefixes
 // pgtrail and _bemi), for the items `pgtrail capture` republishes.
-func (r *Rules) Message(prefix string, content []byte) []byte {
+func (r *Set) Message(prefix string, content []byte) []byte {
 	if r == nil || len(r.context) == 0 || (prefix != stitch.PrefixPgtrail && prefix != stitch.PrefixBemi) {
 		return content
 	}

@@ -13,7 +13,7 @@ import (
 	"github.com/pgtrail/pgtrail/core/config"
 )
 
-func mustNew(t testing.TB, cfg config.Rules) *Rules {
+func mustNew(t testing.TB, cfg config.Rules) *Set {
 	t.Helper()
 	r, err := New(cfg)
 	if err != nil {
