@@ -247,7 +247,7 @@ func (s *Sink) Setup(ctx context.Context) error {
 			database varchar(255) NOT NULL,
 			schema varchar(255) NOT NULL,
 			"table" varchar(255) NOT NULL,
-			operation text NOT NULL CONSTRAINT `+pgx.Identifier{t + "_operation_check"}.Sanitize()+` CHECK (operation IN (`+operations+`)),
+			operation text NOT NULL CONSTRAINT ` + pgx.Identifier{t + "_operation_check"}.Sanitize() + ` CHECK (operation IN (` + operations + `)),
 			committed_at timestamptz NOT NULL,
 			queued_at timestamptz NOT NULL,
 			created_at timestamptz NOT NULL DEFAULT now(),
