@@ -61,8 +61,9 @@ func setupDDL(ctx context.Context, conn *pgx.Conn, log *slog.Logger) error {
 		return fmt.Errorf("check superuser for DDL capture: %w", err)
 	}
 	if !super {
+		// One line, so that a text log keeps it copyable.
 		log.Warn("source.postgres.ddl: event triggers need a superuser; have one run this SQL in the source database, then DDL is in the trail",
-			"sql", ddlSQL())
+			"sql", strings.Join(strings.Fields(ddlSQL()), " "))
 		return nil
 	}
 	if _, err := conn.Exec(ctx, ddlSQL()); err != nil {
