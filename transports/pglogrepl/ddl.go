@@ -17,7 +17,9 @@ const DDLPrefix = "pgtrail_ddl"
 // ddlSQL installs event triggers that emit, in the statement's transaction,
 // one message per DDL statement: the command tag, the table it concerns (the
 // first table among its objects), its objects and the statement. pgtrail's
-// own schema and temporary objects are left out.
+// own schema and temporary objects are left out; a DROP's ddl_command_end
+// has no objects (its sql_drop told it). No SQL comments: the SQL is also
+// logged on one line.
 func ddlSQL() string {
 	own := pgx.Identifier{OwnSchema}.Sanitize()
 	lit := "'" + strings.ReplaceAll(OwnSchema, "'", "''") + "'"
@@ -42,7 +44,7 @@ BEGIN
        AND coalesce(d.schema_name, '') NOT LIKE 'pg\_temp\_%';
   END IF;
   IF objs IS NULL THEN
-    RETURN; -- a DROP's ddl_command_end (sql_drop told it), or only pgtrail's objects
+    RETURN;
   END IF;
   PERFORM pg_logical_emit_message(true, '` + DDLPrefix + `', jsonb_build_object('command_tag', TG_TAG,
     'schema', sch, 'table', tbl, 'objects', objs, 'statement', current_query())::text);
