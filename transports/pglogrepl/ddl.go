@@ -21,8 +21,9 @@ const DDLPrefix = "pgtrail_ddl"
 // has no objects (its sql_drop told it). No SQL comments: the SQL is also
 // logged on one line.
 func ddlSQL() string {
-	own := pgx.Identifier{OwnSchema}.Sanitize()
-	lit := "'" + strings.ReplaceAll(OwnSchema, "'", "''") + "'"
+	// OwnSchema is a plain lowercase name: neither it nor anything else
+	// here needs quotes or backslashes, which a log would escape.
+	own, lit := OwnSchema, "'"+OwnSchema+"'"
 	return `CREATE OR REPLACE FUNCTION ` + own + `.ddl_trail() RETURNS event_trigger LANGUAGE plpgsql AS $fn$
 DECLARE objs jsonb; sch text; tbl text;
 BEGIN
@@ -41,7 +42,7 @@ BEGIN
       FROM pg_event_trigger_ddl_commands() d
       LEFT JOIN pg_class c ON d.classid = 'pg_class'::regclass AND c.oid = d.objid
      WHERE NOT d.in_extension AND coalesce(d.schema_name, '') <> ` + lit + `
-       AND coalesce(d.schema_name, '') NOT LIKE 'pg\_temp\_%';
+       AND NOT starts_with(coalesce(d.schema_name, ''), 'pg_temp_');
   END IF;
   IF objs IS NULL THEN
     RETURN;
