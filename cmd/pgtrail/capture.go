@@ -46,6 +46,10 @@ func (a *app) captureOnce(ctx context.Context, m *metrics.Metrics, started *bool
 	if err != nil {
 		return err
 	}
+	rules, err := a.rules(ctx)
+	if err != nil {
+		return err
+	}
 	src, err := pglogrepl.Open(ctx, a.cfg.Source.Postgres, audit, a.log, m)
 	if err != nil {
 		return err
@@ -60,5 +64,6 @@ func (a *app) captureOnce(ctx context.Context, m *metrics.Metrics, started *bool
 		MaxInFlight:   p.MaxInFlight,
 		PassMessages:  true,
 		Verbatim:      true,
+		Rules:         rules, // redacted values never reach the broker
 	}, a.log, m).Run(ctx)
 }

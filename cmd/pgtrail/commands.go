@@ -153,6 +153,10 @@ func (a *app) runOnce(ctx context.Context, m *metrics.Metrics, started *bool) er
 		}
 		ps[i] = s
 	}
+	rules, err := a.rules(ctx)
+	if err != nil {
+		return err
+	}
 	src, err := a.openSource(ctx, m)
 	if err != nil {
 		return err
@@ -165,6 +169,8 @@ func (a *app) runOnce(ctx context.Context, m *metrics.Metrics, started *bool) er
 		FlushInterval:   time.Duration(p.FlushInterval),
 		MaxInFlight:     p.MaxInFlight,
 		MaxContextBytes: p.MaxContextBytes,
+		Rules:           rules,
+		DDL:             a.cfg.Source.Postgres.Match,
 	}, a.log, m).Run(ctx)
 }
 

@@ -123,6 +123,7 @@ func root() *cobra.Command {
 	cmd.AddCommand(a.captureCmd())
 	cmd.AddCommand(a.serveCmd(), a.historyCmd(), a.revertCmd())
 	cmd.AddCommand(a.retentionCmd())
+	cmd.AddCommand(a.eraseCmd())
 	return cmd
 }
 

@@ -28,6 +28,8 @@ type Config struct {
 	UI       UI       `yaml:"ui"`      // the activity log: API and web UI
 	// Retention removes old changes from the audit table (retention.go).
 	Retention Retention `yaml:"retention"`
+	// Rules ignore and redact values before any sink (rules.go).
+	Rules Rules `yaml:"rules"`
 }
 
 // Source selects the ingress; only the section named by Type is required.
@@ -71,6 +73,9 @@ type Postgres struct {
 	// MaxRetainedWAL is the WAL the slot may hold back before capture warns
 	// (log, `pgtrail status`). 0 never warns on size.
 	MaxRetainedWAL Size `yaml:"max_retained_wal"`
+	// DDL makes setup install event triggers whose messages pgtrail stores
+	// as DDL rows (transports/pglogrepl/ddl.go).
+	DDL bool `yaml:"ddl"`
 }
 
 // DefaultFetchMaxBytes bounds one broker fetch unless fetch_max_bytes says

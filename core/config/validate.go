@@ -145,6 +145,8 @@ func (c *Config) validate() error {
 
 	c.Publish.validate(bad)
 	c.Retention.validate(c.Sinks, bad)
+	c.Rules.validate(bad)
+	c.validateDDL(bad)
 
 	if c.Pipeline.BatchSize <= 0 {
 		bad("pipeline.batch_size", "must be positive, got %d", c.Pipeline.BatchSize)

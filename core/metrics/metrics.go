@@ -42,6 +42,8 @@ type Metrics struct {
 	// UnstorableChanges counts changes a sink refused for their data,
 	// stored with their images replaced by markers, by sink.
 	UnstorableChanges *prometheus.CounterVec
+	// ChangesIgnored counts updates not stored by rules.ignore_columns.
+	ChangesIgnored prometheus.Counter
 
 	WAL // slot health and lag in seconds (native capture)
 	Ops // changes by table, plugin restarts, retention
@@ -58,6 +60,8 @@ func New() *Metrics {
 		Registry: prometheus.NewRegistry(),
 		ChangesRead: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "pgtrail_changes_read_total", Help: "Row changes read from the source."}),
+		ChangesIgnored: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "pgtrail_changes_ignored_total", Help: "Updates not stored because only columns of rules.ignore_columns changed."}),
 		ChangesWritten: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "pgtrail_changes_written_total", Help: "Row changes durably written, by sink."}, []string{"sink"}),
 		BatchSeconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{
@@ -82,7 +86,7 @@ func New() *Metrics {
 	m.Registry.MustRegister(m.ChangesRead, m.ChangesWritten, m.BatchSeconds, m.WriteErrors,
 		m.BadContext, m.DeadLetters, m.SlotLagBytes, m.ConfirmedLSN,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	m.Registry.MustRegister(m.ValuesRewritten, m.UnstorableChanges)
+	m.Registry.MustRegister(m.ValuesRewritten, m.UnstorableChanges, m.ChangesIgnored)
 	m.WAL = newWAL(m.Registry)
 	m.Ops = newOps(m.Registry)
 	return m

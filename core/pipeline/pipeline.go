@@ -15,6 +15,7 @@ import (
 	"github.com/pgtrail/pgtrail/core/change"
 	"github.com/pgtrail/pgtrail/core/checkpoint"
 	"github.com/pgtrail/pgtrail/core/metrics"
+	"github.com/pgtrail/pgtrail/core/rules"
 	"github.com/pgtrail/pgtrail/core/stitch"
 	"github.com/pgtrail/pgtrail/core/values"
 )
@@ -105,6 +106,13 @@ type Options struct {
 	// MaxContextBytes caps a context message; a larger one is a bad
 	// context. 0: 64 KiB.
 	MaxContextBytes int
+	// Rules ignore and redact values right after stitching, before any
+	// sink (and, with PassMessages, the context messages passed on). nil:
+	// none, at no cost.
+	Rules *rules.Set
+	// DDL, when set, says whether a DDL row of schema.table is stored
+	// (the source's table patterns); nil stores every one.
+	DDL func(schema, table string) bool
 }
 
 // OpMessage is the Operation of a batch item that is a logical decoding
@@ -319,8 +327,18 @@ func (p *Pipeline) assemble(events <-chan []Event, queues []chan batch, wm *chec
 					p.stitch.Begin(ev.XID)
 					held = ev.Held
 				case Message:
+					if ev.Prefix == PrefixDDL && !p.opts.PassMessages {
+						if c := ddlChange(ev); c != nil && (p.opts.DDL == nil || p.opts.DDL(c.Schema, c.Table)) {
+							c.Context = p.stitch.Next(ev.XID)
+							p.opts.Rules.Apply(c) // its context
+							p.metrics.ChangesRead.Inc()
+							add(c)
+						}
+						continue
+					}
 					p.stitch.Message(ev.XID, ev.Prefix, ev.Content)
 					if p.opts.PassMessages {
+						ev.Content = p.opts.Rules.Message(ev.Prefix, ev.Content)
 						add(MessageItem(ev))
 					}
 				case Row:
@@ -329,6 +347,12 @@ func (p *Pipeline) assemble(events <-chan []Event, queues []chan batch, wm *chec
 						continue
 					}
 					ev.Change.Context = ctxJSON
+					if !p.opts.Rules.Apply(ev.Change) {
+						// Not stored; its transaction's Commit still
+						// advances the position.
+						p.metrics.ChangesIgnored.Inc()
+						continue
+					}
 					if !p.opts.Verbatim {
 						p.storable(ev.Change)
 					}

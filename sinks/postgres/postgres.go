@@ -247,7 +247,7 @@ func (s *Sink) Setup(ctx context.Context) error {
 			database varchar(255) NOT NULL,
 			schema varchar(255) NOT NULL,
 			"table" varchar(255) NOT NULL,
-			operation text NOT NULL CHECK (operation IN ('CREATE', 'UPDATE', 'DELETE', 'TRUNCATE')),
+			operation text NOT NULL CONSTRAINT ` + pgx.Identifier{t + "_operation_check"}.Sanitize() + ` CHECK (operation IN (` + operations + `)),
 			committed_at timestamptz NOT NULL,
 			queued_at timestamptz NOT NULL,
 			created_at timestamptz NOT NULL DEFAULT now(),
@@ -263,6 +263,7 @@ func (s *Sink) Setup(ctx context.Context) error {
 	}
 	// Once the table is known to be pgtrail's own:
 	more := []string{
+		allowOperations(s.target, t),
 		`COMMENT ON TABLE ` + s.target + ` IS 'pgtrail audit table: every row change, with its context'`,
 		`CREATE INDEX IF NOT EXISTS ` + idx("context_idx") + ` ON ` + s.target + ` USING gin (context jsonb_path_ops)`,
 		`CREATE INDEX IF NOT EXISTS ` + idx("before_idx") + ` ON ` + s.target + ` USING gin (before jsonb_path_ops)`,

@@ -308,7 +308,8 @@ type trail struct {
 	url, slot        string
 	sinkName, plugin string
 	sinkConfig       map[string]string
-	inProcess        bool // sinks[].in_process: the sink inside the pgtrail process
+	inProcess        bool   // sinks[].in_process: the sink inside the pgtrail process
+	extra            string // appended to the config (e.g. a rules: section)
 }
 
 // write writes the config file and returns its path and metrics port.
@@ -341,7 +342,7 @@ http:
   listen: "127.0.0.1:%d"
 log:
   level: info
-`, t.url, t.slot, t.sinkName, t.plugin, sc.String(), port)
+`, t.url, t.slot, t.sinkName, t.plugin, sc.String(), port) + t.extra
 	path = filepath.Join(dir, t.slot+".yaml")
 	return path, port, os.WriteFile(path, []byte(cfg), 0o600)
 }

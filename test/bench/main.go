@@ -93,7 +93,7 @@ func main() {
 	fullRun := flag.Bool("full", false, "the full version: a larger backlog, longer runs, 3 interleaved pgbench rounds")
 	bin := flag.String("bin", "", "the pgtrail binary (default: build ./cmd/pgtrail)")
 	out := flag.String("out", "bench-results.jsonl", "results file, one JSON line per scenario (replaced)")
-	only := flag.String("only", "", "run only the groups, or the backlog and app groups' scenarios, whose name matches this regexp: backlog, latency, big-txn, app, activity, audit-triggers; limit, capture, capture-plugin, e2e, e2e-in-process, audit-ceiling (needs e2e), broker-jetstream, broker-kafka; app-pgtrail-context etc. (the limit and app-no-audit always run with their group)")
+	only := flag.String("only", "", "run only the groups, or the backlog and app groups' scenarios, whose name matches this regexp: backlog, latency, big-txn, app, activity, audit-triggers; limit, capture, capture-rules, capture-plugin, e2e, e2e-in-process, audit-ceiling (needs e2e), broker-jetstream, broker-kafka; app-pgtrail-context etc. (the limit and app-no-audit always run with their group)")
 	profile := flag.String("profile", "", "save CPU, allocation and heap profiles of pgtrail in this directory")
 	flag.Parse()
 

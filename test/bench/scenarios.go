@@ -31,12 +31,15 @@ type result struct {
 	// RatioToInProcess is, for a sink behind the plugin boundary, the
 	// throughput over that of the same sink in-process (issue: >= 0.9).
 	RatioToInProcess *float64 `json:"ratio_to_in_process,omitempty"`
-	P50ms            *float64 `json:"p50_ms"`
-	P99ms            *float64 `json:"p99_ms"`
-	MaxMs            *float64 `json:"max_ms,omitempty"`
-	PeakRSSMB        *float64 `json:"peak_rss_mb"`
-	TPS              *float64 `json:"tps,omitempty"`
-	TPSRatio         *float64 `json:"tps_ratio_to_no_audit,omitempty"`
+	// RatioToCapture is, for capture-rules, its throughput over capture's
+	// (issue #16: >= 0.9).
+	RatioToCapture *float64 `json:"ratio_to_capture,omitempty"`
+	P50ms          *float64 `json:"p50_ms"`
+	P99ms          *float64 `json:"p99_ms"`
+	MaxMs          *float64 `json:"max_ms,omitempty"`
+	PeakRSSMB      *float64 `json:"peak_rss_mb"`
+	TPS            *float64 `json:"tps,omitempty"`
+	TPSRatio       *float64 `json:"tps_ratio_to_no_audit,omitempty"`
 	// At appRate, the same transactions at a steady rate below saturation:
 	// their latency, and the CPU they cost the database server (backends,
 	// walsender, audit writes) and pgtrail's processes, per transaction.
@@ -94,6 +97,11 @@ var readers = []reader{
 	// the pgtrail process where sinks can run elsewhere.
 	{name: "capture", run: func(b *bench, ctx context.Context, bl *backlog, slot string) result {
 		return b.drain(ctx, "capture", bl, trail{slot: slot, sinkName: "null", plugin: "null", inProcess: b.plugins == ""})
+	}},
+	// capture-rules is capture with governance rules that touch every
+	// change (core/rules): its ratio_to_capture is what they cost.
+	{name: "capture-rules", run: func(b *bench, ctx context.Context, bl *backlog, slot string) result {
+		return b.drain(ctx, "capture-rules", bl, trail{slot: slot, sinkName: "null", plugin: "null", inProcess: b.plugins == "", extra: benchRules})
 	}},
 	// capture-plugin is the same with the null sink behind the plugin
 	// boundary: capture over it is what the boundary costs per change.
@@ -244,6 +252,10 @@ func (b *bench) backlog(ctx context.Context) error {
 		if in, ok := best[inProcessTwin[name]]; ok && res.Status == "ok" && in.Status == "ok" {
 			res.RatioToInProcess = num(*res.ChangesPerS / *in.ChangesPerS)
 		}
+		// What governance rules cost: capture with them over without.
+		if c, ok := best["capture"]; ok && name == "capture-rules" && res.Status == "ok" && c.Status == "ok" {
+			res.RatioToCapture = num(*res.ChangesPerS / *c.ChangesPerS)
+		}
 		// What pgtrail itself costs end to end: e2e over the server's own
 		// cost of the trail.
 		if c, ok := best["audit-ceiling"]; ok && strings.HasPrefix(name, "e2e") && res.Status == "ok" && c.Status == "ok" {
@@ -253,6 +265,17 @@ func (b *bench) backlog(ctx context.Context) error {
 	}
 	return nil
 }
+
+// benchRules redact and ignore columns of every change of the workload.
+const benchRules = `rules:
+  ignore_columns: ["public.orders.shipped_at"]
+  redact:
+    - {columns: ["public.orders.note"], with: hmac}
+    - {columns: ["public.orders.customer_id"], with: mask}
+    - {columns: ["public.orders.attributes"], with: drop}
+    - {context: ["user*"], with: mask}
+  hmac_key: bench
+`
 
 // inProcessTwin names, for a scenario with its sink behind the plugin
 // boundary, the same scenario with the sink in-process.

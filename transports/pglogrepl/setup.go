@@ -117,6 +117,11 @@ func setup(ctx context.Context, cfg config.Postgres, log *slog.Logger, explicit 
 	if err := setupHelpers(ctx, conn, log); err != nil {
 		return err
 	}
+	if cfg.DDL {
+		if err := setupDDL(ctx, conn, log); err != nil {
+			return err
+		}
+	}
 	if err := replicaIdentity(ctx, conn, cfg, log); err != nil {
 		return err
 	}
