@@ -21,6 +21,9 @@ const (
 	Update   Operation = "UPDATE"
 	Delete   Operation = "DELETE"
 	Truncate Operation = "TRUNCATE"
+	// DDL is a schema change (source.postgres.ddl): After holds the command
+	// tag, the objects and the statement.
+	DDL Operation = "DDL"
 )
 
 // Change is one committed row change, stitched with its application context.

@@ -7,12 +7,8 @@ import (
 )
 
 // PrefixDDL is the prefix of the messages the DDL event triggers emit
-// (source.postgres.ddl); each is stored as a row of operation OpDDL.
+// (source.postgres.ddl); each is stored as a row of operation change.DDL.
 const PrefixDDL = "pgtrail_ddl"
-
-// OpDDL is the operation of a DDL row: After holds the command tag, the
-// objects and the statement.
-const OpDDL change.Operation = "DDL"
 
 // ddlChange turns a DDL message into a change, placed where the message is
 // in the stream. It needs the source's position of the message (native
@@ -33,7 +29,7 @@ func ddlChange(ev Event) *change.Change {
 		return nil
 	}
 	c := *ev.Change
-	c.Operation, c.TransactionID = OpDDL, ev.XID
+	c.Operation, c.TransactionID = change.DDL, ev.XID
 	if m.Schema != nil {
 		c.Schema = *m.Schema
 	}

@@ -57,8 +57,8 @@ func parseListing(q url.Values, allowed []string, limit int) (listing, error) {
 	if v := q.Get("operation"); v != "" {
 		for _, op := range strings.Split(v, ",") {
 			o := change.Operation(strings.ToUpper(strings.TrimSpace(op)))
-			if !slices.Contains([]change.Operation{change.Create, change.Update, change.Delete, change.Truncate}, o) {
-				return l, bad("operation: %q is not one of CREATE, UPDATE, DELETE, TRUNCATE (several: operation=UPDATE,DELETE)", op)
+			if !slices.Contains([]change.Operation{change.Create, change.Update, change.Delete, change.Truncate, change.DDL}, o) {
+				return l, bad("operation: %q is not one of CREATE, UPDATE, DELETE, TRUNCATE, DDL (several: operation=UPDATE,DELETE)", op)
 			}
 			f.Operations = append(f.Operations, o)
 		}

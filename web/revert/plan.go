@@ -174,6 +174,8 @@ func (s *Source) inverse(c trail.Change, t *table) (inverse, error) {
 		return inverse{}, fmt.Errorf("the change is in database %q, but the revert database is %q (set ui.revert.url to it)", c.Database, s.database)
 	case c.Operation == change.Truncate:
 		return inverse{}, errors.New("a TRUNCATE removed every row of the table, and the trail does not hold them")
+	case c.Operation == change.DDL:
+		return inverse{}, errors.New("a schema change (DDL) is not undone from the trail: write its inverse migration")
 	case t == nil:
 		return inverse{}, fmt.Errorf("table %s.%s is not in the source database", c.Schema, c.Table)
 	case len(t.key) == 0:
