@@ -43,6 +43,10 @@ type Metrics struct {
 	// stored with their images replaced by markers, by sink.
 	UnstorableChanges *prometheus.CounterVec
 
+	// Active is 1 on the instance that holds the slot's lease and captures,
+	// 0 on a standby.
+	Active prometheus.Gauge
+
 	mu     sync.Mutex
 	health map[string]error
 	pprof  bool
@@ -80,6 +84,10 @@ func New() *Metrics {
 		m.BadContext, m.DeadLetters, m.SlotLagBytes, m.ConfirmedLSN,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m.Registry.MustRegister(m.ValuesRewritten, m.UnstorableChanges)
+
+	m.Active = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "pgtrail_active", Help: "1 on the instance that holds the slot's lease and captures, 0 on a standby."})
+	m.Registry.MustRegister(m.Active)
 	return m
 }
 
