@@ -12,6 +12,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/pgtrail/pgtrail/core/config"
+	"github.com/pgtrail/pgtrail/core/lease"
 	"github.com/pgtrail/pgtrail/core/metrics"
 	"github.com/pgtrail/pgtrail/core/pipeline"
 	"github.com/pgtrail/pgtrail/core/redact"
@@ -93,10 +94,46 @@ func (a *app) run(ctx context.Context) error {
 	if err := a.setup(ctx, pglogrepl.Prepare); err != nil {
 		return err
 	}
-	if a.cfg.Retention.Enabled() {
-		go a.retainEvery(ctx)
+	if a.cfg.Source.Type != "postgres" {
+		// Broker ingress has no lease: see README, High availability.
+		if a.cfg.Retention.Enabled() {
+			go a.retainEvery(ctx)
+		}
+		return a.supervise(ctx, "pipeline", a.runOnce)
 	}
-	return a.supervise(ctx, "pipeline", a.runOnce)
+	if err := pglogrepl.PrepareLeases(ctx, a.cfg.Source.Postgres); err != nil {
+		return err
+	}
+	l := pglogrepl.NewLease(a.cfg.Source.Postgres, a.log)
+	defer l.Close(ctx)
+	return a.supervise(ctx, "pipeline", a.leased(l, a.runOnce))
+}
+
+// leased runs once only while this instance holds the slot's lease,
+// standing by until it does, with the pipeline fenced by the lease (see
+// core/lease and transports/pglogrepl/lease.go for why that loses and
+// doubles nothing). Retention runs on the active instance only; so does
+// partition upkeep, which the postgres sink does while open, and sinks are
+// opened only once the lease is held.
+func (a *app) leased(l *pglogrepl.Lease, once func(context.Context, *metrics.Metrics, *bool) error) func(context.Context, *metrics.Metrics, *bool) error {
+	return func(ctx context.Context, m *metrics.Metrics, started *bool) error {
+		m.Active.Set(0)
+		h, err := l.Hold(ctx, nil)
+		if err != nil {
+			return err
+		}
+		defer h.Release(ctx)
+		m.Active.Set(1)
+		defer m.Active.Set(0)
+		if a.cfg.Retention.Enabled() {
+			done := make(chan struct{})
+			go func() { defer close(done); a.retainEvery(h.Context()) }()
+			defer func() { <-done }()
+		}
+		a.held = h
+		defer func() { a.held = nil }()
+		return once(ctx, m, started)
+	}
 }
 
 // supervise serves /metrics and /healthz and runs once until ctx ends. A
@@ -152,10 +189,16 @@ func (a *app) runOnce(ctx context.Context, m *metrics.Metrics, started *bool) er
 			return err
 		}
 		ps[i] = s
+		if a.held != nil {
+			ps[i] = lease.Sink(s, a.held)
+		}
 	}
 	src, err := a.openSource(ctx, m)
 	if err != nil {
 		return err
+	}
+	if a.held != nil {
+		src = lease.Source(src, a.held)
 	}
 	*started = true
 	m.SetHealth("pipeline", nil)
@@ -210,6 +253,25 @@ func (a *app) slotStatus(ctx context.Context, w io.Writer) error {
 	fmt.Fprintf(w, "confirmed position\t%s\n", st.ConfirmedLSN)
 	fmt.Fprintf(w, "lag\t%d bytes\n", st.LagBytes)
 	fmt.Fprintf(w, "wal status\t%s\n", st.WALStatus)
+	ls, err := pglogrepl.Leases(ctx, a.cfg.Source.Postgres)
+	if err != nil {
+		return err
+	}
+	switch {
+	case ls.Holder == "":
+		fmt.Fprintf(w, "lease\tnever held (no `pgtrail run` has captured yet)\n")
+	case ls.Expired:
+		fmt.Fprintf(w, "lease\texpired (last held by %s): a standby takes over\n", ls.Holder)
+	default:
+		fmt.Fprintf(w, "lease\theld by %s since %s\n", ls.Holder, ls.Since.UTC().Format(time.RFC3339))
+	}
+	for _, i := range ls.Instances {
+		role := "standby"
+		if i == ls.Holder && !ls.Expired {
+			role = "active"
+		}
+		fmt.Fprintf(w, "instance %s\t%s\n", i, role)
+	}
 	return nil
 }
 

@@ -15,6 +15,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/pgtrail/pgtrail/core/config"
+	"github.com/pgtrail/pgtrail/core/lease"
 	"github.com/pgtrail/pgtrail/core/redact"
 	"github.com/pgtrail/pgtrail/plugins/host"
 	"github.com/pgtrail/pgtrail/plugins/sdk"
@@ -78,6 +79,9 @@ type app struct {
 	cfg        *config.Config
 	log        *slog.Logger
 	pprof      bool // run --pprof: serve net/http/pprof on http.listen
+	// held is the slot's lease while this instance is the active one; the
+	// pipeline it runs is fenced by it (nil: no lease, broker ingress).
+	held lease.Held
 }
 
 func root() *cobra.Command {

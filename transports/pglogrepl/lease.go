@@ -177,12 +177,16 @@ func (l *Lease) Hold(ctx context.Context, standby func()) (*Hold, error) {
 			l.log.Warn("cannot reach the lease of the slot; trying again", "slot", l.cfg.Slot, "err", err)
 		case ok:
 			h := newHold(ctx, l, sent)
-			if err := l.takeOver(ctx); err != nil {
-				h.Release(ctx)
-				return nil, err
+			err := l.takeOver(ctx)
+			if err == nil {
+				l.log.Info("active: holding the lease of the slot", "slot", l.cfg.Slot, "instance", l.holder)
+				return h, nil
 			}
-			l.log.Info("active: holding the lease of the slot", "slot", l.cfg.Slot, "instance", l.holder)
-			return h, nil
+			h.Release(ctx)
+			if ctx.Err() != nil {
+				return nil, ctx.Err()
+			}
+			l.log.Warn("could not take the slot over; trying again", "slot", l.cfg.Slot, "err", err)
 		case !waited:
 			waited = true
 			l.log.Info("standing by: another instance holds the lease of the slot", "slot", l.cfg.Slot, "instance", l.holder)
@@ -331,6 +335,9 @@ func (h *Hold) lose(why error) {
 // once the pipeline has stopped.
 func (h *Hold) Release(ctx context.Context) {
 	valid := h.Valid()
+	if !valid {
+		h.lose(errors.New("could not renew the lease in time"))
+	}
 	h.cancel(errors.New("released"))
 	<-h.done
 	if valid {
