@@ -124,6 +124,8 @@ func (a *app) leased(l *pglogrepl.Lease, once func(context.Context, *metrics.Met
 		}
 		defer h.Release(ctx)
 		m.Active.Set(1)
+		// 0 the moment the lease is lost, not once the pipeline has stopped.
+		defer context.AfterFunc(h.Context(), func() { m.Active.Set(0) })()
 		defer m.Active.Set(0)
 		if a.cfg.Retention.Enabled() {
 			done := make(chan struct{})
