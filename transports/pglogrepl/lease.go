@@ -204,15 +204,20 @@ func (l *Lease) Hold(ctx context.Context, standby func()) (*Hold, error) {
 
 // takeOver ends the walsender still attached to the slot (the previous
 // holder's, stopped or cut off, whose lease has expired) and waits until the
-// slot is free.
+// slot is free. It has its own connection: the lease's is the renewal's now.
 func (l *Lease) takeOver(ctx context.Context) error {
-	deadline := time.Now().Add(LeaseTTL)
+	ctx, cancel := context.WithTimeout(ctx, LeaseTTL)
+	defer cancel()
+	conn, err := connect(ctx, l.cfg.URL)
+	if err != nil {
+		return fmt.Errorf("take over slot %q: %w", l.cfg.Slot, err)
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
 	for {
 		var pid *int32
-		rows, cancel, err := l.query(ctx, "SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1", l.cfg.Slot)
-		if err == nil {
-			_, err = pgx.ForEachRow(rows, []any{&pid}, func() error { return nil })
-			cancel()
+		err := conn.QueryRow(ctx, "SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1", l.cfg.Slot).Scan(&pid)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return nil // Open says what to do
 		}
 		if err != nil {
 			return fmt.Errorf("take over slot %q: %w", l.cfg.Slot, err)
@@ -220,16 +225,13 @@ func (l *Lease) takeOver(ctx context.Context) error {
 		if pid == nil {
 			return nil
 		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("take over slot %q: its walsender (pid %d) did not end", l.cfg.Slot, *pid)
-		}
 		l.log.Warn("ending the previous holder's walsender, still attached to the slot", "slot", l.cfg.Slot, "pid", *pid)
-		if _, err := l.exec(ctx, "SELECT pg_terminate_backend($1)", *pid); err != nil {
+		if _, err := conn.Exec(ctx, "SELECT pg_terminate_backend($1)", *pid); err != nil {
 			return fmt.Errorf("take over slot %q: end walsender %d: %w (the role needs pg_signal_backend or to own it)", l.cfg.Slot, *pid, err)
 		}
 		select {
 		case <-ctx.Done():
-			return ctx.Err()
+			return fmt.Errorf("take over slot %q: its walsender (pid %d) did not end: %w", l.cfg.Slot, *pid, ctx.Err())
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
