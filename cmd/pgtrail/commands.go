@@ -112,9 +112,9 @@ func (a *app) run(ctx context.Context) error {
 // leased runs once only while this instance holds the slot's lease,
 // standing by until it does, with the pipeline fenced by the lease (see
 // core/lease and transports/pglogrepl/lease.go for why that loses and
-// doubles nothing). Retention runs on the active instance only; so does
-// partition upkeep, which the postgres sink does while open, and sinks are
-// opened only once the lease is held.
+// doubles nothing). Sinks are opened only once the lease is held, so
+// partition upkeep, which the postgres sink does while open, runs on the
+// active instance only, and so does retention.
 func (a *app) leased(l *pglogrepl.Lease, once func(context.Context, *metrics.Metrics, *bool) error) func(context.Context, *metrics.Metrics, *bool) error {
 	return func(ctx context.Context, m *metrics.Metrics, started *bool) error {
 		m.Active.Set(0)

@@ -132,14 +132,10 @@ func TestStandbysTakeOverWithinSecondsAndTheTrailStaysExact(t *testing.T) {
 			fencedAndStandingBy(t, old, before)
 		}
 	}
-	time.Sleep(time.Second)
-	stop()
+	truth := stopAndCompare(t, conn, stop)
 	if t.Failed() {
 		return
 	}
-	truth := count(t, conn, `SELECT count(*) FROM bookkeeping.truth`)
-	waitForChanges(t, conn, truth, 60*time.Second)
-	sameAsTruth(t, conn)
 	t.Logf("takeovers: %v; the audit table equals the writers' record (%d changes)", took, truth)
 
 	out, err := pgtrail(t, insts[0].cfg, "status")
@@ -149,6 +145,22 @@ func TestStandbysTakeOverWithinSecondsAndTheTrailStaysExact(t *testing.T) {
 	if a, s := countRoles(out); a != 1 || s != 2 {
 		t.Errorf("status shows %d active and %d standby instances, want 1 and 2:\n%s", a, s, out)
 	}
+}
+
+// stopAndCompare stops itemsLoad a second later, waits for the trail to
+// hold every change written and fails t unless it equals the writers'
+// record; it returns how many changes that is.
+func stopAndCompare(t *testing.T, conn *pgx.Conn, stop func()) int {
+	t.Helper()
+	time.Sleep(time.Second)
+	stop()
+	if t.Failed() {
+		return 0
+	}
+	truth := count(t, conn, `SELECT count(*) FROM bookkeeping.truth`)
+	waitForChanges(t, conn, truth, 60*time.Second)
+	sameAsTruth(t, conn)
+	return truth
 }
 
 func countRoles(out string) (active, standby int) {

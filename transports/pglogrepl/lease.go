@@ -356,7 +356,7 @@ type LeaseStatus struct {
 	Holder    string    // "" when no instance ever held it
 	Since     time.Time // when the holder took it
 	Expired   bool      // the holder stopped renewing
-	Instances []string  // every instance with a lease connection open
+	Instances []string  // every instance with a lease connection open to the database
 }
 
 // Leases reads the lease of cfg's slot and lists the running instances.
@@ -378,7 +378,7 @@ func Leases(ctx context.Context, cfg config.Postgres) (LeaseStatus, error) {
 			return st, fmt.Errorf("read the lease of slot %q: %w", cfg.Slot, err)
 		}
 	}
-	rows, err := conn.Query(ctx, "SELECT application_name FROM pg_stat_activity WHERE application_name LIKE $1 ORDER BY backend_start",
+	rows, err := conn.Query(ctx, "SELECT application_name FROM pg_stat_activity WHERE datname = current_database() AND application_name LIKE $1 ORDER BY backend_start",
 		leaseApp+"%")
 	if err != nil {
 		return st, fmt.Errorf("list pgtrail instances: %w", err)
