@@ -2,16 +2,20 @@ package pglogrepl
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
 	"os"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
+	"golang.org/x/sys/unix"
 
 	"github.com/pgtrail/pgtrail/core/config"
 )
@@ -60,15 +64,48 @@ type Lease struct {
 	conn   *pgx.Conn // used by one goroutine at a time
 }
 
-// NewLease names this instance (host, process, and a random part, since
-// process ids repeat across hosts and containers).
+// NewLease names this instance: host, machine (see machine), process, and a
+// random part.
 func NewLease(cfg config.Postgres, log *slog.Logger) *Lease {
 	host, _ := os.Hostname()
-	id := fmt.Sprintf("%s/%d/%s", host, os.Getpid(), uuid.NewString()[:8])
+	id := fmt.Sprintf("%s/%s/%d/%s", host, machine(), os.Getpid(), uuid.NewString()[:8])
 	if n := 63 - len(leaseApp); len(id) > n { // application_name holds 63 bytes
 		id = id[len(id)-n:]
 	}
 	return &Lease{cfg: cfg, log: log, holder: id}
+}
+
+// machine names this boot of this machine and this process id namespace,
+// where a process id means one process: "-" when it cannot be told.
+func machine() string {
+	boot, err1 := os.ReadFile("/proc/sys/kernel/random/boot_id")
+	ns, err2 := os.Readlink("/proc/self/ns/pid")
+	if err1 != nil || err2 != nil {
+		return "-"
+	}
+	sum := sha256.Sum256([]byte(strings.TrimSpace(string(boot)) + ns))
+	return hex.EncodeToString(sum[:4])
+}
+
+// gone tells that holder was a process of this machine (same boot, same
+// process id namespace) that no longer exists: a crashed or killed instance
+// restarted where it ran. Such a holder writes and confirms nothing any more,
+// so its lease need not run out. Any doubt (another machine, a process id
+// taken again) means waiting for the expiry.
+func gone(holder string) bool {
+	parts := strings.Split(holder, "/")
+	if len(parts) < 3 {
+		return false
+	}
+	m, pid := parts[len(parts)-3], parts[len(parts)-2]
+	if m == "-" || m != machine() {
+		return false
+	}
+	n, err := strconv.Atoi(pid)
+	if err != nil || n <= 0 || n == os.Getpid() {
+		return false
+	}
+	return errors.Is(unix.Kill(n, 0), unix.ESRCH)
 }
 
 // Holder is this instance's name in pgtrail.leases.
@@ -163,13 +200,23 @@ func interval(d time.Duration) string { return fmt.Sprintf("%d milliseconds", d.
 // holder and renews the lease in the background until Release.
 func (l *Lease) Hold(ctx context.Context, standby func()) (*Hold, error) {
 	waited := false
+	dead := "" // a holder known to be gone (see gone)
 	for {
 		sent := time.Now()
 		ok, err := l.exec(ctx, `INSERT INTO `+leasesTable+` AS l (slot, holder, epoch, since, expires_at)
 			VALUES ($1, $2, 1, clock_timestamp(), clock_timestamp() + $3::interval)
 			ON CONFLICT (slot) DO UPDATE SET holder = excluded.holder, epoch = l.epoch + 1,
 				since = excluded.since, expires_at = excluded.expires_at
-			WHERE l.expires_at < clock_timestamp() RETURNING epoch`, l.cfg.Slot, l.holder, interval(LeaseTTL))
+			WHERE l.expires_at < clock_timestamp() OR l.holder = $4 RETURNING epoch`, l.cfg.Slot, l.holder, interval(LeaseTTL), dead)
+		if err == nil && !ok && dead == "" {
+			if holder, herr := l.holderNow(ctx); herr == nil && gone(holder) {
+				l.log.Info("the holder of the slot's lease ran on this machine and is gone: taking over without waiting for its lease to run out",
+					"slot", l.cfg.Slot, "holder", holder)
+				dead = holder
+				continue
+			}
+		}
+		dead = ""
 		switch {
 		case ctx.Err() != nil:
 			return nil, ctx.Err()
@@ -200,6 +247,20 @@ func (l *Lease) Hold(ctx context.Context, standby func()) (*Hold, error) {
 		case <-time.After(leasePoll):
 		}
 	}
+}
+
+// holderNow reads who holds the lease.
+func (l *Lease) holderNow(ctx context.Context) (string, error) {
+	rows, cancel, err := l.query(ctx, "SELECT holder FROM "+leasesTable+" WHERE slot = $1", l.cfg.Slot)
+	if err != nil {
+		return "", err
+	}
+	defer cancel()
+	holder, err := pgx.CollectExactlyOneRow(rows, pgx.RowTo[string])
+	if err != nil {
+		_ = l.conn.Close(context.WithoutCancel(ctx))
+	}
+	return holder, err
 }
 
 // takeOver ends the walsender still attached to the slot (the previous

@@ -2,10 +2,37 @@ package pglogrepl
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
+	"os"
+	"os/exec"
 	"testing"
 	"time"
 )
+
+// TestGoneOnlyForAProcessOfThisMachineThatExitedOrNothing: a holder is
+// taken for gone only when it names this machine and a process that no
+// longer exists.
+func TestGoneOnlyForAProcessOfThisMachineThatExitedOrNothing(t *testing.T) {
+	cmd := exec.Command("true")
+	if err := cmd.Run(); err != nil {
+		t.Fatal(err)
+	}
+	exited := cmd.Process.Pid
+	for holder, want := range map[string]bool{
+		fmt.Sprintf("host/%s/%d/abcd1234", machine(), exited):       true,
+		fmt.Sprintf("st/%s/%d/abcd1234", machine(), exited):         true, // host cut short to fit
+		fmt.Sprintf("host/%s/%d/abcd1234", machine(), os.Getpid()):  false,
+		fmt.Sprintf("host/%s/%d/abcd1234", machine(), os.Getppid()): false,
+		fmt.Sprintf("host/%s/%d/abcd1234", "0badcafe", exited):      false,
+		fmt.Sprintf("host/-/%d/abcd1234", exited):                   false,
+		"somewhere-else": false,
+	} {
+		if got := gone(holder); got != want {
+			t.Errorf("gone(%q) = %v, want %v", holder, got, want)
+		}
+	}
+}
 
 // TestLeaseHolderFencesItselfBeforeAStandbyTakesOver: while the holder
 // renews, a standby waits longer than the lease time without taking it;
