@@ -62,6 +62,8 @@ type Lease struct {
 	log    *slog.Logger
 	holder string
 	conn   *pgx.Conn // used by one goroutine at a time
+	// released is closed once the last Release is done with conn.
+	released chan struct{}
 }
 
 // NewLease names this instance: host, machine (see machine), process, and a
@@ -154,6 +156,7 @@ func (l *Lease) dial(ctx context.Context) error {
 
 // Close closes the lease connection.
 func (l *Lease) Close(ctx context.Context) {
+	l.waitReleased()
 	if l.conn != nil {
 		_ = l.conn.Close(context.WithoutCancel(ctx))
 	}
@@ -199,6 +202,7 @@ func interval(d time.Duration) string { return fmt.Sprintf("%d milliseconds", d.
 // called once if it has to wait), then takes the slot over from a previous
 // holder and renews the lease in the background until Release.
 func (l *Lease) Hold(ctx context.Context, standby func()) (*Hold, error) {
+	l.waitReleased()
 	waited := false
 	dead := "" // a holder known to be gone (see gone)
 	for {
@@ -395,20 +399,35 @@ func (h *Hold) lose(why error) {
 
 // Release stops renewing and, when the lease is still this instance's,
 // ends it at once so that a standby need not wait for it to expire. Call it
-// once the pipeline has stopped.
+// once the pipeline has stopped; the Lease's next Hold or Close waits for it.
 func (h *Hold) Release(ctx context.Context) {
 	valid := h.Valid()
 	if !valid {
 		h.lose(errors.New("could not renew the lease in time"))
 	}
 	h.cancel(errors.New("released"))
-	<-h.done
-	if valid {
+	// In the background: a renewal or the release may wait out a cut, and
+	// the pipeline's error is reported, and its restart begins, meanwhile.
+	done := make(chan struct{})
+	h.l.released = done
+	go func() {
+		defer close(done)
+		<-h.done
+		if !valid {
+			return
+		}
 		_, err := h.l.exec(context.WithoutCancel(ctx), `UPDATE `+leasesTable+` SET expires_at = clock_timestamp()
 			WHERE slot = $1 AND holder = $2`, h.l.cfg.Slot, h.l.holder)
 		if err != nil {
 			h.l.log.Warn("could not release the lease; a standby takes over once it expires", "slot", h.l.cfg.Slot, "in", LeaseTTL, "err", err)
 		}
+	}()
+}
+
+// waitReleased waits until the last Release is done with the connection.
+func (l *Lease) waitReleased() {
+	if l.released != nil {
+		<-l.released
 	}
 }
 
