@@ -95,11 +95,15 @@ func (a *app) run(ctx context.Context) error {
 		return err
 	}
 	if a.cfg.Source.Type != "postgres" {
-		// Broker ingress has no lease: see README, High availability.
+		// Broker ingress has no lease (see README, High availability):
+		// every instance is active.
 		if a.cfg.Retention.Enabled() {
 			go a.retainEvery(ctx)
 		}
-		return a.supervise(ctx, "pipeline", a.runOnce)
+		return a.supervise(ctx, "pipeline", func(ctx context.Context, m *metrics.Metrics, started *bool) error {
+			m.Active.Set(1)
+			return a.runOnce(ctx, m, started)
+		})
 	}
 	if err := pglogrepl.PrepareLeases(ctx, a.cfg.Source.Postgres); err != nil {
 		return err
