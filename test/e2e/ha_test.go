@@ -61,7 +61,8 @@ func walsender(t *testing.T, conn *pgx.Conn) int {
 // captures within 15 s, a stopped or cut-off one is fenced (its
 // pgtrail_active reads 0 before anyone takes over when it can still be
 // asked, and once resumed it confirms nothing more and stands by), and in
-// the end the audit table equals the writers' record, row by row.
+// the end the audit table equals the writers' record, row by row. Last,
+// SIGTERM hands over within seconds: the lease is released.
 func TestStandbysTakeOverWithinSecondsAndTheTrailStaysExact(t *testing.T) {
 	url := cluster.NewDatabase(t)
 	conn := connect(t, url)
@@ -145,6 +146,20 @@ func TestStandbysTakeOverWithinSecondsAndTheTrailStaysExact(t *testing.T) {
 	if a, s := countRoles(out); a != 1 || s != 2 {
 		t.Errorf("status shows %d active and %d standby instances, want 1 and 2:\n%s", a, s, out)
 	}
+
+	// SIGTERM drains, confirms and releases the lease: no waiting for it
+	// to run out.
+	old := whoIsActive(nil)
+	oldPID := walsender(t, conn)
+	began := time.Now()
+	if err := old.p.stop(); err != nil {
+		t.Fatalf("exit after SIGTERM: %v", err)
+	}
+	waitFor(t, 5*time.Second, "a standby to take over after SIGTERM", func() bool {
+		pid := walsender(t, conn)
+		return whoIsActive(old) != nil && pid != 0 && pid != oldPID
+	})
+	t.Logf("after SIGTERM another instance captures %s after the signal", time.Since(began).Round(time.Millisecond))
 }
 
 // stopAndCompare stops itemsLoad a second later, waits for the trail to
