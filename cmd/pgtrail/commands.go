@@ -110,7 +110,7 @@ func (a *app) run(ctx context.Context) error {
 	}
 	l := pglogrepl.NewLease(a.cfg.Source.Postgres, a.log)
 	defer l.Close(ctx)
-	return a.supervise(ctx, "pipeline", a.leased(l, a.runOnce))
+	return a.supervise(ctx, "pipeline", a.leased(l, true, a.runOnce))
 }
 
 // leased runs once only while this instance holds the slot's lease,
@@ -118,8 +118,8 @@ func (a *app) run(ctx context.Context) error {
 // core/lease and transports/pglogrepl/lease.go for why that loses and
 // doubles nothing). Sinks are opened only once the lease is held, so
 // partition upkeep, which the postgres sink does while open, runs on the
-// active instance only, and so does retention.
-func (a *app) leased(l *pglogrepl.Lease, once func(context.Context, *metrics.Metrics, *bool) error) func(context.Context, *metrics.Metrics, *bool) error {
+// active instance only, and so does retention (with retain: `run`).
+func (a *app) leased(l *pglogrepl.Lease, retain bool, once func(context.Context, *metrics.Metrics, *bool) error) func(context.Context, *metrics.Metrics, *bool) error {
 	return func(ctx context.Context, m *metrics.Metrics, started *bool) error {
 		m.Active.Set(0)
 		h, err := l.Hold(ctx, nil)
@@ -131,7 +131,7 @@ func (a *app) leased(l *pglogrepl.Lease, once func(context.Context, *metrics.Met
 		// 0 the moment the lease is lost, not once the pipeline has stopped.
 		defer context.AfterFunc(h.Context(), func() { m.Active.Set(0) })()
 		defer m.Active.Set(0)
-		if a.cfg.Retention.Enabled() {
+		if retain && a.cfg.Retention.Enabled() {
 			done := make(chan struct{})
 			go func() { defer close(done); a.retainEvery(h.Context()) }()
 			defer func() { <-done }()
