@@ -6,6 +6,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/pgtrail/pgtrail/core/lease"
 	"github.com/pgtrail/pgtrail/core/metrics"
 	"github.com/pgtrail/pgtrail/core/pipeline"
 	"github.com/pgtrail/pgtrail/transports/pglogrepl"
@@ -31,7 +32,12 @@ func (a *app) capture(ctx context.Context) error {
 	if err := pglogrepl.Prepare(ctx, a.cfg.Source.Postgres, a.log); err != nil {
 		return err
 	}
-	return a.supervise(ctx, "capture", a.captureOnce)
+	if err := pglogrepl.PrepareLeases(ctx, a.cfg.Source.Postgres); err != nil {
+		return err
+	}
+	l := pglogrepl.NewLease(a.cfg.Source.Postgres, a.log)
+	defer l.Close(ctx)
+	return a.supervise(ctx, "capture", a.leased(l, false, a.captureOnce))
 }
 
 // captureOnce publishes from the last confirmed position until it fails or
@@ -50,15 +56,20 @@ func (a *app) captureOnce(ctx context.Context, m *metrics.Metrics, started *bool
 	if err != nil {
 		return err
 	}
-	src, err := pglogrepl.Open(ctx, a.cfg.Source.Postgres, audit, a.log, m)
+	var src pipeline.Source
+	src, err = pglogrepl.Open(ctx, a.cfg.Source.Postgres, audit, a.log, m)
 	if err != nil {
 		return err
+	}
+	var sink pipeline.Sink = pub
+	if a.held != nil {
+		src, sink = lease.Source(src, a.held), lease.Sink(pub, a.held)
 	}
 	*started = true
 	m.SetHealth("pipeline", nil)
 	a.log.Info("publishing", "type", a.cfg.Publish.Type, "topic_prefix", a.cfg.Publish.TopicPrefix, "route", a.cfg.Publish.Route)
 	p := a.cfg.Pipeline
-	return pipeline.New(src, []pipeline.Sink{pub}, pipeline.Options{
+	return pipeline.New(src, []pipeline.Sink{sink}, pipeline.Options{
 		BatchSize:     p.BatchSize,
 		FlushInterval: time.Duration(p.FlushInterval),
 		MaxInFlight:   p.MaxInFlight,

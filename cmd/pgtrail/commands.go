@@ -12,6 +12,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/pgtrail/pgtrail/core/config"
+	"github.com/pgtrail/pgtrail/core/lease"
 	"github.com/pgtrail/pgtrail/core/metrics"
 	"github.com/pgtrail/pgtrail/core/pipeline"
 	"github.com/pgtrail/pgtrail/core/redact"
@@ -93,10 +94,52 @@ func (a *app) run(ctx context.Context) error {
 	if err := a.setup(ctx, pglogrepl.Prepare); err != nil {
 		return err
 	}
-	if a.cfg.Retention.Enabled() {
-		go a.retainEvery(ctx, a.metrics())
+	if a.cfg.Source.Type != "postgres" {
+		// Broker ingress has no lease (see README, High availability):
+		// every instance is active.
+		if a.cfg.Retention.Enabled() {
+			go a.retainEvery(ctx, a.metrics())
+		}
+		return a.supervise(ctx, "pipeline", func(ctx context.Context, m *metrics.Metrics, started *bool) error {
+			m.Active.Set(1)
+			return a.runOnce(ctx, m, started)
+		})
 	}
-	return a.supervise(ctx, "pipeline", a.runOnce)
+	if err := pglogrepl.PrepareLeases(ctx, a.cfg.Source.Postgres); err != nil {
+		return err
+	}
+	l := pglogrepl.NewLease(a.cfg.Source.Postgres, a.log)
+	defer l.Close(ctx)
+	return a.supervise(ctx, "pipeline", a.leased(l, true, a.runOnce))
+}
+
+// leased runs once only while this instance holds the slot's lease,
+// standing by until it does, with the pipeline fenced by the lease (see
+// core/lease and transports/pglogrepl/lease.go for why that loses and
+// doubles nothing). Sinks are opened only once the lease is held, so
+// partition upkeep, which the postgres sink does while open, runs on the
+// active instance only, and so does retention (with retain: `run`).
+func (a *app) leased(l *pglogrepl.Lease, retain bool, once func(context.Context, *metrics.Metrics, *bool) error) func(context.Context, *metrics.Metrics, *bool) error {
+	return func(ctx context.Context, m *metrics.Metrics, started *bool) error {
+		m.Active.Set(0)
+		h, err := l.Hold(ctx, nil)
+		if err != nil {
+			return err
+		}
+		defer h.Release(ctx)
+		m.Active.Set(1)
+		// 0 the moment the lease is lost, not once the pipeline has stopped.
+		defer context.AfterFunc(h.Context(), func() { m.Active.Set(0) })()
+		defer m.Active.Set(0)
+		if retain && a.cfg.Retention.Enabled() {
+			done := make(chan struct{})
+			go func() { defer close(done); a.retainEvery(h.Context(), m) }()
+			defer func() { <-done }()
+		}
+		a.held = h
+		defer func() { a.held = nil }()
+		return once(ctx, m, started)
+	}
 }
 
 // supervise serves /metrics and /healthz and runs once until ctx ends. A
@@ -152,6 +195,9 @@ func (a *app) runOnce(ctx context.Context, m *metrics.Metrics, started *bool) er
 			return err
 		}
 		ps[i] = s
+		if a.held != nil {
+			ps[i] = lease.Sink(s, a.held)
+		}
 	}
 	rules, err := a.rules(ctx)
 	if err != nil {
@@ -160,6 +206,9 @@ func (a *app) runOnce(ctx context.Context, m *metrics.Metrics, started *bool) er
 	src, err := a.openSource(ctx, m)
 	if err != nil {
 		return err
+	}
+	if a.held != nil {
+		src = lease.Source(src, a.held)
 	}
 	*started = true
 	m.SetHealth("pipeline", nil)
@@ -224,6 +273,25 @@ func (a *app) slotStatus(ctx context.Context, w io.Writer) error {
 	}
 	for _, warning := range st.Warnings(a.cfg.Source.Postgres.MaxRetainedWAL) {
 		fmt.Fprintf(w, "warning\t%s\n", warning)
+	}
+	ls, err := pglogrepl.Leases(ctx, a.cfg.Source.Postgres)
+	if err != nil {
+		return err
+	}
+	switch {
+	case ls.Holder == "":
+		fmt.Fprintf(w, "lease\tnever held (no `pgtrail run` has captured yet)\n")
+	case ls.Expired:
+		fmt.Fprintf(w, "lease\texpired (last held by %s): a standby takes over\n", ls.Holder)
+	default:
+		fmt.Fprintf(w, "lease\theld by %s since %s\n", ls.Holder, ls.Since.UTC().Format(time.RFC3339))
+	}
+	for _, i := range ls.Instances {
+		role := "standby"
+		if i == ls.Holder && !ls.Expired {
+			role = "active"
+		}
+		fmt.Fprintf(w, "instance %s\t%s\n", i, role)
 	}
 	return st.Lost()
 }

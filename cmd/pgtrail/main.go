@@ -15,6 +15,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/pgtrail/pgtrail/core/config"
+	"github.com/pgtrail/pgtrail/core/lease"
 	"github.com/pgtrail/pgtrail/core/metrics"
 	"github.com/pgtrail/pgtrail/core/redact"
 	"github.com/pgtrail/pgtrail/plugins/host"
@@ -80,6 +81,9 @@ type app struct {
 	log        *slog.Logger
 	pprof      bool // run --pprof: serve net/http/pprof on http.listen
 	m          *metrics.Metrics
+	// held is the slot's lease while this instance is the active one; the
+	// pipeline it runs is fenced by it (nil: no lease, broker ingress).
+	held lease.Held
 }
 
 // metrics returns the process's one set of metrics, made on first use (on

@@ -81,9 +81,8 @@ func (a *app) retention(ctx context.Context, w io.Writer, dry bool) error {
 // until ctx ends; a failed pass is logged and the next one tries again.
 //
 // Retention and partition upkeep belong to the active instance only (design
-// §11): once pgtrail elects one among several, start this loop on it alone.
-// Until then each `pgtrail run` does it; two passes side by side are safe
-// (a partition one detaches the other finds gone), only wasteful.
+// §11): with a postgres source, `pgtrail run` starts this loop while it holds
+// the slot's lease (leased), and ctx ends with the lease.
 func (a *app) retainEvery(ctx context.Context, m *metrics.Metrics) {
 	t := time.NewTicker(a.cfg.Retention.Every())
 	defer t.Stop()

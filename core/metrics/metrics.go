@@ -48,6 +48,10 @@ type Metrics struct {
 	WAL // slot health and lag in seconds (native capture)
 	Ops // changes by table, plugin restarts, retention
 
+	// Active is 1 on the instance that holds the slot's lease and captures,
+	// 0 on a standby.
+	Active prometheus.Gauge
+
 	mu     sync.Mutex
 	health map[string]error
 	pprof  bool
@@ -89,6 +93,10 @@ func New() *Metrics {
 	m.Registry.MustRegister(m.ValuesRewritten, m.UnstorableChanges, m.ChangesIgnored)
 	m.WAL = newWAL(m.Registry)
 	m.Ops = newOps(m.Registry)
+
+	m.Active = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "pgtrail_active", Help: "1 on the instance that holds the slot's lease and captures, 0 on a standby."})
+	m.Registry.MustRegister(m.Active)
 	return m
 }
 

@@ -297,9 +297,9 @@ var upkeepEvery = time.Hour
 
 // startUpkeep makes partitions ahead now and every upkeepEvery until Close.
 //
-// Every running pgtrail does this: it is idempotent and cheap. Once a
-// standby takes over only when the active instance is gone (high
-// availability), this is one of the jobs to run on the active one only.
+// It is idempotent and cheap. It runs on the active instance only: with
+// several `pgtrail run`, a standby opens its sinks only once it holds the
+// slot's lease (cmd/pgtrail leased).
 func (s *Sink) startUpkeep() {
 	ctx, stop := context.WithCancel(context.Background())
 	s.stopUpkeep = stop

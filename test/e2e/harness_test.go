@@ -97,6 +97,13 @@ func start(t testing.TB, config string) *proc {
 // streams. It is killed at cleanup, and its output logged if the test failed.
 func launch(t testing.TB, cmd *exec.Cmd) *proc {
 	t.Helper()
+	return launchUntil(t, cmd, "capturing")
+}
+
+// launchUntil starts a pgtrail process and waits until its output holds
+// marker.
+func launchUntil(t testing.TB, cmd *exec.Cmd, marker string) *proc {
+	t.Helper()
 	p := &proc{t: t, cmd: cmd, out: &testbed.Output{}, done: make(chan struct{})}
 	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
 	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
@@ -114,13 +121,13 @@ func launch(t testing.TB, cmd *exec.Cmd) *proc {
 			t.Logf("%s output:\n%s", what, tail(p.out.String(), 60))
 		}
 	})
-	waitFor(t, 30*time.Second, what+" to start capturing", func() bool {
+	waitFor(t, 30*time.Second, what+" to log "+marker, func() bool {
 		select {
 		case <-p.done:
 			t.Fatalf("%s exited at start-up: %v\n%s", what, p.err, p.out.String())
 		default:
 		}
-		return strings.Contains(p.out.String(), "capturing")
+		return strings.Contains(p.out.String(), marker)
 	})
 	return p
 }
