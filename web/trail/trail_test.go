@@ -53,3 +53,45 @@ func TestCursorsRoundTripAndRejectAnythingElse(t *testing.T) {
 		}
 	}
 }
+
+// TestTextSearchExaminesAtMostSearchScanChangesAPage proves that q never
+// scans the whole table unasked: a match older than SearchScan changes is
+// not on the first page, which says it stopped (Bounded) and where the next
+// goes on, and the next page finds it.
+func TestTextSearchExaminesAtMostSearchScanChangesAPage(t *testing.T) {
+	url := cluster.NewDatabase(t)
+	cluster.Exec(t, url, `CREATE SCHEMA audit;
+		CREATE TABLE audit.trail (id uuid NOT NULL, primary_key varchar(255), before jsonb NOT NULL DEFAULT '{}',
+			after jsonb NOT NULL DEFAULT '{}', context jsonb NOT NULL DEFAULT '{}', database varchar(255) NOT NULL,
+			schema varchar(255) NOT NULL, "table" varchar(255) NOT NULL, operation text NOT NULL,
+			committed_at timestamptz NOT NULL, queued_at timestamptz NOT NULL, created_at timestamptz NOT NULL DEFAULT now(),
+			transaction_id bigint NOT NULL, position bigint NOT NULL, seq integer NOT NULL, unchanged_toast text[]);
+		-- the oldest change holds the needle; SearchScan + 10 newer ones do not
+		INSERT INTO audit.trail (id, primary_key, after, database, schema, "table", operation, committed_at, queued_at, transaction_id, position, seq)
+		SELECT gen_random_uuid(), i::text, jsonb_build_object('note', CASE WHEN i = 0 THEN 'the needle' ELSE 'hay' END),
+			'app', 'public', 't', 'CREATE', '2026-01-01'::timestamptz + i * interval '1 ms', now(), i, i, 0
+		FROM generate_series(0, 50009) i`)
+	if SearchScan != 50_000 {
+		t.Fatalf("SearchScan is %d: the trail above is made for 50,000", SearchScan)
+	}
+	ctx := context.Background()
+	s, err := Open(ctx, Options{URL: url, Schema: "audit", Table: "trail", StatementTimeout: 30 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	first, err := s.List(ctx, Filter{Q: "needle"}, NewestFirst, nil, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(first.Changes) != 0 || !first.Bounded || first.Next == nil {
+		t.Fatalf("first page: %d changes, bounded %v, next %v; want none, bounded, a next page", len(first.Changes), first.Bounded, first.Next)
+	}
+	second, err := s.List(ctx, Filter{Q: "needle"}, NewestFirst, first.Next, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(second.Changes) != 1 || second.Changes[0].PrimaryKey == nil || *second.Changes[0].PrimaryKey != "0" || second.Bounded {
+		t.Fatalf("second page: %+v, want the needle (primary key 0) and the end", second)
+	}
+}
