@@ -54,6 +54,7 @@ func (a *app) captureOnce(ctx context.Context, m *metrics.Metrics, started *bool
 	if err != nil {
 		return err
 	}
+	src.LimitValues(a.cfg.Pipeline.MaxValue())
 	*started = true
 	m.SetHealth("pipeline", nil)
 	a.log.Info("publishing", "type", a.cfg.Publish.Type, "topic_prefix", a.cfg.Publish.TopicPrefix, "route", a.cfg.Publish.Route)
