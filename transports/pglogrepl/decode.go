@@ -346,7 +346,7 @@ func (d *decoder) value(ctx context.Context, buf []byte, r *relation, i int, col
 }
 
 // markerSize is room in an image for a marker.
-const markerSize = 128
+const markerSize = 144
 
 // over says whether column i holds a text value longer than the cap.
 // Only string types are capped here, whose JSON string stands for exactly
