@@ -32,7 +32,12 @@ func (a *app) openSource(ctx context.Context, m *metrics.Metrics) (pipeline.Sour
 	if err != nil {
 		return nil, err
 	}
-	return pglogrepl.Open(ctx, src.Postgres, audit, a.log, m)
+	s, err := pglogrepl.Open(ctx, src.Postgres, audit, a.log, m)
+	if err != nil {
+		return nil, err
+	}
+	s.LimitValues(a.cfg.Pipeline.MaxValue())
+	return s, nil
 }
 
 // setupBroker sets up the sinks: a broker source has nothing to set up, since

@@ -56,11 +56,12 @@ func (a *app) captureOnce(ctx context.Context, m *metrics.Metrics, started *bool
 	if err != nil {
 		return err
 	}
-	var src pipeline.Source
-	src, err = pglogrepl.Open(ctx, a.cfg.Source.Postgres, audit, a.log, m)
+	native, err := pglogrepl.Open(ctx, a.cfg.Source.Postgres, audit, a.log, m)
 	if err != nil {
 		return err
 	}
+	native.LimitValues(a.cfg.Pipeline.MaxValue())
+	var src pipeline.Source = native
 	var sink pipeline.Sink = pub
 	if a.held != nil {
 		src, sink = lease.Source(src, a.held), lease.Sink(pub, a.held)

@@ -218,6 +218,7 @@ func (a *app) runOnce(ctx context.Context, m *metrics.Metrics, started *bool) er
 		FlushInterval:   time.Duration(p.FlushInterval),
 		MaxInFlight:     p.MaxInFlight,
 		MaxContextBytes: p.MaxContextBytes,
+		MaxString:       p.MaxValue(),
 		Rules:           rules,
 		DDL:             a.cfg.Source.Postgres.Match,
 	}, a.log, m).Run(ctx)

@@ -155,6 +155,22 @@ type Pipeline struct {
 	// MaxContextBytes caps a context message; a larger one is a bad
 	// context (the change is stored with {}). 0: 64 KiB.
 	MaxContextBytes int `yaml:"max_context_bytes"`
+	// MaxValueBytes caps one string value of a row image; a longer one is
+	// stored as a marker with its size and SHA-256. 0: DefaultMaxValueBytes.
+	MaxValueBytes Size `yaml:"max_value_bytes"`
+}
+
+// DefaultMaxValueBytes is pipeline.max_value_bytes when unset: a quarter of
+// jsonb's limit, so that one value costs about 2.3 bytes of memory per byte
+// at most in pgtrail (README, "Memory").
+const DefaultMaxValueBytes = 64 << 20
+
+// MaxValue is pipeline.max_value_bytes, or its default.
+func (p Pipeline) MaxValue() int {
+	if p.MaxValueBytes == 0 {
+		return DefaultMaxValueBytes
+	}
+	return int(p.MaxValueBytes)
 }
 
 // HTTP serves /metrics and /healthz; an empty Listen disables it.

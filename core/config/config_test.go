@@ -305,6 +305,7 @@ func TestValidationErrorsNameKey(t *testing.T) {
 		{"pipeline: {batch_size: 0}", "pipeline.batch_size: must be positive, got 0"},
 		{"pipeline: {flush_interval: -1s}", "pipeline.flush_interval: must be positive (e.g. 50ms)"},
 		{"pipeline: {max_in_flight: 0}", "pipeline.max_in_flight: must be positive, got 0"},
+		{"pipeline: {max_value_bytes: 1GiB}", "pipeline.max_value_bytes: must be at most 268435455 bytes (jsonb's longest string), or 0 for 64MiB; got 1073741824"},
 		{"http: {listen: localhost}", `http.listen: "localhost" is not host:port (e.g. 127.0.0.1:9187, or "" to disable)`},
 		{"log: {level: verbose}", `log.level: "verbose" is not one of debug, info, warn, error`},
 		{"log: {format: xml}", `log.format: "xml" is not one of text, json`},
@@ -497,6 +498,15 @@ func TestDebeziumExampleConfigsLoad(t *testing.T) {
 		}
 		if cfg.Source.Debezium.Catalog != "postgres://u:p@127.0.0.1:5432/app" {
 			t.Errorf("%s: catalog %q", name, cfg.Source.Debezium.Catalog)
+		}
+	}
+}
+
+func TestMaxValueBytesDefaultsTo64MiBAndTakesUnits(t *testing.T) {
+	t.Setenv("DATABASE_URL", "postgres://src")
+	for body, want := range map[string]int{"": 64 << 20, "pipeline: {max_value_bytes: 1MiB}": 1 << 20, "pipeline: {max_value_bytes: 268435455}": 1<<28 - 1} {
+		if got := mustLoad(t, body).Pipeline.MaxValue(); got != want {
+			t.Errorf("%q: MaxValue() = %d, want %d", body, got, want)
 		}
 	}
 }

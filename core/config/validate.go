@@ -9,6 +9,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/pgtrail/pgtrail/core/values"
 )
 
 // pgName is what setup can create unquoted: a slot name allows exactly this, and
@@ -159,6 +161,9 @@ func (c *Config) validate() error {
 	}
 	if c.Pipeline.MaxContextBytes < 0 {
 		bad("pipeline.max_context_bytes", "must be positive (or 0 for 64 KiB), got %d", c.Pipeline.MaxContextBytes)
+	}
+	if n := c.Pipeline.MaxValueBytes; n < 0 || n > values.MaxJSONBString {
+		bad("pipeline.max_value_bytes", "must be at most %d bytes (jsonb's longest string), or 0 for 64MiB; got %d", values.MaxJSONBString, n)
 	}
 	if l := c.HTTP.Listen; l != "" {
 		if _, _, err := net.SplitHostPort(l); err != nil {

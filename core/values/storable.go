@@ -335,7 +335,13 @@ func (s *scanner) tooLong(i, j, outMark, fromMark int, counts Rewrites) {
 		s.out = s.out[:outMark]
 	}
 	s.from, s.n = fromMark, counts
-	s.replace(i, j+1, string(Marker(StringTooLong.String(), size, h, "")))
+	marker := Marker(StringTooLong.String(), size, h, "")
+	if s.out == nil {
+		// Room for the text without the string: replace's default, the
+		// whole text, would cost as much memory again as the string.
+		s.out = make([]byte, 0, len(s.text)-(j+1-i)+len(marker)+16)
+	}
+	s.replace(i, j+1, string(marker))
 	s.n[StringTooLong]++
 }
 

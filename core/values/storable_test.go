@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"runtime"
 	"strings"
 	"testing"
 
@@ -217,4 +218,22 @@ func FuzzStorable(f *testing.F) {
 			t.Fatalf("Storable(%q) = %q, which it rewrites again: %v", in, out, n)
 		}
 	})
+}
+
+// TestStringOverTheLimitIsNotCopied: replacing a long string by its marker
+// allocates the rest of the text and the marker, not the string again.
+func TestStringOverTheLimitIsNotCopied(t *testing.T) {
+	const size = 32 << 20
+	text := []byte(`{"id":1,"body":"` + strings.Repeat("x", size) + `"}`)
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	out, n := Storable(text, 1<<20)
+	runtime.ReadMemStats(&after)
+	if n[StringTooLong] != 1 || !bytes.HasPrefix(out, []byte(`{"id":1,"body":{"pgtrail_replaced":"string_too_long","bytes":33554432,`)) {
+		t.Fatalf("Storable = %s, %v", out, n)
+	}
+	if alloc := after.TotalAlloc - before.TotalAlloc; alloc > 64<<10 {
+		t.Errorf("replacing a %d-byte string allocated %d bytes, want at most 64 KiB", size, alloc)
+	}
 }

@@ -3,6 +3,7 @@ package pglogrepl
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
@@ -44,6 +45,10 @@ type decoder struct {
 	types    *Types
 	rels     map[uint32]*relation
 	rowMsg   rowMessage // reused for every insert, update and delete
+	// maxValue caps a text value (LimitValues): a longer one becomes a
+	// marker here, before it is ever escaped into an image. 0: no cap.
+	maxValue int
+	capped   func() // counts a value capped; may be nil
 
 	inTxn      bool
 	xid        uint64
@@ -280,9 +285,14 @@ func (d *decoder) image(ctx context.Context, r *relation, t, old *repl.TupleData
 	// escaping, so that the buffer rarely grows.
 	size := 2
 	for i, col := range t.Columns {
-		if i < len(r.names) {
-			size += len(r.names[i]) + len(col.Data) + 8
+		if i >= len(r.names) {
+			break
 		}
+		n := len(col.Data)
+		if d.over(r, i, col) {
+			n = markerSize
+		}
+		size += len(r.names[i]) + n + 8
 	}
 	buf := make([]byte, 0, size+size/8)
 	buf = append(buf, '{')
@@ -322,6 +332,9 @@ func (d *decoder) value(ctx context.Context, buf []byte, r *relation, i int, col
 	case repl.TupleDataTypeNull:
 		return append(buf, "null"...), nil
 	case repl.TupleDataTypeText:
+		if d.over(r, i, col) {
+			return d.tooLong(buf, r, i, col.Data), nil
+		}
 		out, err := d.types.Append(ctx, buf, r.oids[i], col.Data)
 		if err != nil {
 			return nil, fmt.Errorf("decode %s.%s column %d (type %d): %w", r.schema, r.table, i+1, r.oids[i], err)
@@ -330,6 +343,34 @@ func (d *decoder) value(ctx context.Context, buf []byte, r *relation, i int, col
 	default:
 		return nil, fmt.Errorf("decode %s.%s column %d: unexpected tuple data kind %q", r.schema, r.table, i+1, col.DataType)
 	}
+}
+
+// markerSize is room in an image for a marker.
+const markerSize = 144
+
+// over says whether column i holds a text value longer than the cap.
+// Only string types are capped here, whose JSON string stands for exactly
+// their text; any other value is capped after decoding, by the pipeline
+// (values.Storable), with the same marker.
+func (d *decoder) over(r *relation, i int, col *repl.TupleDataColumn) bool {
+	if d.maxValue <= 0 || len(col.Data) <= d.maxValue || col.DataType != repl.TupleDataTypeText {
+		return false
+	}
+	k, ok := builtinKind(r.oids[i])
+	return ok && k == kindString
+}
+
+// tooLong appends the marker that stands for text, as values.Storable
+// makes for a string over its limit, and counts it.
+func (d *decoder) tooLong(buf []byte, r *relation, i int, text []byte) []byte {
+	h := sha256.New()
+	h.Write(text)
+	if d.capped != nil {
+		d.capped()
+	}
+	d.log.Warn("value longer than pipeline.max_value_bytes; stored as a marker with its size and SHA-256",
+		"table", r.schema+"."+r.table, "column", r.columns[i], "bytes", len(text), "max_value_bytes", d.maxValue)
+	return append(buf, values.Marker(values.StringTooLong.String(), len(text), h, "")...)
 }
 
 // key renders the primary key: the value's text for a one-column key, a JSON

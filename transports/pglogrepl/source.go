@@ -19,6 +19,7 @@ import (
 	"github.com/pgtrail/pgtrail/core/config"
 	"github.com/pgtrail/pgtrail/core/metrics"
 	"github.com/pgtrail/pgtrail/core/pipeline"
+	"github.com/pgtrail/pgtrail/core/values"
 )
 
 // Source reads one replication slot.
@@ -125,6 +126,18 @@ func Open(ctx context.Context, cfg config.Postgres, audit []AuditTable, log *slo
 	s.dec = newDecoder(side.Config().Database, cfg, side, s.timeout, own, log)
 	s.dec.clock = &s.clock
 	return s, nil
+}
+
+// LimitValues caps text values at max bytes (pipeline.max_value_bytes): a
+// longer one is stored as the marker values.Storable makes for a string too
+// long, {"pgtrail_replaced":"string_too_long","bytes":N,"sha256":...},
+// counted in pgtrail_values_rewritten_total. Decoding caps it so that the
+// value is never escaped into an image in memory. Call it before Run.
+func (s *Source) LimitValues(max int) {
+	s.dec.maxValue = max
+	s.dec.capped = func() {
+		s.metrics.ValuesRewritten.WithLabelValues(values.StringTooLong.String()).Inc()
+	}
 }
 
 // receiveTimeout is source.postgres.receive_timeout, or else the server's
