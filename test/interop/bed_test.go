@@ -151,11 +151,15 @@ func (j java) start(name, mainClass string, args ...string) (*proc, error) {
 // kafka is an Apache Kafka broker in KRaft mode (broker and controller in
 // one process).
 type kafka struct {
-	addr string
-	p    *proc
+	addr  string
+	port  int
+	props string // server.properties: fixed ports and log.dirs, so a restart is the same broker
+	j     java
+	p     *proc
 }
 
-func startKafka(j java) (*kafka, error) {
+// startKafka formats a new broker's storage under dir and starts it.
+func startKafka(j java, dir string) (*kafka, error) {
 	port, err := testbed.FreePort()
 	if err != nil {
 		return nil, err
@@ -180,8 +184,8 @@ transaction.state.log.min.isr=1
 group.initial.rebalance.delay.ms=0
 num.partitions=1
 auto.create.topics.enable=true
-`, port, cport, filepath.Join(j.dir, "kafka-data"))
-	path := filepath.Join(j.dir, "server.properties")
+`, port, cport, filepath.Join(dir, "kafka-data"))
+	path := filepath.Join(dir, "server.properties")
 	if err := os.WriteFile(path, []byte(props), 0o644); err != nil {
 		return nil, err
 	}
@@ -195,15 +199,23 @@ auto.create.topics.enable=true
 	if format.cmd.ProcessState.ExitCode() != 0 {
 		return nil, fmt.Errorf("kafka-storage format: %s", format.out.String())
 	}
-	p, err := j.start("kafka", "kafka.Kafka", path)
+	k := &kafka{addr: fmt.Sprintf("127.0.0.1:%d", port), port: port, props: path, j: j}
+	return k, k.start()
+}
+
+// start runs the broker on its properties and storage and waits until it
+// listens.
+func (k *kafka) start() error {
+	p, err := k.j.start("kafka", "kafka.Kafka", k.props)
 	if err != nil {
-		return nil, err
+		return err
 	}
-	if err := waitPort(port, p, 90*time.Second); err != nil {
+	if err := waitPort(k.port, p, 90*time.Second); err != nil {
 		p.stop(5 * time.Second)
-		return nil, err
+		return err
 	}
-	return &kafka{addr: fmt.Sprintf("127.0.0.1:%d", port), p: p}, nil
+	k.p = p
+	return nil
 }
 
 // record is one Kafka record.
