@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"golang.org/x/sys/unix"
 
 	"github.com/pgtrail/pgtrail/test/pgtest"
 )
@@ -123,10 +124,15 @@ func run(binary string) error {
 }
 
 // interactive reports whether the demo runs from a terminal, where it can
-// wait for Ctrl-C.
+// wait for Ctrl-C: stdin and stdout both answer a terminal's ioctl
+// (/dev/null is a character device too, so the file mode cannot tell).
 func interactive() bool {
-	st, err := os.Stdin.Stat()
-	return err == nil && st.Mode()&os.ModeCharDevice != 0
+	for _, f := range []*os.File{os.Stdin, os.Stdout} {
+		if _, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS); err != nil {
+			return false
+		}
+	}
+	return true
 }
 
 // serveUI shows the demo's trail in the activity log until Ctrl-C.
