@@ -95,30 +95,16 @@ func TestPgtrailContextAppliesToTheRestOfItsTransaction(t *testing.T) {
 	}
 	start(t, cfg)
 
-	run := func(stmts ...string) {
-		tx, err := conn.Begin(context.Background())
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, q := range stmts {
-			if _, err := tx.Exec(context.Background(), q); err != nil {
-				t.Fatalf("%s: %v", q, err)
-			}
-		}
-		if err := tx.Commit(context.Background()); err != nil {
-			t.Fatal(err)
-		}
-	}
-	run(`INSERT INTO items VALUES (1, 0)`,
+	txn(t, conn, `INSERT INTO items VALUES (1, 0)`,
 		`SELECT pgtrail.set_context('{"user":"ann","request":"r1"}')`,
 		`INSERT INTO items VALUES (2, 0), (3, 0)`,
 		`UPDATE items SET n = 1 WHERE id = 1`,
 		`SELECT pg_logical_emit_message(true, 'pgtrail', '{"user":"bob"}')`,
 		`DELETE FROM items WHERE id = 3`)
 	// Context never crosses into the next transaction.
-	run(`UPDATE items SET n = 2 WHERE id = 2`)
+	txn(t, conn, `UPDATE items SET n = 2 WHERE id = 2`)
 	// Heartbeats and unknown prefixes are not changes and not context.
-	run(`SELECT pg_logical_emit_message(true, '_bemi_heartbeat', 'x')`,
+	txn(t, conn, `SELECT pg_logical_emit_message(true, '_bemi_heartbeat', 'x')`,
 		`SELECT pg_logical_emit_message(true, 'other', '{"user":"eve"}')`,
 		`SELECT pgtrail.set_context('[1,2]')`,
 		`INSERT INTO items VALUES (4, 0)`)
